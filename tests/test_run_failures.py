@@ -1,0 +1,124 @@
+"""Every way a run or a command can fail ends with its message and exit code, never a traceback."""
+
+import pytest
+
+pytestmark = pytest.mark.kvm
+FAULTS = "faults"
+
+
+def test_spin_without_exits_is_stopped_by_the_watchdog(vmm, guests):
+    r = vmm("run", guests / FAULTS / "spin.bin", "--timeout", "300ms")
+    assert r.returncode == 28, r
+    assert "passed --timeout (0.3s" in r.stderr
+
+
+def test_triple_fault(vmm, guests):
+    r = vmm("run", guests / FAULTS / "triple.bin")
+    assert r.returncode == 20, r
+    assert "triple-faulted" in r.stderr and "rip=" in r.stderr
+
+
+def test_memory_outside_ram(vmm, guests):
+    r = vmm("run", guests / FAULTS / "unmapped.bin", "--mode", "protected")
+    assert r.returncode == 24, r
+    assert "physical address 0xf0000000, outside its 16M of RAM" in r.stderr
+
+
+def test_unknown_port_stops_the_run_with_a_report(vmm, guests):
+    r = vmm("run", guests / FAULTS / "unknown-port.bin")
+    assert r.returncode == 26, r
+    assert r.lines == ["about to touch port 0x1234"]
+    assert "wrote 0x5a to unknown port 0x1234 (1-byte OUT) at rip=0x" in r.stderr
+    assert "--ignore-unknown-ports" in r.stderr
+
+
+def test_unknown_port_ignored_on_request(vmm, guests):
+    r = vmm("run", guests / FAULTS / "unknown-port.bin", "--ignore-unknown-ports")
+    assert r.returncode == 0, r
+    assert "unknown port 0x1234" in r.stderr and "ignored" in r.stderr
+
+
+def test_output_flood(vmm, guests):
+    r = vmm("run", guests / FAULTS / "flood.bin", "--max-output", "10K", "--timeout", "60s")
+    assert r.returncode == 30, r
+    assert "--max-output (10240 bytes)" in r.stderr
+    assert 150 < len(r.lines) < 300
+
+
+def test_invalid_instruction_is_named(vmm, guests):
+    r = vmm("run", guests / FAULTS / "garbage.bin")
+    assert r.returncode == 22, r
+    assert "#UD invalid opcode" in r.stderr
+    assert r.lines == ["jumping into garbage"]
+
+
+def test_exit_device_status(vmm, guests):
+    r = vmm("run", guests / FAULTS / "exit.bin")
+    assert r.returncode == (0x21 << 1) | 1, r
+    assert r.lines == ["exiting with 0x21"]
+
+
+def test_bios_call_is_named(vmm, tmp_path):
+    guest = tmp_path / "bios.bin"
+    guest.write_bytes(b"\xb4\x0e\xcd\x10\xf4")      # mov ah, 0x0e; int 0x10; hlt
+    r = vmm("run", guest)
+    assert r.returncode == 22, r
+    assert "BIOS interrupt int 0x10 at 0000:1002" in r.stderr
+
+
+# --- bad input to the command itself ------------------------------------------------------
+def test_missing_guest(vmm):
+    r = vmm("run", "no/such/guest.bin")
+    assert r.returncode == 10 and r.stderr == "vmm: error: guest file not found: no/such/guest.bin\n"
+
+
+def test_empty_guest(vmm, tmp_path):
+    (tmp_path / "empty.bin").write_bytes(b"")
+    r = vmm("run", tmp_path / "empty.bin")
+    assert r.returncode == 10 and "is empty" in r.stderr
+
+
+def test_directory_as_guest(vmm, tmp_path):
+    r = vmm("run", tmp_path)
+    assert r.returncode == 10 and "is a directory" in r.stderr
+
+
+def test_malformed_elf(vmm, tmp_path):
+    (tmp_path / "bad.elf").write_bytes(b"\x7fELF" + b"\x02\x01\x01" + b"\xff" * 20)
+    r = vmm("run", tmp_path / "bad.elf")
+    assert r.returncode == 10 and "malformed ELF" in r.stderr, r
+    assert len(r.stderr.splitlines()) == 1
+
+
+def test_image_larger_than_ram(vmm, tmp_path):
+    (tmp_path / "big.bin").write_bytes(b"\x90" * 70_000)
+    r = vmm("run", tmp_path / "big.bin", "--mem", "64K")
+    assert r.returncode == 10 and "does not fit" in r.stderr and "--mem" in r.stderr
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--mem", "lots"], "bad size"),
+    (["--mode", "unreal"], "invalid choice"),
+    (["--timeout", "5"], "write a number with a unit"),
+    (["--load", "here"], "bad address"),
+    (["--entry", "reset", "--load", "0x2000"], "drop --load"),
+    (["--mem", "3G"], "out of range"),
+])
+def test_nonsensical_flags(vmm, guests, args, needle):
+    r = vmm("run", guests / "echo.bin", *args)
+    assert r.returncode == 2, r
+    assert needle in r.stderr
+
+
+def test_no_kvm(vmm, guests):
+    r = vmm("run", guests / "echo.bin", env={"VMM_KVM_PATH": "/nonexistent/kvm"})
+    assert r.returncode == 12, r
+    assert r.stderr.startswith("vmm: error: /nonexistent/kvm does not exist")
+
+
+def test_help_documents_every_flag(vmm):
+    r = vmm("run", "--help")
+    assert r.returncode == 0
+    for flag in ("--mode", "--load", "--entry", "--mem", "--stack", "--cpuid", "--timeout",
+                 "--max-output", "--ignore-unknown-ports", "Ctrl-]", "exit status"):
+        assert flag in r.stdout

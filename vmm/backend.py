@@ -1,0 +1,201 @@
+"""The CPU-backend interface (DESIGN §7) and the typed exits a backend returns.
+
+Everything KVM-specific lives behind `CpuBackend`: create a machine with guest RAM, load the
+entry state, run until the next exit, read registers. The run loop, the devices and the boot
+code speak only the neutral types below, so that an emulator backend can be added later and one
+trace replays identically on either.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from dataclasses import dataclass, field
+
+
+# --- the entry state: what a CPU looks like when the guest's first instruction runs ---------
+@dataclass(frozen=True)
+class Segment:
+    """A segment register with its hidden descriptor cache (the architectural fields)."""
+    selector: int
+    base: int
+    limit: int
+    type: int          # 4-bit descriptor type: 0xB = code exec/read accessed, 0x3 = data rw accessed
+    present: int = 1
+    dpl: int = 0
+    db: int = 0        # default operand size 32-bit
+    s: int = 1         # code/data (not system)
+    l: int = 0         # 64-bit code
+    g: int = 0         # limit in 4 KiB units
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+@dataclass(frozen=True)
+class EntryState:
+    """Registers at the first instruction. General-purpose registers not listed are zero."""
+    mode: str                       # "real" | "protected" | "long"
+    rip: int
+    rsp: int
+    cs: Segment
+    ds: Segment
+    ss: Segment
+    gdt: tuple[int, int] = (0, 0xFFFF)      # (base, limit)
+    idt: tuple[int, int] = (0, 0x3FF)
+    cr0: int = 0x60000010                   # the reset value: CD | NW | ET
+    cr3: int = 0
+    cr4: int = 0
+    efer: int = 0
+    rflags: int = 0x2
+
+    def to_dict(self) -> dict:
+        d = dict(self.__dict__)
+        for name in ("cs", "ds", "ss"):
+            d[name] = getattr(self, name).to_dict()
+        d["gdt"], d["idt"] = list(self.gdt), list(self.idt)
+        return d
+
+
+# --- register snapshots for reports and checkpoints ------------------------------------------
+GPR_NAMES = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rsp", "rbp",
+             "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15", "rip", "rflags")
+
+
+@dataclass
+class CpuState:
+    """General registers plus the control state a report needs."""
+    regs: dict[str, int]
+    cs_base: int = 0
+    cs_selector: int = 0
+    cr0: int = 0
+    cr2: int = 0
+    cr3: int = 0
+    cr4: int = 0
+    efer: int = 0
+    extra: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def rip(self) -> int:
+        return self.regs["rip"]
+
+    @property
+    def linear_rip(self) -> int:
+        """The linear address of RIP (CS base + RIP), which is what matters in real mode."""
+        return (self.cs_base + self.regs["rip"]) & 0xFFFFFFFFFFFFFFFF
+
+    def digest(self) -> str:
+        """A digest of the architectural registers, for replay checkpoints."""
+        values = [self.regs[name] for name in GPR_NAMES]
+        values += [self.cs_base, self.cs_selector, self.cr0, self.cr3, self.cr4, self.efer]
+        return hashlib.sha256(struct.pack(f"<{len(values)}Q", *values)).hexdigest()[:16]
+
+    def format(self) -> str:
+        """Registers as a short multi-line block for error reports."""
+        r = self.regs
+        lines = [
+            "  rax=%016x rbx=%016x rcx=%016x rdx=%016x" % (r["rax"], r["rbx"], r["rcx"], r["rdx"]),
+            "  rsi=%016x rdi=%016x rsp=%016x rbp=%016x" % (r["rsi"], r["rdi"], r["rsp"], r["rbp"]),
+            "  rip=%016x rflags=%08x cs=%04x(base %x) cr0=%08x cr3=%08x cr4=%08x efer=%x" % (
+                r["rip"], r["rflags"], self.cs_selector, self.cs_base, self.cr0, self.cr3,
+                self.cr4, self.efer),
+        ]
+        return "\n".join(lines)
+
+
+# --- typed exits -------------------------------------------------------------------------------
+class Exit:
+    __slots__ = ()
+
+
+class IoOut(Exit):
+    """The guest wrote `data` (size * count bytes: string OUT writes count elements) to `port`."""
+    __slots__ = ("port", "size", "data")
+
+    def __init__(self, port: int, size: int, data: bytes):
+        self.port, self.size, self.data = port, size, data
+
+
+class IoIn(Exit):
+    """The guest reads `count` elements of `size` bytes from `port`; answer with complete_in()."""
+    __slots__ = ("port", "size", "count")
+
+    def __init__(self, port: int, size: int, count: int):
+        self.port, self.size, self.count = port, size, count
+
+
+class Halt(Exit):
+    __slots__ = ()
+
+
+class Shutdown(Exit):
+    """Triple fault (or another reason the CPU shut down)."""
+    __slots__ = ()
+
+
+class Mmio(Exit):
+    """An access to guest-physical memory that is not RAM."""
+    __slots__ = ("address", "is_write", "length", "data")
+
+    def __init__(self, address: int, is_write: bool, length: int, data: bytes):
+        self.address, self.is_write, self.length, self.data = address, is_write, length, data
+
+
+class FailEntry(Exit):
+    __slots__ = ("reason",)
+
+    def __init__(self, reason: int):
+        self.reason = reason
+
+
+class InternalError(Exit):
+    __slots__ = ("suberror", "data")
+
+    def __init__(self, suberror: int, data: tuple[int, ...]):
+        self.suberror, self.data = suberror, data
+
+
+class Interrupted(Exit):
+    """A host signal (watchdog kick, Ctrl-C) returned control; the guest did nothing."""
+    __slots__ = ()
+
+
+class UnknownExit(Exit):
+    __slots__ = ("reason",)
+
+    def __init__(self, reason: int):
+        self.reason = reason
+
+
+HALT, SHUTDOWN, INTERRUPTED = Halt(), Shutdown(), Interrupted()
+
+
+class CpuBackend:
+    """What the run loop needs from a CPU. Implementations: vmm.kvm_backend.KvmBackend."""
+
+    name = "abstract"
+    memory: memoryview  # guest RAM, guest-physical address 0 upwards
+
+    def set_cpuid(self, entries: list[dict]) -> None:
+        raise NotImplementedError
+
+    def set_entry_state(self, state: EntryState) -> None:
+        raise NotImplementedError
+
+    def run(self) -> Exit:
+        """Run the guest until the next exit and return it."""
+        raise NotImplementedError
+
+    def complete_in(self, data: bytes) -> None:
+        """Provide the data for the IoIn exit just returned by run()."""
+        raise NotImplementedError
+
+    def cpu_state(self) -> CpuState:
+        raise NotImplementedError
+
+    def kick(self) -> None:
+        """Make the current or next run() return Interrupted soon; async-signal safe."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError

@@ -1,0 +1,290 @@
+"""The `vmm` command line. Maps every VmmError to a one-line message and its exit code."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+
+from . import __version__
+from .errors import EXIT_CODES, Terminated, UsageError, VmmError
+from .units import parse_address, parse_duration, parse_size
+
+
+EPILOG_EXIT_CODES = """\
+exit status:
+  0          the guest halted (HLT), or the quit key was pressed
+  (v<<1)|1   the guest wrote v to the exit device at port 0xf4 (as QEMU's isa-debug-exit)
+  2          bad command-line usage
+  10         the guest file cannot be booted (missing, empty, malformed, does not fit)
+  12         no usable /dev/kvm
+  20         triple fault            22  unhandled guest exception / BIOS call
+  24         memory outside RAM      26  unknown port
+  28         --timeout ran out       30  output past --max-output
+  32         KVM error               130 interrupted (Ctrl-C)   143 terminated (SIGTERM)
+"""
+
+
+def _duration(text: str) -> int:
+    try:
+        return parse_duration(text)
+    except UsageError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _size(text: str) -> int:
+    try:
+        return parse_size(text)
+    except UsageError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _address(text: str) -> int:
+    try:
+        return parse_address(text)
+    except UsageError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, not {text!r}")
+    return value
+
+
+def _entry(text: str):
+    return "reset" if text == "reset" else _address(text)
+
+
+def add_machine_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("machine")
+    g.add_argument("--mode", choices=("real", "protected", "long"),
+                   help="CPU mode at entry for a raw binary (default real; ELF32: protected, "
+                        "ELF64: long)")
+    g.add_argument("--load", type=_address, metavar="ADDR",
+                   help="where a raw binary is loaded (default 0x1000)")
+    g.add_argument("--entry", type=_entry, metavar="ADDR|reset",
+                   help="entry address (default: the load address or the ELF entry); 'reset' "
+                        "loads a 64 KiB image at 0xF0000 and starts at F000:FFF0")
+    g.add_argument("--mem", type=_size, default="16M", metavar="SIZE",
+                   help="guest RAM, e.g. 16M (default), 64K..2G")
+    g.add_argument("--stack", type=_address, metavar="ADDR",
+                   help="initial stack pointer (default: top of RAM, below vmm's page tables "
+                        "in long mode; top of conventional memory in real mode)")
+    g.add_argument("--cpuid", choices=("portable", "host"), default="portable",
+                   help="CPUID table the guest sees: a fixed portable one (default) or this "
+                        "host's")
+    r = p.add_argument_group("limits")
+    r.add_argument("--timeout", type=_duration, metavar="DURATION",
+                   help="stop the run after this much wall-clock time, e.g. 10s, 500ms, 2m")
+    r.add_argument("--max-output", type=_size, default="10M", metavar="SIZE",
+                   help="stop the run when the guest has printed more than this (default 10M; "
+                        "0 = no limit)")
+    r.add_argument("--ignore-unknown-ports", action="store_true",
+                   help="log accesses to ports no device owns and go on (IN reads all ones) "
+                        "instead of stopping the run")
+
+
+def add_clock_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("input and time")
+    g.add_argument("--script", metavar="FILE",
+                   help="drive the guest from a script (docs/scripts.md) instead of stdin; "
+                        "implies --clock virtual")
+    g.add_argument("--clock", choices=("real", "virtual"),
+                   help="real: timers follow the host clock (default); virtual: guest time "
+                        "stands still while it computes and jumps at idle points (default with "
+                        "--script; piped stdin then gives one byte per idle point)")
+    g.add_argument("--max-time", type=_duration, metavar="DURATION",
+                   help="virtual clock: stop when guest time passes this (default 60s)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vmm", description="A deterministic record-and-replay micro VMM for small x86 "
+                                "guest kernels, on Linux KVM.")
+    parser.add_argument("--version", action="version", version=f"vmm {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    fmt = argparse.RawDescriptionHelpFormatter
+    run = sub.add_parser(
+        "run", help="run a guest live: console on stdout, keyboard from stdin",
+        description="Run a guest live. Its console output goes to stdout, diagnostics to "
+                    "stderr. On a terminal, keys go to the guest one at a time; press Ctrl-] "
+                    "to quit (Ctrl-C also stops the run). From a pipe or file, bytes are fed as "
+                    "the guest consumes them, and at end of input the guest keeps running until "
+                    "it halts or times out.",
+        epilog=EPILOG_EXIT_CODES, formatter_class=fmt)
+    run.add_argument("guest", help="raw binary or ELF file")
+    add_machine_options(run)
+    add_clock_options(run)
+    run.add_argument("-v", "--verbose", action="store_true",
+                     help="report how the run ended and its counters on stderr")
+    run.set_defaults(func=cmd_run, output=None)
+
+    record = sub.add_parser(
+        "record", help="run a guest live and write every input to a trace file",
+        description="Run a guest exactly as `vmm run` does, and write every nondeterministic "
+                    "input it is given (keys, timer firings), its output, register checkpoints "
+                    "and its end to a trace file, as they happen: a recording cut short by "
+                    "Ctrl-C, SIGTERM, a guest crash or a timeout is still a valid trace. "
+                    "`vmm replay` re-executes it.",
+        epilog=EPILOG_EXIT_CODES, formatter_class=fmt)
+    record.add_argument("guest", help="raw binary or ELF file")
+    record.add_argument("-o", "--output", required=True, metavar="TRACE",
+                        help="trace file to write (gzip-compressed if it ends in .gz)")
+    add_machine_options(record)
+    add_clock_options(record)
+    record.add_argument("--checkpoint-every", type=_positive, default=1024, metavar="N",
+                        help="record a digest of the vCPU registers every N observations "
+                             "(default 1024); replay compares them")
+    record.add_argument("-v", "--verbose", action="store_true",
+                        help="report how the run ended and its counters on stderr")
+    record.set_defaults(func=cmd_run)
+
+    replay = sub.add_parser(
+        "replay", help="re-execute a trace and prove it does exactly the same thing",
+        description="Exact replay: rebuild the machine from the trace alone, give the guest "
+                    "every recorded input at the same observation, and compare output, register "
+                    "checkpoints and the final state. No terminal, clock or network is used. "
+                    "With --guest, re-drive: feed the recorded inputs to another guest binary "
+                    "under the virtual clock and diff its console output against the recording.",
+        epilog="exit status: 0 identical, 40 diverged (a report names the first difference), "
+               "41 re-driven output differs, 42 the trace is truncated and its prefix replayed "
+               "identically, 14 unreadable or malformed trace, 10 bad --guest file, 12 no KVM",
+        formatter_class=fmt)
+    replay.add_argument("trace", help="a trace written by vmm record")
+    replay.add_argument("--guest", metavar="FILE",
+                        help="re-drive: run this guest binary on the recorded inputs instead")
+    replay.add_argument("-q", "--quiet", action="store_true",
+                        help="do not print the guest's output, only the verdict")
+    replay.add_argument("--timeout", type=_duration, metavar="DURATION",
+                        help="wall-clock bound on the replay (default: twice the recording's "
+                             "wall time plus 10s)")
+    g = replay.add_argument_group("re-drive boot options (default: the recording's, or the "
+                                  "other guest's own for an ELF file)")
+    g.add_argument("--mode", choices=("real", "protected", "long"))
+    g.add_argument("--load", type=_address, metavar="ADDR")
+    g.add_argument("--entry", type=_entry, metavar="ADDR|reset")
+    replay.set_defaults(func=cmd_replay)
+
+    inspect = sub.add_parser(
+        "inspect", help="summarise a trace: guest, configuration, counts, timeline",
+        description="Print a readable summary of a trace: the guest, the machine "
+                    "configuration, durations (guest and wall clock), counts, and a timeline of "
+                    "inputs and output.")
+    inspect.add_argument("trace", help="a trace written by vmm record")
+    inspect.add_argument("--json", action="store_true", help="print the summary as JSON")
+    inspect.add_argument("--limit", type=int, default=40, metavar="N",
+                         help="timeline entries to show (default 40; 0 = all)")
+    inspect.set_defaults(func=cmd_inspect)
+    return parser
+
+
+def boot_options(args):
+    from .boot import BootOptions
+    return BootOptions(mode=args.mode, load=args.load, entry=args.entry, mem=args.mem,
+                       stack=args.stack)
+
+
+def _stdin_feed():
+    from .inputs import FdFeed, NullFeed
+    try:
+        os.fstat(0)
+    except OSError:
+        return NullFeed(), False
+    if os.isatty(0):
+        return FdFeed(0, terminal=True), True
+    return FdFeed(0), False
+
+
+def _log(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def cmd_run(args) -> int:
+    """`vmm run` and `vmm record`: a live run, recorded when args.output is set."""
+    from .runner import LiveRun, OutputCollector, live_run
+    from .script import load_script
+
+    spec = LiveRun(guest=args.guest, boot=boot_options(args),
+                   script=load_script(args.script) if args.script else None,
+                   clock=args.clock, max_time_ns=args.max_time, timeout_ns=args.timeout,
+                   max_output=args.max_output, ignore_unknown_ports=args.ignore_unknown_ports,
+                   cpuid=args.cpuid, trace_path=args.output)
+    if args.output is not None:
+        spec.checkpoint_every = args.checkpoint_every
+    feed, terminal = (None, False) if args.script else _stdin_feed()
+    result = live_run(spec, feed=feed, terminal=terminal,
+                      sink=OutputCollector(sys.stdout.buffer), log=_log)
+    report_end(result.end, args.verbose)
+    return result.end.exit_code
+
+
+def cmd_replay(args) -> int:
+    from .runner import OutputCollector, replay_trace
+    override = None
+    if args.mode or args.load is not None or args.entry is not None:
+        override = dict(mode=args.mode, load=args.load, entry=args.entry)
+    result = replay_trace(args.trace, guest=args.guest, boot_override=override,
+                          timeout_ns=args.timeout,
+                          sink=OutputCollector(None if args.quiet else sys.stdout.buffer),
+                          log=_log)
+    for line in result.report:
+        print(line, file=sys.stderr)
+    return result.exit_code
+
+
+def cmd_inspect(args) -> int:
+    import json
+
+    from .summary import format_summary, summarize
+    from .trace import read_trace
+    summary = summarize(read_trace(args.trace), args.limit)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print(format_summary(summary))
+    return 0
+
+
+def report_end(end, verbose: bool) -> None:
+    if end.is_error:
+        print(f"vmm: {end.message}", file=sys.stderr)
+        if end.cpu is not None and end.reason not in ("interrupted", "terminated", "timeout"):
+            print(end.cpu.format(), file=sys.stderr)
+    elif verbose or end.reason == "exit-device":
+        print(f"vmm: {end.message}", file=sys.stderr)
+    if verbose:
+        s = end.stats
+        print(f"vmm: {s['exits']} exits, {s['observations']} observations, "
+              f"{s['output_bytes']} output bytes, end reason {end.reason}, "
+              f"exit status {end.exit_code}", file=sys.stderr)
+        for name, counters in s["devices"].items():
+            print(f"vmm:   {name}: " + ", ".join(f"{k} {v}" for k, v in counters.items()),
+                  file=sys.stderr)
+    sys.stderr.flush()
+
+
+def _terminated(signum, frame):
+    raise Terminated("terminated (SIGTERM)")
+
+
+def main(argv=None) -> int:
+    # From here on SIGTERM unwinds like an exception, so every `finally` (terminal restore,
+    # trace close) runs; during a run the machine replaces this with an orderly stop.
+    signal.signal(signal.SIGTERM, _terminated)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except VmmError as e:
+        print(f"vmm: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("vmm: interrupted", file=sys.stderr)
+        return EXIT_CODES["interrupted"]

@@ -1,0 +1,51 @@
+"""The port bus: maps port ranges to devices and hands each access an offset, not a port."""
+
+from __future__ import annotations
+
+
+class Device:
+    """A port-I/O device. `read`/`write` get the offset into the device's range and the access
+    size in bytes (1, 2 or 4); string I/O arrives one element at a time."""
+
+    name = "device"
+
+    def read(self, offset: int, size: int) -> int:
+        return 0
+
+    def write(self, offset: int, size: int, value: int) -> None:
+        pass
+
+    def finish(self) -> None:
+        """Called once when the run ends (flush partial output)."""
+
+    def stats(self) -> dict:
+        return {}
+
+
+class PortConflict(ValueError):
+    """Two devices claimed the same port."""
+
+
+class PortBus:
+    def __init__(self):
+        self._ports: dict[int, tuple[Device, int]] = {}
+        self.devices: list[tuple[int, int, Device]] = []
+
+    def register(self, device: Device, base: int, length: int = 1) -> None:
+        if not (0 <= base and base + length <= 0x10000 and length > 0):
+            raise ValueError(f"port range {base:#x}+{length} is outside 0x0-0xffff")
+        for port in range(base, base + length):
+            if port in self._ports:
+                other = self._ports[port][0]
+                raise PortConflict(f"{device.name} at {base:#x}-{base + length - 1:#x} overlaps "
+                                   f"{other.name} at port {port:#x}")
+        for offset in range(length):
+            self._ports[base + offset] = (device, offset)
+        self.devices.append((base, length, device))
+
+    def lookup(self, port: int) -> tuple[Device, int] | None:
+        return self._ports.get(port)
+
+    def describe(self) -> list[dict]:
+        return [{"name": d.name, "port": base, "length": length}
+                for base, length, d in sorted(self.devices, key=lambda t: t[0])]

@@ -1,0 +1,65 @@
+"""The exception hierarchy and the exit codes of the `vmm` command.
+
+    VmmError                      anything vmm reports to a user (one line, no traceback)
+    ├── UsageError                a flag or argument makes no sense            exit 2
+    ├── GuestImageError           the guest file cannot be booted              exit 10
+    ├── BackendUnavailable        no usable /dev/kvm (or other CPU backend)    exit 12
+    ├── TraceError                a trace file is unreadable or malformed      exit 14
+    └── Terminated                SIGTERM arrived outside a run                 exit 143
+
+How a *run* ends is not an exception but a `RunEnd` (vmm.machine), whose reason maps to an exit
+code in `EXIT_CODES`. vmm's own codes are all even, so they never collide with the odd codes
+(v << 1) | 1 of the isa-debug-exit device at port 0xf4.
+"""
+
+from __future__ import annotations
+
+
+class VmmError(Exception):
+    """Base of everything the CLI turns into a one-line message and an exit code."""
+    exit_code = 1
+
+
+class UsageError(VmmError):
+    exit_code = 2
+
+
+class GuestImageError(VmmError):
+    exit_code = 10
+
+
+class BackendUnavailable(VmmError):
+    exit_code = 12
+
+
+class TraceError(VmmError):
+    exit_code = 14
+
+
+class Terminated(VmmError):
+    """SIGTERM outside a run (a run turns it into its own orderly end)."""
+    exit_code = 143
+
+
+# Exit codes for the ways a run ends (RunEnd.reason -> code). See docs/exit-codes in README.
+EXIT_CODES = {
+    "halt": 0,             # the guest executed HLT
+    "idle": 0,             # virtual clock: the guest waits for input and nothing is scheduled
+    "quit": 0,             # the user pressed the quit key (Ctrl-])
+    # "exit-device": (v << 1) | 1, computed from the value written to port 0xf4
+    "triple-fault": 20,
+    "guest-exception": 22,  # an exception or software interrupt reached vmm's default handlers
+    "memory-outside-ram": 24,
+    "unknown-port": 26,
+    "timeout": 28,         # --timeout (wall clock) ran out
+    "max-time": 28,        # --max-time (virtual clock) ran out
+    "script-end": 0,       # --script: the last step is done and the guest went idle
+    "expect-failed": 34,   # --script: an expect step's text did not appear in time
+    "output-flood": 30,    # more console output than --max-output
+    "kvm-error": 32,       # failed VM entry, KVM internal error, unknown exit
+    "diverged": 40,        # vmm replay: the guest did something other than the recording
+    "redrive-differs": 41,  # vmm replay --guest: console output differs from the recording
+    "truncated-end": 42,   # vmm replay: a truncated trace's prefix replayed identically
+    "interrupted": 130,    # SIGINT / Ctrl-C
+    "terminated": 143,     # SIGTERM
+}

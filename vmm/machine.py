@@ -1,0 +1,337 @@
+"""The machine: a CPU backend, guest RAM laid out by vmm.boot, the device bus, and the run loop.
+
+The run loop turns exits into device accesses and ends the run on HLT, a triple fault, an access
+outside RAM, an unknown port, output past --max-output, the exit device, a watchdog timeout, or
+a signal. Every IN exit moves the observation counter once (`inputs.observe()`), before the
+device answers; OUTs and host-side returns (signals, watchdog kicks) never move it (DESIGN §3).
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from dataclasses import dataclass
+
+from . import boot
+from .backend import (CpuBackend, FailEntry, Halt, InternalError, Interrupted, IoIn, IoOut, Mmio,
+                      Shutdown, UnknownExit)
+from .devices import ExitDevice, IntervalTimer, Keyboard, LineOutput, PortBus, Serial16550
+from .devices.exitdev import ExitRequested
+from .outcome import RunEnd, StopRun
+
+# Port assignments (docs/devices.md).
+PORT_CONSOLE = 0x42
+PORT_KEYBOARD = 0x44          # data 0x44, status 0x45
+PORT_TIMER = 0x46             # period 0x46, control 0x47
+PORT_DEBUGCON = 0xE9
+PORT_PSEUDO_SERIAL = 0xF1
+PORT_EXIT = 0xF4
+PORT_COM1 = 0x3F8
+
+WATCHDOG_TICK = 0.05          # seconds between watchdog kicks while one is armed
+UNKNOWN_PORT_LOG_LIMIT = 10   # --ignore-unknown-ports: log this many, then only count
+STOP_GRACE_S = 0.25           # a host-side stop waits this long for the next read boundary
+NO_CHECKPOINT = -1
+
+
+@dataclass
+class RunConfig:
+    timeout_ns: int | None = None        # wall-clock bound on the whole run
+    max_output: int | None = 10 << 20    # bytes of guest output before the run is stopped
+    ignore_unknown_ports: bool = False
+    kick_for_input: bool = False         # kick KVM_RUN periodically to read the terminal
+    checkpoint_every: int = 0            # observations between register checkpoints (0: none)
+
+
+class Observer:
+    """Sees what a run does, for recording or verifying it. All stamps are observation counts."""
+
+    def on_output(self, n: int, device: str, text: str, partial: bool) -> None:
+        pass
+
+    def on_checkpoint(self, n: int, digest: str) -> None:
+        pass
+
+
+class Machine:
+    def __init__(self, image: boot.BootImage, backend: CpuBackend, inputs, sink, log,
+                 config: RunConfig, cpuid: list[dict] | None = None,
+                 observer: Observer | None = None):
+        """`sink(device, text, partial)` receives output lines; `log(text)` diagnostics."""
+        self.image, self.backend, self.inputs, self.config = image, backend, inputs, config
+        self._sink, self._log = sink, log
+        self.observer = observer
+        self.output_bytes = 0
+        self.exits = 0
+        self.unknown_ports = 0
+        self._stop: StopRun | None = None
+        self._stopping_since: float | None = None
+        self._in_read = False
+        every = config.checkpoint_every
+        self._checkpoint_every = every
+        self._next_checkpoint = every if every > 0 else NO_CHECKPOINT
+        self.bus = PortBus()
+        self.console = LineOutput("console", self._output, nonprintable="drop")
+        self.keyboard = Keyboard(inputs)
+        self.timer = IntervalTimer(inputs)
+        self.serial = Serial16550(inputs, self._output)
+        self.bus.register(self.console, PORT_CONSOLE)
+        self.bus.register(self.keyboard, PORT_KEYBOARD, 2)
+        self.bus.register(self.timer, PORT_TIMER, 2)
+        self.bus.register(LineOutput("debugcon", self._output), PORT_DEBUGCON)
+        self.bus.register(LineOutput("serial", self._output, nonprintable="dot"),
+                          PORT_PSEUDO_SERIAL)
+        self.bus.register(ExitDevice(), PORT_EXIT)
+        self.bus.register(self.serial, PORT_COM1, 8)
+        inputs.deadline_sources.append(self.timer.next_event_after)
+        inputs.stop_check = self._check_stop
+        self._line_devices = [d for _, _, d in self.bus.devices if isinstance(d, LineOutput)]
+        self._line_devices.append(self.serial.tx)
+        inputs.unfinished = lambda: "".join(d.partial for d in self._line_devices)
+        if hasattr(sink, "show_unfinished"):
+            inputs.on_idle = self._show_unfinished
+        for address, data in image.chunks:
+            backend.memory[address:address + len(data)] = data
+        if cpuid is not None:
+            backend.set_cpuid(cpuid)
+        backend.set_entry_state(image.entry)
+
+    # --- output --------------------------------------------------------------------------------
+    def _output(self, device: str, text: str, partial: bool) -> None:
+        self.output_bytes += len(text) + (0 if partial else 1)
+        self._sink(device, text, partial)
+        if self.observer is not None:
+            self.observer.on_output(self.inputs.obs, device, text, partial)
+        self.inputs.on_output(device, text, partial)
+        limit = self.config.max_output
+        if limit is not None and self.output_bytes > limit and self._stop is None:
+            raise StopRun("output-flood", f"guest output passed --max-output ({limit} bytes)")
+
+    def _show_unfinished(self) -> None:
+        """The guest waits: let the user see a prompt that has no newline yet."""
+        for device in self._line_devices:
+            if device.line_buffer:
+                self._sink.show_unfinished(device.name, device.partial)
+
+    # --- stop requests from signal handlers ------------------------------------------------------
+    def request_stop(self, stop: StopRun) -> None:
+        """Async-signal safe: remember why, and make KVM_RUN return."""
+        if self._stop is None:
+            self._stop = stop
+        self.backend.kick()
+
+    def _check_stop(self) -> None:
+        if self._stop is not None:
+            raise self._stop
+
+    # --- the run loop ----------------------------------------------------------------------------
+    def run(self) -> RunEnd:
+        with _Watchdog(self):
+            try:
+                self.inputs.start()
+                self._loop()
+            except StopRun as stop:
+                end = self._end(stop)
+            except ExitRequested as e:
+                code = ((e.value << 1) | 1) & 0xFF
+                end = self._end(StopRun("exit-device", f"guest wrote {e.value:#x} to the exit "
+                                                       f"device (port 0xf4): exit status {code}",
+                                        exit_code=code))
+        return end
+
+    def _end(self, stop: StopRun) -> RunEnd:
+        at_read, self._in_read = self._in_read, False
+        for _, _, device in self.bus.devices:
+            try:
+                device.finish()
+            except StopRun:
+                pass        # the partial line pushed output past the limit: already ending
+        try:
+            cpu = self.backend.cpu_state()
+        except OSError:
+            cpu = None
+        return RunEnd(stop.reason, stop.message, stop.exit_code, cpu, self.stats(),
+                      observation=self.inputs.obs, at_read=at_read)
+
+    def stats(self) -> dict:
+        return {"exits": self.exits, "observations": self.inputs.obs,
+                "output_bytes": self.output_bytes, "unknown_ports": self.unknown_ports,
+                "devices": {d.name: d.stats() for _, _, d in self.bus.devices if d.stats()}}
+
+    def _loop(self) -> None:
+        run, lookup, inputs = self.backend.run, self.bus.lookup, self.inputs
+        while True:
+            exit_ = run()
+            self.exits += 1
+            kind = type(exit_)
+            if kind is IoOut:
+                port, size, data = exit_.port, exit_.size, exit_.data
+                hit = lookup(port)
+                if hit is None:
+                    self._unknown_port(port, size, "out", data)
+                    continue
+                device, offset = hit
+                if len(data) == size:
+                    device.write(offset, size, int.from_bytes(data, "little"))
+                else:
+                    for i in range(0, len(data), size):
+                        device.write(offset, size, int.from_bytes(data[i:i + size], "little"))
+            elif kind is IoIn:
+                self._in_read = True
+                inputs.observe()
+                if inputs.obs == self._next_checkpoint:
+                    self._checkpoint()
+                if self._stopping_since is not None:
+                    raise self._stop            # a host-side stop, at a read boundary
+                port, size, count = exit_.port, exit_.size, exit_.count
+                hit = lookup(port)
+                if hit is None:
+                    self._unknown_port(port, size, "in", None)
+                    self.backend.complete_in(b"\xff" * (size * count))
+                    continue
+                device, offset = hit
+                self.backend.complete_in(b"".join(
+                    (device.read(offset, size) & ((1 << (8 * size)) - 1)).to_bytes(size, "little")
+                    for _ in range(count)))
+                self._in_read = False
+            elif kind is Interrupted:
+                if self._stop is not None:
+                    self._stopping()
+                elif self.config.kick_for_input:
+                    inputs.poll_host()
+            elif kind is Halt:
+                self._halted()
+            else:
+                self._fault(exit_)
+
+    def _stopping(self) -> None:
+        """A stop was requested from outside (timeout, signal). Let the guest run on to its next
+        read, so the run ends at a point a replay can reach exactly; a guest that does not read
+        within STOP_GRACE_S is stopped where it is."""
+        now = time.monotonic()
+        if self._stopping_since is None:
+            self._stopping_since = now
+        elif now - self._stopping_since >= STOP_GRACE_S:
+            raise self._stop
+
+    def _checkpoint(self) -> None:
+        self._next_checkpoint += self._checkpoint_every
+        self.observer.on_checkpoint(self.inputs.obs, self.backend.cpu_state())
+
+    def _halted(self) -> None:
+        cpu = self.backend.cpu_state()
+        vector = boot.stub_vector(cpu.linear_rip)
+        if vector is None:
+            raise StopRun("halt", f"guest halted at rip={cpu.rip:#x}")
+        real = self.image.entry.mode == "real"
+        where, origin = self._interrupted_at(cpu, vector, software=real and vector >= 0x10)
+        if real and vector >= 0x10:
+            raise StopRun("guest-exception", f"guest called BIOS interrupt int {vector:#x} at "
+                                             f"{where}{origin}, but vmm has no BIOS: use the "
+                                             "port-I/O devices (docs/devices.md)")
+        if vector in boot.EXCEPTION_NAMES and (vector < 8 or not real):
+            what = f"exception {boot.EXCEPTION_NAMES[vector]} (vector {vector})"
+        else:
+            what = f"interrupt vector {vector:#x}"
+        extra = f" (faulting address cr2={cpu.cr2:#x})" if vector == 14 and not real else ""
+        raise StopRun("guest-exception", f"guest raised {what} at {where}{extra} and has no "
+                                         f"handler for it{origin}")
+
+    def _interrupted_at(self, cpu, vector: int, software: bool = False) -> tuple[str, str]:
+        """Read the interrupted CS:IP from the exception frame vmm's stub was entered with
+        (for a software `int imm8`, the frame holds the next instruction: step back over it)."""
+        mode = self.image.entry.mode
+        sp = cpu.regs["rsp"]
+        mem = self.backend.memory
+        try:
+            if mode == "real":
+                base = cpu.extra.get("ss_base", 0) + (sp & 0xFFFF)
+                ip, cs = int.from_bytes(mem[base:base + 2], "little"), int.from_bytes(
+                    mem[base + 2:base + 4], "little")
+                return f"{cs:04x}:{(ip - 2 if software else ip) & 0xFFFF:04x}", ""
+            width = 8 if mode == "long" else 4
+            base = sp + (width if vector in boot.ERROR_CODE_VECTORS else 0)
+            ip = int.from_bytes(mem[base:base + width], "little")
+            return f"rip={ip:#x}", ""
+        except (ValueError, IndexError):
+            return f"rip={cpu.rip:#x}", " (its stack is outside RAM)"
+
+    def _fault(self, exit_) -> None:
+        if isinstance(exit_, Shutdown):
+            raise StopRun("triple-fault", "guest triple-faulted (an exception while handling an "
+                                          "exception; the CPU shut down)")
+        if isinstance(exit_, Mmio):
+            verb = "wrote" if exit_.is_write else "read"
+            raise StopRun("memory-outside-ram",
+                          f"guest {verb} {exit_.length} bytes at physical address "
+                          f"{exit_.address:#x}, outside its {boot._size(self.image.mem_size)} of RAM")
+        if isinstance(exit_, FailEntry):
+            raise StopRun("kvm-error", f"KVM could not enter the guest (hardware entry failure "
+                                       f"reason {exit_.reason:#x}): invalid CPU state")
+        if isinstance(exit_, InternalError):
+            raise StopRun("kvm-error", f"KVM internal error (suberror {exit_.suberror}, data "
+                                       f"{' '.join(hex(d) for d in exit_.data)}); often a guest "
+                                       "instruction KVM cannot emulate")
+        if isinstance(exit_, UnknownExit):
+            raise StopRun("kvm-error", f"unexpected KVM exit reason {exit_.reason}")
+        raise StopRun("kvm-error", f"unexpected exit {type(exit_).__name__}")
+
+    def _unknown_port(self, port: int, size: int, direction: str, data: bytes | None) -> None:
+        self.unknown_ports += 1
+        if direction == "out":
+            value = int.from_bytes(data[:size], "little")
+            what = f"wrote {value:#x} to unknown port {port:#x} ({size}-byte OUT)"
+        else:
+            what = f"read unknown port {port:#x} ({size}-byte IN)"
+        if not self.config.ignore_unknown_ports:
+            cpu = self.backend.cpu_state()
+            raise StopRun("unknown-port", f"guest {what} at rip={cpu.rip:#x}; run with "
+                                          "--ignore-unknown-ports to go on")
+        if self.unknown_ports <= UNKNOWN_PORT_LOG_LIMIT:
+            self._log(f"vmm: guest {what}; ignored"
+                      + (" (further ones are only counted)"
+                         if self.unknown_ports == UNKNOWN_PORT_LOG_LIMIT else ""))
+
+
+class _Watchdog:
+    """Arms SIGINT/SIGTERM handlers and, when needed, an interval timer whose SIGALRM kicks
+    KVM_RUN: to enforce --timeout even for a guest that never exits, and to read the terminal."""
+
+    def __init__(self, machine: Machine):
+        self.machine = machine
+        config = machine.config
+        self.deadline = (time.monotonic() + config.timeout_ns / 1e9
+                         if config.timeout_ns is not None else None)
+        self.tick = WATCHDOG_TICK if (self.deadline is not None or config.kick_for_input) else None
+        self.saved = {}
+
+    def _on_alarm(self, signum, frame) -> None:
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+            timeout = self.machine.config.timeout_ns / 1e9
+            self.machine.request_stop(StopRun("timeout", f"the run passed --timeout "
+                                                         f"({timeout:g}s of wall-clock time)"))
+        else:
+            self.machine.backend.kick()
+
+    def _on_signal(self, signum, frame) -> None:
+        if signum == signal.SIGINT:
+            self.machine.request_stop(StopRun("interrupted", "interrupted (SIGINT)"))
+        else:
+            self.machine.request_stop(StopRun("terminated", "terminated (SIGTERM)"))
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self.saved[sig] = signal.signal(sig, self._on_signal)
+        if self.tick is not None:
+            self.saved[signal.SIGALRM] = signal.signal(signal.SIGALRM, self._on_alarm)
+            first = self.tick
+            if self.deadline is not None:
+                first = max(1e-4, min(first, self.deadline - time.monotonic()))
+            signal.setitimer(signal.ITIMER_REAL, first, self.tick)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.tick is not None:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+        for sig, handler in self.saved.items():
+            signal.signal(sig, handler)

@@ -1,0 +1,34 @@
+"""How a run ends: `StopRun` is raised from anywhere in the run (a device, the input source, a
+signal check) and becomes the `RunEnd` that `Machine.run()` returns."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .backend import CpuState
+from .errors import EXIT_CODES
+
+
+class StopRun(Exception):
+    """End the run now, with `reason` (a key of EXIT_CODES) and a one-line message."""
+
+    def __init__(self, reason: str, message: str = "", exit_code: int | None = None):
+        super().__init__(message or reason)
+        self.reason = reason
+        self.message = message or reason
+        self.exit_code = EXIT_CODES[reason] if exit_code is None else exit_code
+
+
+@dataclass
+class RunEnd:
+    reason: str
+    message: str
+    exit_code: int
+    cpu: CpuState | None = None
+    stats: dict = field(default_factory=dict)
+    observation: int = 0         # the observation counter when the run ended
+    at_read: bool = False        # ended during read number `observation`, before answering it
+
+    @property
+    def is_error(self) -> bool:
+        return self.reason not in ("halt", "idle", "quit", "exit-device", "script-end")

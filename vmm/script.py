@@ -1,0 +1,248 @@
+"""Scripted input: a small line-oriented format, parsed without eval (docs/scripts.md).
+
+    # a comment
+    send "hello\\n"          send text (escapes: \\n \\r \\t \\e \\0 \\\\ \\" \\xHH)
+    sendline "hello"        send text followed by "\\n"
+    expect "hello"          wait for console text (default: within 10s of guest time)
+    expect /hel+o/ within 2s
+                            wait for a regular expression (Python syntax)
+    wait 500ms              let guest time pass
+    idle                    wait until the guest has consumed all input and waits for more
+
+Steps run under the virtual clock; every limit is guest time, so a loaded host cannot change a
+result. The run ends at the first idle point after the last step. A step list is stored in the
+trace header, so a re-drive can run the same script against another guest.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+
+from .errors import UsageError
+from .units import parse_duration
+
+DEFAULT_EXPECT_TIMEOUT_NS = 10_000_000_000
+_ESCAPES = {"n": "\n", "r": "\r", "t": "\t", "e": "\x1b", "0": "\0", "\\": "\\", '"': '"',
+            "b": "\b"}
+
+
+def unescape(text: str) -> str:
+    out, i = [], 0
+    while i < len(text):
+        c = text[i]
+        if c != "\\":
+            out.append(c)
+            i += 1
+            continue
+        if i + 1 >= len(text):
+            raise ValueError("a lone backslash at the end")
+        e = text[i + 1]
+        if e == "x":
+            digits = text[i + 2:i + 4]
+            if len(digits) != 2 or not all(ch in "0123456789abcdefABCDEF" for ch in digits):
+                raise ValueError(f"bad escape \\x{digits}")
+            out.append(chr(int(digits, 16)))
+            i += 4
+        elif e in _ESCAPES:
+            out.append(_ESCAPES[e])
+            i += 2
+        else:
+            raise ValueError(f"unknown escape \\{e}")
+    return "".join(out)
+
+
+def _quoted(rest: str, where: str) -> tuple[str, str]:
+    """Parse a leading double-quoted string; return (value, remainder)."""
+    rest = rest.strip()
+    if not rest.startswith('"'):
+        raise UsageError(f"{where}: expected a double-quoted string")
+    i = 1
+    while i < len(rest):
+        if rest[i] == "\\":
+            i += 2
+            continue
+        if rest[i] == '"':
+            try:
+                return unescape(rest[1:i]), rest[i + 1:]
+            except ValueError as e:
+                raise UsageError(f"{where}: {e}") from None
+        i += 1
+    raise UsageError(f"{where}: unterminated string")
+
+
+def parse_script(text: str, name: str = "script") -> list[dict]:
+    steps = []
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        where = f"{name}:{number}"
+        op, _, rest = line.partition(" ")
+        if op in ("send", "sendline"):
+            value, tail = _quoted(rest, where)
+            _no_tail(tail, where)
+            if op == "sendline":
+                value += "\n"
+            try:
+                value.encode("latin-1")
+            except UnicodeEncodeError:
+                raise UsageError(f"{where}: send takes bytes: use \\xHH for non-ASCII") from None
+            steps.append({"op": "send", "data": value})
+        elif op == "expect":
+            rest = rest.strip()
+            if rest.startswith("/"):
+                end = rest.rfind("/")
+                if end == 0:
+                    raise UsageError(f"{where}: unterminated /regex/")
+                pattern, tail = rest[1:end], rest[end + 1:]
+                try:
+                    re.compile(pattern)
+                except re.error as e:
+                    raise UsageError(f"{where}: bad regular expression: {e}") from None
+                step = {"op": "expect", "regex": pattern}
+            else:
+                value, tail = _quoted(rest, where)
+                step = {"op": "expect", "text": value}
+            step["timeout_ns"] = _within(tail, where)
+            steps.append(step)
+        elif op == "wait":
+            steps.append({"op": "wait", "ns": _duration(rest.strip(), where)})
+        elif op == "idle":
+            _no_tail(rest, where)
+            steps.append({"op": "idle"})
+        else:
+            raise UsageError(f"{where}: unknown step {op!r} (send, sendline, expect, wait, idle)")
+    return steps
+
+
+def _no_tail(tail: str, where: str) -> None:
+    if tail.strip() and not tail.strip().startswith("#"):
+        raise UsageError(f"{where}: unexpected {tail.strip()!r}")
+
+
+def _within(tail: str, where: str) -> int:
+    words = shlex.split(tail, comments=True)
+    if not words:
+        return DEFAULT_EXPECT_TIMEOUT_NS
+    if len(words) == 2 and words[0] == "within":
+        return _duration(words[1], where)
+    raise UsageError(f"{where}: after the pattern, only 'within DURATION' may follow")
+
+
+def _duration(text: str, where: str) -> int:
+    try:
+        return parse_duration(text)
+    except UsageError as e:
+        raise UsageError(f"{where}: {e}") from None
+
+
+def load_script(path: str) -> list[dict]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except FileNotFoundError:
+        raise UsageError(f"script file not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise UsageError(f"cannot read script {path}: {e}") from None
+    return parse_script(text, path)
+
+
+def validate_steps(steps) -> list[dict]:
+    """Check a step list that came from a trace header (untrusted)."""
+    if not isinstance(steps, list):
+        raise ValueError("script is not a list")
+    for step in steps:
+        if not isinstance(step, dict):
+            raise ValueError("a script step is not an object")
+        op = step.get("op")
+        if op == "send" and isinstance(step.get("data"), str):
+            continue
+        if op == "expect" and isinstance(step.get("timeout_ns"), int) and (
+                isinstance(step.get("text"), str) or isinstance(step.get("regex"), str)):
+            if "regex" in step:
+                re.compile(step["regex"])
+            continue
+        if op in ("wait", "at") and isinstance(step.get("ns"), int):
+            continue
+        if op == "idle":
+            continue
+        raise ValueError(f"bad script step {step!r}")
+    return steps
+
+
+class ScriptRunner:
+    """Runs steps against the guest under the virtual clock. The input source calls
+    `advance(now)` at every read and idle point, `on_output` with each output line, and asks
+    `next_time()` for the clock time the script next needs (a wait's end, an expect's limit)."""
+
+    def __init__(self, steps: list[dict], send):
+        self.steps = steps
+        self.index = 0
+        self._send = send            # send(bytes, now): queue input bytes
+        self._wake: int | None = None
+        self._deadline: int | None = None
+        self.output = ""             # all output so far, lines joined with "\n"
+        self._cursor = 0             # where the next expect starts searching
+        self.step_done = None        # callback(index, now) for recorders
+        self.unfinished = lambda: ""  # the devices' unfinished lines (a prompt has no newline)
+
+    @property
+    def finished(self) -> bool:
+        return self.index >= len(self.steps)
+
+    def on_output(self, device: str, text: str, partial: bool) -> None:
+        self.output += text if partial else text + "\n"
+
+    def next_time(self) -> int | None:
+        return self._wake if self._wake is not None else self._deadline
+
+    def advance(self, now: int, idle_with_no_input: bool = False):
+        """Run every step that can run now. Returns a failure message if an expect timed out."""
+        while not self.finished:
+            step = self.steps[self.index]
+            op = step["op"]
+            if op == "send":
+                self._send(step["data"].encode("latin-1"), now)
+            elif op in ("wait", "at"):
+                if self._wake is None:
+                    self._wake = now + step["ns"] if op == "wait" else step["ns"]
+                if now < self._wake:
+                    return None
+                self._wake = None
+            elif op == "expect":
+                if self._deadline is None:
+                    self._deadline = now + step["timeout_ns"]
+                if not self._match(step):
+                    if now >= self._deadline:
+                        self._deadline = None
+                        what = f"/{step['regex']}/" if "regex" in step else repr(step["text"])
+                        return (f"script step {self.index + 1}: expected {what} within "
+                                f"{step['timeout_ns'] / 1e9:g}s of guest time; the guest printed "
+                                f"{self.output[self._cursor:][-200:]!r} since the last match")
+                    return None
+                self._deadline = None
+            elif op == "idle":
+                if not idle_with_no_input:
+                    return None
+                idle_with_no_input = False     # one idle point satisfies one idle step
+            self.index += 1
+            if self.step_done is not None:
+                self.step_done(self.index - 1, now)
+        return None
+
+    def _match(self, step: dict) -> bool:
+        # An unfinished line is matched too (prompts end without a newline); when it is
+        # finished it is the same text at the same place, so the cursor stays valid.
+        seen = self.output + self.unfinished()
+        if "regex" in step:
+            m = re.compile(step["regex"], re.MULTILINE).search(seen, self._cursor)
+            if m is None:
+                return False
+            self._cursor = m.end()
+            return True
+        at = seen.find(step["text"], self._cursor)
+        if at < 0:
+            return False
+        self._cursor = at + len(step["text"])
+        return True

@@ -1,0 +1,41 @@
+"""Parsing of the units written on the command line and in scripts: durations, sizes, addresses."""
+
+from __future__ import annotations
+
+import re
+
+from .errors import UsageError
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ns|us|ms|s|m|h)\s*$")
+_NS_PER = {"ns": 1, "us": 1_000, "ms": 1_000_000, "s": 1_000_000_000, "m": 60_000_000_000,
+           "h": 3_600_000_000_000}
+_SIZE = re.compile(r"^\s*(\d+)\s*([KMG]i?B?|B)?\s*$", re.IGNORECASE)
+_SIZE_MULT = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+
+
+def parse_duration(text: str) -> int:
+    """'500ms', '10s', '2m', '1.5s' -> nanoseconds. A unit is required."""
+    m = _DURATION.match(str(text))
+    if not m:
+        raise UsageError(f"bad duration {text!r}: write a number with a unit, e.g. 500ms, 10s, 2m")
+    return int(round(float(m.group(1)) * _NS_PER[m.group(2)]))
+
+
+def parse_size(text: str) -> int:
+    """'16M', '64KiB', '1G', '4096' -> bytes."""
+    m = _SIZE.match(str(text))
+    if not m:
+        raise UsageError(f"bad size {text!r}: write e.g. 16M, 512K, 1G or a number of bytes")
+    unit = (m.group(2) or "").upper()[:1]
+    return int(m.group(1)) * _SIZE_MULT[unit if unit != "B" else ""]
+
+
+def parse_address(text: str) -> int:
+    """'0x1000', '4096', '0X7C00' -> int."""
+    try:
+        value = int(str(text), 0)
+    except ValueError:
+        raise UsageError(f"bad address {text!r}: write a number such as 0x1000") from None
+    if value < 0:
+        raise UsageError(f"bad address {text!r}: must not be negative")
+    return value
