@@ -1,0 +1,102 @@
+"""Recording: the observer that writes a trace while a live run happens (DESIGN §6)."""
+
+from __future__ import annotations
+
+import hashlib
+import platform
+import socket
+import time
+from datetime import datetime, timezone
+
+from . import __version__
+from .machine import Observer
+from .trace import TraceWriter, make_header, memory_digest
+
+CHECKPOINT_EVERY = 1024   # observations between register checkpoints
+
+
+class OutputDigest:
+    """A running digest of every output line (device, text, partial), in order."""
+
+    def __init__(self):
+        self._h = hashlib.sha256()
+
+    def add(self, device: str, text: str, partial: bool) -> None:
+        self._h.update(f"{device}\0{text}\0{int(partial)}\n".encode("ascii", "replace"))
+
+    def hexdigest(self) -> str:
+        return self._h.hexdigest()[:16]
+
+
+def machine_config(machine, boot_options: dict, cpuid: list[dict], clock: str,
+                   max_time_ns: int | None) -> dict:
+    """The complete machine configuration, as recorded in a trace header."""
+    image, config = machine.image, machine.config
+    return {
+        "boot": boot_options,
+        "kind": image.kind,
+        "mem": image.mem_size,
+        "mode": image.entry.mode,
+        "entry": image.entry.to_dict(),
+        "load_map": image.load_map,
+        "devices": machine.bus.describe(),
+        "cpuid": cpuid,
+        "max_output": config.max_output,
+        "ignore_unknown_ports": config.ignore_unknown_ports,
+        "checkpoint_every": config.checkpoint_every,
+        "max_time_ns": max_time_ns,
+    }
+
+
+class TraceRecorder(Observer):
+    def __init__(self, path: str):
+        self.writer = TraceWriter(path)
+        self.outputs = OutputDigest()
+        self.started = time.monotonic_ns()
+        self.inputs = None
+
+    def write_header(self, machine, *, boot_options: dict, cpuid: list[dict], clock: str,
+                     script: list[dict] | None, max_time_ns: int | None) -> None:
+        self.inputs = machine.inputs
+        info = {"created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                "host": socket.gethostname(), "platform": platform.platform(),
+                "python": platform.python_version(), "backend": machine.backend.name}
+        self.writer.write(make_header(
+            guest_name=machine.image.guest_name, guest_bytes=machine.image.guest_bytes,
+            machine=machine_config(machine, boot_options, cpuid, clock, max_time_ns),
+            clock=clock, script=script, info=info, vmm_version=__version__))
+
+    # --- what happens during the run -----------------------------------------------------------
+    def event(self, record: dict) -> None:
+        self.writer.write(record)
+
+    def step_done(self, index: int, now: int) -> None:
+        self.writer.write({"type": "step", "n": self.inputs.obs, "at": now, "index": index})
+
+    def on_output(self, n: int, device: str, text: str, partial: bool) -> None:
+        record = {"type": "out", "n": n, "dev": device, "text": text}
+        if partial:
+            record["partial"] = True
+        self.writer.write(record)
+        self.outputs.add(device, text, partial)
+
+    def on_checkpoint(self, n: int, cpu) -> None:
+        self.writer.write({"type": "cp", "n": n, "regs": cpu.digest()})
+
+    def finish(self, end, machine) -> None:
+        self.writer.write(end_record(end, machine, self.outputs.hexdigest(), {
+            "exits": end.stats.get("exits"),
+            "wall_ns": time.monotonic_ns() - self.started}))
+        self.writer.close()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def end_record(end, machine, output_digest: str, info: dict) -> dict:
+    return {"type": "end", "n": end.observation, "at": machine.inputs.now(),
+            "at_read": end.at_read, "reason": end.reason, "exit_code": end.exit_code,
+            "message": end.message,
+            "regs": end.cpu.digest() if end.cpu is not None else None,
+            "mem": memory_digest(machine.backend.memory),
+            "output": output_digest, "info": info}

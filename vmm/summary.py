@@ -1,0 +1,93 @@
+"""`vmm inspect`: a readable summary of a trace, and the same as JSON for machines."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from .trace import Trace
+
+
+def _seconds(ns) -> float | None:
+    return None if not isinstance(ns, int) else round(ns / 1e9, 6)
+
+
+def _describe(record: dict) -> str:
+    kind = record["type"]
+    if kind == "key":
+        b = record["byte"]
+        shown = repr(chr(b)) if 0x20 <= b < 0x7F else f"0x{b:02x}"
+        return f"key {shown} -> {record['dev']}"
+    if kind == "timer":
+        return "timer fired" + (f" x{record['count']}" if record["count"] != 1 else "")
+    if kind == "out":
+        return f"{record['dev']}: {record['text']}" + (" (partial)" if record.get("partial") else "")
+    if kind == "step":
+        return f"script step {record['index'] + 1} done"
+    if kind == "cp":
+        return f"checkpoint {record['regs']}"
+    return kind
+
+
+def summarize(trace: Trace, limit: int = 40) -> dict:
+    h, end = trace.header, trace.end
+    counts = Counter(r["type"] for r in trace.records)
+    timeline = [{"n": r["n"], "at_s": _seconds(r.get("at")), "what": _describe(r)}
+                for r in trace.records if r["type"] != "cp"]
+    shown = timeline if limit <= 0 else timeline[:limit]
+    machine = h["machine"]
+    return {
+        "path": trace.path,
+        "format": f"{h['format']} v{h['version']}",
+        "recorded_by": f"vmm {h.get('vmm')}",
+        "info": h.get("info", {}),
+        "guest": {k: h["guest"][k] for k in ("name", "size", "sha256")},
+        "machine": {"kind": machine.get("kind"), "mode": machine.get("mode"),
+                    "mem": machine.get("mem"), "boot": machine.get("boot"),
+                    "load_map": machine.get("load_map"), "devices": machine.get("devices"),
+                    "cpuid_leaves": len(machine.get("cpuid") or [])},
+        "clock": h["clock"],
+        "script_steps": len(h["script"]) if isinstance(h.get("script"), list) else None,
+        "counts": {"keys": counts["key"], "timer_firings": counts["timer"],
+                   "output_lines": counts["out"], "checkpoints": counts["cp"],
+                   "script_steps_done": counts["step"]},
+        "truncated": trace.truncated,
+        "end": None if end is None else {
+            "reason": end["reason"], "exit_code": end["exit_code"],
+            "message": end.get("message"), "observations": end["n"],
+            "guest_time_s": _seconds(end.get("at")),
+            "wall_time_s": _seconds((end.get("info") or {}).get("wall_ns")),
+            "digests": {k: end.get(k) for k in ("regs", "mem", "output")}},
+        "timeline": shown,
+        "timeline_omitted": len(timeline) - len(shown),
+    }
+
+
+def format_summary(s: dict) -> str:
+    g, m, c, end = s["guest"], s["machine"], s["counts"], s["end"]
+    lines = [
+        f"trace     {s['path']} ({s['format']}, {s['recorded_by']})",
+        f"guest     {g['name']}  {g['size']} bytes  sha256 {g['sha256'][:16]}...",
+        f"machine   {m['kind']} guest, {m['mode']} mode, {m['mem'] // 1024} KiB RAM, "
+        f"{len(m['devices'] or [])} devices, {m['cpuid_leaves']} CPUID leaves",
+        f"clock     {s['clock']}" + (f", script of {s['script_steps']} steps"
+                                     if s["script_steps"] is not None else ""),
+        f"recorded  {s['info'].get('created', '?')} on {s['info'].get('host', '?')} "
+        f"({s['info'].get('backend', '?')})",
+        f"counts    {c['keys']} keys, {c['timer_firings']} timer firings, "
+        f"{c['output_lines']} output lines, {c['checkpoints']} checkpoints",
+    ]
+    if end is None:
+        lines.append("end       none: the trace is truncated (the recording was cut short)")
+    else:
+        wall = end["wall_time_s"]
+        lines.append(f"end       {end['reason']} (exit status {end['exit_code']}) after "
+                     f"{end['observations']} observations, {end['guest_time_s']}s of guest time"
+                     + (f", {wall}s wall" if wall is not None else ""))
+        lines.append(f"          {end['message']}")
+    lines.append("timeline  (observation, clock time, event)")
+    for e in s["timeline"]:
+        at = f"{e['at_s']:.3f}s" if e["at_s"] is not None else "      "
+        lines.append(f"  {e['n']:>8}  {at:>10}  {e['what']}")
+    if s["timeline_omitted"]:
+        lines.append(f"  ... {s['timeline_omitted']} more (--limit 0 shows all)")
+    return "\n".join(lines)

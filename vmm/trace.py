@@ -1,0 +1,240 @@
+"""Trace files: the public, versioned record of a run (DESIGN §6; documented in
+docs/trace-format.md).
+
+A trace is text, one JSON object per line, gzip-compressed when the file name ends in `.gz`.
+The first line is the header; then records in the order they happened; the last is the end
+record. Records are written and flushed as they happen, so a recording cut short leaves a
+readable prefix. Everything a reader needs is validated here; reading never runs code.
+Fields that may differ between two recordings of the same scripted session live only under
+the `info` key of the header and of the end record.
+"""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import hashlib
+import json
+import os
+import zlib
+from dataclasses import dataclass, field
+
+from .errors import TraceError
+
+FORMAT = "vmm-trace"
+VERSION = 1
+GZIP_MAGIC = b"\x1f\x8b"
+
+# Record types and the fields each must carry (name -> accepted Python types).
+_INT = (int,)
+RECORD_FIELDS = {
+    "key": {"n": _INT, "at": _INT, "dev": (str,), "byte": _INT},
+    "timer": {"n": _INT, "at": _INT, "count": _INT},
+    "out": {"n": _INT, "dev": (str,), "text": (str,)},
+    "cp": {"n": _INT, "regs": (str,)},
+    "step": {"n": _INT, "at": _INT, "index": _INT},
+    "end": {"n": _INT, "reason": (str,), "exit_code": _INT},
+}
+INPUT_TYPES = frozenset({"key", "timer"})
+
+
+@dataclass
+class Trace:
+    header: dict
+    records: list[dict] = field(default_factory=list)
+    end: dict | None = None
+    truncated: bool = False
+    path: str = ""
+
+    @property
+    def guest_bytes(self) -> bytes:
+        return base64.b64decode(self.header["guest"]["data"])
+
+    def inputs(self) -> list[dict]:
+        return [r for r in self.records if r["type"] in INPUT_TYPES]
+
+    def outputs(self) -> list[dict]:
+        return [r for r in self.records if r["type"] == "out"]
+
+    def checkpoints(self) -> list[dict]:
+        return [r for r in self.records if r["type"] == "cp"]
+
+
+def encode(record: dict) -> bytes:
+    return json.dumps(record, separators=(",", ":"), ensure_ascii=True).encode("ascii") + b"\n"
+
+
+class TraceWriter:
+    """Writes records as they happen; each record is on disk (flushed) before the next."""
+
+    def __init__(self, path: str):
+        self.path = path
+        try:
+            self._raw = open(path, "wb")
+        except OSError as e:
+            raise TraceError(f"cannot write trace {path}: {e.strerror}") from None
+        self._gzip = gzip.GzipFile(fileobj=self._raw, mode="wb", mtime=0, filename="") \
+            if path.endswith(".gz") else None
+        self.records = 0
+
+    def write(self, record: dict) -> None:
+        data = encode(record)
+        if self._gzip is not None:
+            self._gzip.write(data)
+            self._gzip.flush(zlib.Z_SYNC_FLUSH)   # a readable prefix even if we are killed
+        else:
+            self._raw.write(data)
+        self._raw.flush()
+        self.records += 1
+
+    def close(self) -> None:
+        if self._gzip is not None:
+            self._gzip.close()
+            self._gzip = None
+        if not self._raw.closed:
+            self._raw.close()
+
+
+def make_header(*, guest_name: str, guest_bytes: bytes, machine: dict, clock: str,
+                script: list[dict] | None, info: dict, vmm_version: str) -> dict:
+    header = {
+        "type": "header", "format": FORMAT, "version": VERSION, "vmm": vmm_version,
+        "guest": {"name": guest_name, "size": len(guest_bytes),
+                  "sha256": hashlib.sha256(guest_bytes).hexdigest(),
+                  "data": base64.b64encode(guest_bytes).decode("ascii")},
+        "machine": machine,
+        "clock": clock,
+    }
+    if script is not None:
+        header["script"] = script
+    header["info"] = info
+    return header
+
+
+# --- reading ----------------------------------------------------------------------------------
+def _read_bytes(path: str) -> tuple[bytes, bool]:
+    """The decompressed bytes of a trace file, and whether a gzip stream was cut short."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except FileNotFoundError:
+        raise TraceError(f"trace file not found: {path}") from None
+    except IsADirectoryError:
+        raise TraceError(f"trace path is a directory: {path}") from None
+    except OSError as e:
+        raise TraceError(f"cannot read trace {path}: {e.strerror}") from None
+    if not raw.startswith(GZIP_MAGIC):
+        return raw, False
+    out, cut = [], False
+    while raw:
+        d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        try:
+            out.append(d.decompress(raw))
+        except zlib.error:
+            if not out:
+                raise TraceError(f"{path} is not a readable gzip file") from None
+            cut = True
+            break
+        if not d.eof:
+            cut = True
+            out.append(d.flush())
+            break
+        raw = d.unused_data
+    return b"".join(out), cut
+
+
+def read_trace(path: str) -> Trace:
+    data, gzip_cut = _read_bytes(path)
+    if not data:
+        raise TraceError(f"{path} is empty: not a vmm trace")
+    lines = data.split(b"\n")
+    complete_last = lines[-1] == b""
+    if complete_last:
+        lines.pop()
+    header = _parse_line(path, 1, lines[0], last=len(lines) == 1 and not complete_last)
+    if header is None:
+        raise TraceError(f"{path}: the header line is cut short: not a usable trace")
+    _check_header(path, header)
+    trace = Trace(header=header, path=path)
+    for number, line in enumerate(lines[1:], start=2):
+        is_last = number == len(lines)
+        record = _parse_line(path, number, line, last=is_last and not complete_last)
+        if record is None:             # a last line cut off mid-write: a truncated trace
+            trace.truncated = True
+            break
+        _check_record(path, number, record)
+        if trace.end is not None:
+            raise TraceError(f"{path}: line {number}: a record after the end record")
+        if record["type"] == "end":
+            trace.end = record
+        else:
+            trace.records.append(record)
+    if trace.end is None or gzip_cut:
+        trace.truncated = True
+    return trace
+
+
+def _parse_line(path: str, number: int, line: bytes, last: bool):
+    try:
+        value = json.loads(line)
+    except (ValueError, UnicodeDecodeError):
+        if last:
+            return None
+        raise TraceError(f"corrupt trace {path}: line {number} is not valid JSON") from None
+    if not isinstance(value, dict):
+        raise TraceError(f"corrupt trace {path}: line {number} is not a JSON object")
+    return value
+
+
+def _check_header(path: str, header: dict) -> None:
+    if header.get("type") != "header" or header.get("format") != FORMAT:
+        raise TraceError(f"{path} is not a vmm trace (no '{FORMAT}' header on its first line)")
+    version = header.get("version")
+    if not isinstance(version, int):
+        raise TraceError(f"{path}: the header has no version number")
+    if version != VERSION:
+        raise TraceError(f"{path} is trace format version {version}; this vmm reads version "
+                         f"{VERSION} only" + (" (upgrade vmm)" if version > VERSION else ""))
+    guest = header.get("guest")
+    if not isinstance(guest, dict) or not all(
+            isinstance(guest.get(k), t) for k, t in (("name", str), ("size", int),
+                                                     ("sha256", str), ("data", str))):
+        raise TraceError(f"corrupt trace {path}: the header's guest entry is incomplete")
+    try:
+        data = base64.b64decode(guest["data"], validate=True)
+    except ValueError:
+        raise TraceError(f"corrupt trace {path}: the embedded guest is not valid base64") from None
+    if len(data) != guest["size"] or hashlib.sha256(data).hexdigest() != guest["sha256"]:
+        raise TraceError(f"corrupt trace {path}: the embedded guest does not match its recorded "
+                         "size and sha256")
+    if not isinstance(header.get("machine"), dict) or header.get("clock") not in ("real", "virtual"):
+        raise TraceError(f"corrupt trace {path}: the header's machine or clock entry is missing")
+
+
+def _check_record(path: str, number: int, record: dict) -> None:
+    kind = record.get("type")
+    fields = RECORD_FIELDS.get(kind)
+    if fields is None:
+        raise TraceError(f"corrupt trace {path}: line {number} has unknown record type {kind!r}")
+    for name, types in fields.items():
+        value = record.get(name)
+        if not isinstance(value, types) or isinstance(value, bool):
+            raise TraceError(f"corrupt trace {path}: line {number} ({kind}) lacks a valid "
+                             f"'{name}'")
+    if record["n"] < 0 or (kind == "key" and not 0 <= record["byte"] <= 255):
+        raise TraceError(f"corrupt trace {path}: line {number} ({kind}) has a value out of range")
+
+
+def output_digest(outputs: list[tuple[str, str, bool]]) -> str:
+    h = hashlib.sha256()
+    for dev, text, partial in outputs:
+        h.update(f"{dev}\0{text}\0{int(partial)}\n".encode("ascii", "replace"))
+    return h.hexdigest()[:16]
+
+
+def memory_digest(memory) -> str:
+    return hashlib.sha256(memory).hexdigest()[:16]
+
+
+def default_trace_path(guest: str) -> str:
+    return os.path.splitext(os.path.basename(guest))[0] + ".trace"
