@@ -197,5 +197,9 @@ class CpuBackend:
         """Make the current or next run() return Interrupted soon; async-signal safe."""
         raise NotImplementedError
 
+    def memory_digest(self) -> str:
+        from .trace import memory_digest
+        return memory_digest(self.memory)
+
     def close(self) -> None:
         raise NotImplementedError

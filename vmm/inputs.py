@@ -151,7 +151,7 @@ class LiveInput(InputSource):
         self.clock = clock
         self.virtual = clock.name == "virtual"
         self.max_time_ns = max_time_ns
-        self.record = record                  # callable(event dict) or None
+        self.record = record                  # a TraceRecorder (key/timer) or None
         self.pending = deque()                # (byte, arrival time): ready for a device
         self._host = bytearray()              # virtual clock: read from the host, not released
         self.script = ScriptRunner(script, self._queue) if script is not None else None
@@ -165,6 +165,7 @@ class LiveInput(InputSource):
     def start(self) -> None:
         if self.script is not None:
             self.script.unfinished = self.unfinished
+            self.script.input_pending = lambda: bool(self.pending)
             self._advance_script(idle=False)
 
     def on_output(self, device: str, text: str, partial: bool) -> None:
@@ -173,7 +174,7 @@ class LiveInput(InputSource):
             self._advance_script(idle=False)
 
     def _advance_script(self, idle: bool) -> None:
-        failure = self.script.advance(self.clock.now(), idle_with_no_input=idle and not self.pending)
+        failure = self.script.advance(self.clock.now(), idle=idle)
         if failure is not None:
             raise StopRun("expect-failed", failure)
 
@@ -192,8 +193,7 @@ class LiveInput(InputSource):
                 return None
         byte, arrival = self.pending.popleft()
         if self.record is not None:
-            self.record({"type": "key", "n": self.obs, "at": arrival, "dev": device,
-                         "byte": byte})
+            self.record.key(self.obs, arrival, device, byte)
         return byte
 
     def timer_fired(self, deadline: int, period: int) -> int:
@@ -202,7 +202,7 @@ class LiveInput(InputSource):
             return 0
         count = (now - deadline) // period + 1
         if self.record is not None:
-            self.record({"type": "timer", "n": self.obs, "at": now, "count": count})
+            self.record.timer(self.obs, now, count)
         return count
 
     def idle(self) -> None:

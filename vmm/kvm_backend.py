@@ -6,6 +6,7 @@ from host time behind the input source's back (DESIGN §2).
 
 from __future__ import annotations
 
+import ctypes
 import fcntl
 import mmap
 import struct
@@ -128,6 +129,10 @@ class KvmBackend(CpuBackend):
         self._run_area[kvm.RUN_IMMEDIATE_EXIT] = 1
 
     # --- inspection --------------------------------------------------------------------------
+    def memory_digest(self) -> str:
+        from .trace import memory_digest
+        return memory_digest(self.memory, _resident_pages(self._ram))
+
     def cpu_state(self) -> CpuState:
         regs = self._vcpu.get_regs()
         sregs = self._vcpu.get_sregs()
@@ -152,6 +157,29 @@ class KvmBackend(CpuBackend):
             self._ram = None
         self._vcpu = self._vm = None
         self._kvm.close()
+
+
+_libc = None
+
+
+def _resident_pages(ram: mmap.mmap) -> bytes | None:
+    """mincore(2): one byte per page, bit 0 set where the page is in memory. Never-touched
+    anonymous pages are not, and are zero. None if the call is unavailable."""
+    global _libc
+    try:
+        if _libc is None:
+            _libc = ctypes.CDLL(None, use_errno=True)
+        pages = (len(ram) + mmap.PAGESIZE - 1) // mmap.PAGESIZE
+        vec = (ctypes.c_ubyte * pages)()
+        anchor = ctypes.c_char.from_buffer(ram)
+        try:
+            rc = _libc.mincore(ctypes.c_void_p(ctypes.addressof(anchor)),
+                               ctypes.c_size_t(len(ram)), vec)
+        finally:
+            del anchor
+        return bytes(vec) if rc == 0 else None
+    except (OSError, AttributeError, TypeError):
+        return None
 
 
 def _fill_segment(target: kvm.kvm_segment, seg: Segment) -> None:

@@ -49,8 +49,13 @@ class Observer:
     def on_output(self, n: int, device: str, text: str, partial: bool) -> None:
         pass
 
-    def on_checkpoint(self, n: int, digest: str) -> None:
+    def on_checkpoint(self, n: int, cpu) -> None:
         pass
+
+    wants_ticks = False
+
+    def tick(self) -> None:
+        """Called at every watchdog tick (when wants_ticks is set): flush what is buffered."""
 
 
 class Machine:
@@ -199,6 +204,8 @@ class Machine:
                     self._stopping()
                 elif self.config.kick_for_input:
                     inputs.poll_host()
+                if self.observer is not None:
+                    self.observer.tick()
             elif kind is Halt:
                 self._halted()
             else:
@@ -302,7 +309,10 @@ class _Watchdog:
         config = machine.config
         self.deadline = (time.monotonic() + config.timeout_ns / 1e9
                          if config.timeout_ns is not None else None)
-        self.tick = WATCHDOG_TICK if (self.deadline is not None or config.kick_for_input) else None
+        observer = machine.observer
+        wanted = (self.deadline is not None or config.kick_for_input
+                  or (observer is not None and observer.wants_ticks))
+        self.tick = WATCHDOG_TICK if wanted else None
         self.saved = {}
 
     def _on_alarm(self, signum, frame) -> None:

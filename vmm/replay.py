@@ -21,7 +21,7 @@ from .machine import Observer
 from .outcome import RunEnd, StopRun
 from .record import OutputDigest
 from .script import validate_steps
-from .trace import Trace, memory_digest
+from .trace import Trace
 
 # Ends caused by the host rather than the guest: a replay can reproduce them only at the read
 # where the recording stopped (end record `at_read`).
@@ -165,7 +165,7 @@ def exact_verdict(trace: Trace, verifier: ReplayVerifier, end: RunEnd, machine) 
             if recorded.get("regs") is not None and regs != recorded["regs"]:
                 problems.append(f"final registers differ: recorded digest {recorded['regs']}, "
                                 f"replay {regs}" + (f" (rip={end.cpu.rip:#x})" if end.cpu else ""))
-            mem = memory_digest(machine.backend.memory)
+            mem = machine.backend.memory_digest()
             if recorded.get("mem") is not None and mem != recorded["mem"]:
                 problems.append(f"final guest memory differs: recorded digest {recorded['mem']}, "
                                 f"replay {mem}")
@@ -187,7 +187,8 @@ def redrive_script(trace: Trace) -> list[dict]:
         try:
             return validate_steps(script)
         except (ValueError, TypeError) as e:
-            raise TraceError(f"corrupt trace {trace.path}: its script is malformed ({e})") from None
+            raise TraceError(f"corrupt trace {trace.path}: its script is malformed "
+                             f"({str(e).splitlines()[0]})") from None
     steps = []
     for e in trace.inputs():
         if e["type"] == "key":

@@ -122,7 +122,7 @@ def live_run(spec: LiveRun, *, feed=None, terminal: bool = False, sink=None,
         cpuid = cpuid_table(spec.cpuid, backend.supported_cpuid())
         clock = VirtualClock() if clock_name == "virtual" else RealClock()
         inputs = LiveInput(feed, clock, script=spec.script, max_time_ns=max_time,
-                           record=recorder.event if recorder else None)
+                           record=recorder)
         if terminal:
             log(f"vmm: running {image.guest_name}; press Ctrl-] to quit")
         with raw_input_mode(0) if terminal else contextlib.nullcontext():
@@ -164,7 +164,7 @@ def replay_trace(path: str, *, guest: str | None = None, boot_override: dict | N
     from .trace import read_trace
 
     trace = read_trace(path)
-    header, machine_cfg = trace.header, trace.header["machine"]
+    machine_cfg = trace.header["machine"]
     recorded_wall = ((trace.end or {}).get("info") or {}).get("wall_ns")
     if timeout_ns is None:
         timeout_ns = (2 * recorded_wall + 10_000_000_000 if isinstance(recorded_wall, int)

@@ -92,9 +92,10 @@ def parse_script(text: str, name: str = "script") -> list[dict]:
         elif op == "expect":
             rest = rest.strip()
             if rest.startswith("/"):
-                end = rest.rfind("/")
-                if end == 0:
-                    raise UsageError(f"{where}: unterminated /regex/")
+                end = _regex_end(rest)
+                if end is None:
+                    raise UsageError(f"{where}: unterminated /regex/ (write \\/ for a slash "
+                                     "inside it)")
                 pattern, tail = rest[1:end], rest[end + 1:]
                 try:
                     re.compile(pattern)
@@ -107,7 +108,7 @@ def parse_script(text: str, name: str = "script") -> list[dict]:
             step["timeout_ns"] = _within(tail, where)
             steps.append(step)
         elif op == "wait":
-            steps.append({"op": "wait", "ns": _duration(rest.strip(), where)})
+            steps.append({"op": "wait", "ns": _duration(_strip_comment(rest), where)})
         elif op == "idle":
             _no_tail(rest, where)
             steps.append({"op": "idle"})
@@ -116,13 +117,33 @@ def parse_script(text: str, name: str = "script") -> list[dict]:
     return steps
 
 
+def _strip_comment(text: str) -> str:
+    return text.split("#", 1)[0].strip()
+
+
+def _regex_end(rest: str) -> int | None:
+    """Index of the slash closing a /regex/ that starts at rest[0]; \\/ does not close it."""
+    i = 1
+    while i < len(rest):
+        if rest[i] == "\\":
+            i += 2
+            continue
+        if rest[i] == "/":
+            return i
+        i += 1
+    return None
+
+
 def _no_tail(tail: str, where: str) -> None:
     if tail.strip() and not tail.strip().startswith("#"):
         raise UsageError(f"{where}: unexpected {tail.strip()!r}")
 
 
 def _within(tail: str, where: str) -> int:
-    words = shlex.split(tail, comments=True)
+    try:
+        words = shlex.split(tail, comments=True)
+    except ValueError as e:
+        raise UsageError(f"{where}: {e}") from None
     if not words:
         return DEFAULT_EXPECT_TIMEOUT_NS
     if len(words) == 2 and words[0] == "within":
@@ -152,18 +173,28 @@ def validate_steps(steps) -> list[dict]:
     """Check a step list that came from a trace header (untrusted)."""
     if not isinstance(steps, list):
         raise ValueError("script is not a list")
+    def whole(value) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
     for step in steps:
         if not isinstance(step, dict):
             raise ValueError("a script step is not an object")
         op = step.get("op")
         if op == "send" and isinstance(step.get("data"), str):
+            try:
+                step["data"].encode("latin-1")
+            except UnicodeEncodeError:
+                raise ValueError("send data must be bytes (Latin-1 text)") from None
             continue
-        if op == "expect" and isinstance(step.get("timeout_ns"), int) and (
+        if op == "expect" and whole(step.get("timeout_ns")) and (
                 isinstance(step.get("text"), str) or isinstance(step.get("regex"), str)):
             if "regex" in step:
-                re.compile(step["regex"])
+                try:
+                    re.compile(step["regex"])
+                except re.error as e:
+                    raise ValueError(f"bad regular expression: {e}") from None
             continue
-        if op in ("wait", "at") and isinstance(step.get("ns"), int):
+        if op in ("wait", "at") and whole(step.get("ns")):
             continue
         if op == "idle":
             continue
@@ -186,6 +217,7 @@ class ScriptRunner:
         self._cursor = 0             # where the next expect starts searching
         self.step_done = None        # callback(index, now) for recorders
         self.unfinished = lambda: ""  # the devices' unfinished lines (a prompt has no newline)
+        self.input_pending = lambda: False  # sent bytes the guest has not read yet
 
     @property
     def finished(self) -> bool:
@@ -197,8 +229,9 @@ class ScriptRunner:
     def next_time(self) -> int | None:
         return self._wake if self._wake is not None else self._deadline
 
-    def advance(self, now: int, idle_with_no_input: bool = False):
-        """Run every step that can run now. Returns a failure message if an expect timed out."""
+    def advance(self, now: int, idle: bool = False):
+        """Run every step that can run now; `idle`: this is an idle point. Returns a failure
+        message if an expect timed out."""
         while not self.finished:
             step = self.steps[self.index]
             op = step["op"]
@@ -217,15 +250,16 @@ class ScriptRunner:
                     if now >= self._deadline:
                         self._deadline = None
                         what = f"/{step['regex']}/" if "regex" in step else repr(step["text"])
+                        printed = (self.output + self.unfinished())[self._cursor:]
                         return (f"script step {self.index + 1}: expected {what} within "
                                 f"{step['timeout_ns'] / 1e9:g}s of guest time; the guest printed "
-                                f"{self.output[self._cursor:][-200:]!r} since the last match")
+                                f"{printed[-200:]!r} since the last match")
                     return None
                 self._deadline = None
             elif op == "idle":
-                if not idle_with_no_input:
+                if not idle or self.input_pending():
                     return None
-                idle_with_no_input = False     # one idle point satisfies one idle step
+                idle = False                   # one idle point satisfies one idle step
             self.index += 1
             if self.step_done is not None:
                 self.step_done(self.index - 1, now)

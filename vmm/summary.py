@@ -35,16 +35,20 @@ def summarize(trace: Trace, limit: int = 40) -> dict:
                 for r in trace.records if r["type"] != "cp"]
     shown = timeline if limit <= 0 else timeline[:limit]
     machine = h["machine"]
+    end_info = (end or {}).get("info")
+    end_info = end_info if isinstance(end_info, dict) else {}
+    info = h.get("info") if isinstance(h.get("info"), dict) else {}
     return {
         "path": trace.path,
         "format": f"{h['format']} v{h['version']}",
         "recorded_by": f"vmm {h.get('vmm')}",
-        "info": h.get("info", {}),
+        "info": info,
         "guest": {k: h["guest"][k] for k in ("name", "size", "sha256")},
         "machine": {"kind": machine.get("kind"), "mode": machine.get("mode"),
                     "mem": machine.get("mem"), "boot": machine.get("boot"),
                     "load_map": machine.get("load_map"), "devices": machine.get("devices"),
-                    "cpuid_leaves": len(machine.get("cpuid") or [])},
+                    "cpuid_leaves": len(machine.get("cpuid") or []) if isinstance(
+                        machine.get("cpuid"), list) else 0},
         "clock": h["clock"],
         "script_steps": len(h["script"]) if isinstance(h.get("script"), list) else None,
         "counts": {"keys": counts["key"], "timer_firings": counts["timer"],
@@ -55,11 +59,15 @@ def summarize(trace: Trace, limit: int = 40) -> dict:
             "reason": end["reason"], "exit_code": end["exit_code"],
             "message": end.get("message"), "observations": end["n"],
             "guest_time_s": _seconds(end.get("at")),
-            "wall_time_s": _seconds((end.get("info") or {}).get("wall_ns")),
+            "wall_time_s": _seconds(end_info.get("wall_ns")),
             "digests": {k: end.get(k) for k in ("regs", "mem", "output")}},
         "timeline": shown,
         "timeline_omitted": len(timeline) - len(shown),
     }
+
+
+def _kib(mem) -> str:
+    return f"{mem // 1024} KiB" if isinstance(mem, int) and not isinstance(mem, bool) else "? KiB"
 
 
 def format_summary(s: dict) -> str:
@@ -67,7 +75,7 @@ def format_summary(s: dict) -> str:
     lines = [
         f"trace     {s['path']} ({s['format']}, {s['recorded_by']})",
         f"guest     {g['name']}  {g['size']} bytes  sha256 {g['sha256'][:16]}...",
-        f"machine   {m['kind']} guest, {m['mode']} mode, {m['mem'] // 1024} KiB RAM, "
+        f"machine   {m['kind']} guest, {m['mode']} mode, {_kib(m['mem'])} RAM, "
         f"{len(m['devices'] or [])} devices, {m['cpuid_leaves']} CPUID leaves",
         f"clock     {s['clock']}" + (f", script of {s['script_steps']} steps"
                                      if s["script_steps"] is not None else ""),

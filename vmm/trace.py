@@ -16,6 +16,7 @@ import gzip
 import hashlib
 import json
 import os
+import time
 import zlib
 from dataclasses import dataclass, field
 
@@ -64,8 +65,14 @@ def encode(record: dict) -> bytes:
     return json.dumps(record, separators=(",", ":"), ensure_ascii=True).encode("ascii") + b"\n"
 
 
+FLUSH_INTERVAL_NS = 20_000_000   # records reach the file at most this long after they happen
+
+
 class TraceWriter:
-    """Writes records as they happen; each record is on disk (flushed) before the next."""
+    """Writes records as they happen. Each record reaches the file (a write syscall, and a gzip
+    sync flush) within FLUSH_INTERVAL_NS when more records follow, at the next watchdog tick
+    (vmm.machine.WATCHDOG_TICK) when none do, and at once when the run ends or vmm stops on a
+    signal or an error; only SIGKILL or a power cut can lose the last few tens of ms."""
 
     def __init__(self, path: str):
         self.path = path
@@ -75,24 +82,41 @@ class TraceWriter:
             raise TraceError(f"cannot write trace {path}: {e.strerror}") from None
         self._gzip = gzip.GzipFile(fileobj=self._raw, mode="wb", mtime=0, filename="") \
             if path.endswith(".gz") else None
+        self._pending: list[bytes] = []
+        self._last_flush = time.monotonic_ns()
         self.records = 0
 
     def write(self, record: dict) -> None:
-        data = encode(record)
+        self.write_line(encode(record))
+
+    def write_line(self, line: bytes) -> None:
+        """An already-encoded record, ending in a newline."""
+        self._pending.append(line)
+        self.records += 1
+        if time.monotonic_ns() - self._last_flush >= FLUSH_INTERVAL_NS:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self._pending:
+            return
+        data = b"".join(self._pending)
+        self._pending.clear()
         if self._gzip is not None:
             self._gzip.write(data)
             self._gzip.flush(zlib.Z_SYNC_FLUSH)   # a readable prefix even if we are killed
         else:
             self._raw.write(data)
         self._raw.flush()
-        self.records += 1
+        self._last_flush = time.monotonic_ns()
 
     def close(self) -> None:
+        if self._raw.closed:
+            return
+        self.flush()
         if self._gzip is not None:
             self._gzip.close()
             self._gzip = None
-        if not self._raw.closed:
-            self._raw.close()
+        self._raw.close()
 
 
 def make_header(*, guest_name: str, guest_bytes: bytes, machine: dict, clock: str,
@@ -177,7 +201,7 @@ def read_trace(path: str) -> Trace:
 def _parse_line(path: str, number: int, line: bytes, last: bool):
     try:
         value = json.loads(line)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         if last:
             return None
         raise TraceError(f"corrupt trace {path}: line {number} is not valid JSON") from None
@@ -190,7 +214,7 @@ def _check_header(path: str, header: dict) -> None:
     if header.get("type") != "header" or header.get("format") != FORMAT:
         raise TraceError(f"{path} is not a vmm trace (no '{FORMAT}' header on its first line)")
     version = header.get("version")
-    if not isinstance(version, int):
+    if not isinstance(version, int) or isinstance(version, bool):
         raise TraceError(f"{path}: the header has no version number")
     if version != VERSION:
         raise TraceError(f"{path} is trace format version {version}; this vmm reads version "
@@ -225,15 +249,26 @@ def _check_record(path: str, number: int, record: dict) -> None:
         raise TraceError(f"corrupt trace {path}: line {number} ({kind}) has a value out of range")
 
 
-def output_digest(outputs: list[tuple[str, str, bool]]) -> str:
-    h = hashlib.sha256()
-    for dev, text, partial in outputs:
-        h.update(f"{dev}\0{text}\0{int(partial)}\n".encode("ascii", "replace"))
-    return h.hexdigest()[:16]
+PAGE = 4096
+_ZERO_PAGE = bytes(PAGE)
 
 
-def memory_digest(memory) -> str:
-    return hashlib.sha256(memory).hexdigest()[:16]
+def memory_digest(memory, resident: bytes | None = None) -> str:
+    """A digest of guest RAM: CRC-32 over (page number, contents) of every non-zero page.
+
+    CRC-32 only has to notice that a replay differs (nobody is kept from forging a trace), and
+    is three times faster than SHA-256 here. `resident` (one byte per page, from mincore) lets
+    it skip pages the guest never touched — they are zero — without faulting them in; pages
+    that are resident but zero (say, the rest of a transparent huge page) count as zero too,
+    so the digest does not depend on how the host happened to back the memory."""
+    crc = 0
+    for index in range(len(memory) // PAGE):
+        if resident is not None and not resident[index] & 1:
+            continue
+        page = memory[index * PAGE:(index + 1) * PAGE]
+        if page != _ZERO_PAGE:
+            crc = zlib.crc32(page, zlib.crc32(index.to_bytes(4, "little"), crc))
+    return f"crc32:{crc:08x}"
 
 
 def default_trace_path(guest: str) -> str:
