@@ -8,11 +8,20 @@
 #   vmm monitor v1
 #   Menu:
 #     1) CPU information
+#     2) Headline
+#     3) Weather
+#     4) Air quality
 #     h) Halt
 #   Choice: <key echoed>\n
 #
 # '\r' and '\n' keys are ignored silently.  Unknown keys print
 # "Invalid choice: <c>" and the menu again.
+#
+# 2-4 use vmm's web-data devices (ports 0x100, 0x101-0x106, 0x201-0x206):
+# 3 and 4 first ask for a city ("Cities:" / "  1) Chennai" ... / "City: ",
+# the key echoed); a key other than 1-6 prints "Invalid city: <c>" and goes
+# back to the main menu.  Then "Fetching, please wait...", the device's text
+# (16-bit INs until a 0) and "\n".
 #
 # Adding an entry: write a handler (a near procedure, may clobber anything
 # but must preserve SP, DS, ES) and add one MENU_ENTRY line to menu_table.
@@ -84,6 +93,9 @@ invalid_choice:
 # ---------------------------------------------------------------------------
 menu_table:
         MENU_ENTRY '1', "CPU information", cmd_cpuinfo
+        MENU_ENTRY '2', "Headline", cmd_headline
+        MENU_ENTRY '3', "Weather", cmd_weather
+        MENU_ENTRY '4', "Air quality", cmd_air
         MENU_ENTRY 'h', "Halt", cmd_halt
         .byte   0                       # end of table
 
@@ -217,6 +229,63 @@ cmd_cpuinfo:
         mov     $ASCII_LF, %al
         jmp     putc                    # tail call
 
+# cmd_headline: the top headline (port 0x100).
+cmd_headline:
+        mov     $WEB_HEADLINE, %dx
+        jmp     show_web                # tail call
+
+# cmd_weather, cmd_air: ask for a city, then show its weather / air quality.
+cmd_weather:
+        mov     $WEB_WEATHER, %dx
+        jmp     city_menu
+cmd_air:
+        mov     $WEB_AIR, %dx
+        # fall through
+
+# city_menu: DX = the port of city 1.  Print the cities and read a key
+# (CR/LF ignored, the key echoed); 1-6 shows the device at DX + key - '1',
+# anything else prints "Invalid city: <c>".
+city_menu:
+        mov     $s_cities, %si
+        call    puts
+1:      call    getc                    # preserves DX
+        cmp     $ASCII_CR, %al
+        je      1b
+        cmp     $ASCII_LF, %al
+        je      1b
+        mov     %al, %bl
+        call    putc
+        mov     $ASCII_LF, %al
+        call    putc
+        cmp     $'1', %bl
+        jb      2f
+        cmp     $'0' + WEB_CITIES, %bl
+        ja      2f
+        sub     $'1', %bl
+        xor     %bh, %bh
+        add     %bx, %dx
+        jmp     show_web                # tail call
+2:      mov     $s_bad_city, %si
+        call    puts
+        mov     %bl, %al
+        call    putc
+        mov     $ASCII_LF, %al
+        jmp     putc                    # tail call
+
+# show_web: DX = a web-data port.  "Fetching, please wait...", then the
+# device's text: 16-bit INs until one returns 0 (the first one waits while
+# vmm fetches), then "\n".
+show_web:
+        mov     $s_fetching, %si
+        call    puts
+1:      in      %dx, %ax
+        test    %al, %al
+        jz      2f
+        call    putc                    # preserves DX
+        jmp     1b
+2:      mov     $ASCII_LF, %al
+        jmp     putc                    # tail call
+
 # ---------------------------------------------------------------------------
 # COM1 helpers
 # ---------------------------------------------------------------------------
@@ -293,6 +362,16 @@ s_none:         .asciz "(none)"
 s_family:       .asciz "Family: "
 s_model:        .asciz " Model: "
 s_stepping:     .asciz " Stepping: "
+s_fetching:     .asciz "Fetching, please wait...\n"
+s_cities:       .ascii "Cities:\n"
+                .ascii "  1) Chennai\n"
+                .ascii "  2) New Delhi\n"
+                .ascii "  3) London\n"
+                .ascii "  4) Chicago\n"
+                .ascii "  5) San Francisco\n"
+                .ascii "  6) New York\n"
+                .asciz "City: "
+s_bad_city:     .asciz "Invalid city: "
 
         .bss
 vendor:         .skip 12

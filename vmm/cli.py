@@ -103,6 +103,17 @@ def add_clock_options(p: argparse.ArgumentParser) -> None:
                    help="virtual clock: stop when guest time passes this (default 60s)")
 
 
+def add_feeds_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("web data (ports 0x100-0x106, 0x201-0x206; docs/feeds.md)")
+    g.add_argument("--feeds", metavar="FILE",
+                   help="a TOML feeds file: where the headline, weather and air-quality "
+                        "devices get their text (default: the built-in feeds, Hacker News and "
+                        "Open-Meteo)")
+    g.add_argument("--offline", action="store_true",
+                   help="never touch the network: web devices with an HTTP source answer "
+                        "'<kind> unavailable: offline'")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vmm", description="A deterministic record-and-replay micro VMM for small x86 "
@@ -122,6 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("guest", help="raw binary or ELF file")
     add_machine_options(run)
     add_clock_options(run)
+    add_feeds_options(run)
     run.add_argument("-v", "--verbose", action="store_true",
                      help="report how the run ended and its counters on stderr")
     run.set_defaults(func=cmd_run, output=None)
@@ -129,8 +141,9 @@ def build_parser() -> argparse.ArgumentParser:
     record = sub.add_parser(
         "record", help="run a guest live and write every input to a trace file",
         description="Run a guest exactly as `vmm run` does, and write every nondeterministic "
-                    "input it is given (keys, timer firings), its output, register checkpoints "
-                    "and its end to a trace file, as they happen: a recording cut short by "
+                    "input it is given (keys, timer firings, fetched web data), its output, "
+                    "register checkpoints and its end to a trace file, as they happen: a "
+                    "recording cut short by "
                     "Ctrl-C, SIGTERM, a guest crash or a timeout is still a valid trace. "
                     "`vmm replay` re-executes it.",
         epilog=EPILOG_EXIT_CODES, formatter_class=fmt)
@@ -139,6 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="trace file to write (gzip-compressed if it ends in .gz)")
     add_machine_options(record)
     add_clock_options(record)
+    add_feeds_options(record)
     record.add_argument("--checkpoint-every", type=_positive, default=1024, metavar="N",
                         help="record a digest of the vCPU registers every N observations "
                              "(default 1024); replay compares them")
@@ -215,7 +229,8 @@ def cmd_run(args) -> int:
                    script=load_script(args.script) if args.script else None,
                    clock=args.clock, max_time_ns=args.max_time, timeout_ns=args.timeout,
                    max_output=args.max_output, ignore_unknown_ports=args.ignore_unknown_ports,
-                   cpuid=args.cpuid, trace_path=args.output)
+                   cpuid=args.cpuid, trace_path=args.output, feeds=args.feeds,
+                   offline=args.offline)
     if args.output is not None:
         spec.checkpoint_every = args.checkpoint_every
     feed, terminal = (None, False) if args.script else _stdin_feed()

@@ -54,6 +54,7 @@ EXIT_CODES = {
     "timeout": 28,         # --timeout (wall clock) ran out
     "max-time": 28,        # --max-time (virtual clock) ran out
     "script-end": 0,       # --script: the last step is done and the guest went idle
+    "session-end": 0,      # harness.session: the test closed the session
     "expect-failed": 34,   # --script: an expect step's text did not appear in time
     "output-flood": 30,    # more console output than --max-output
     "kvm-error": 32,       # failed VM entry, KVM internal error, unknown exit

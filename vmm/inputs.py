@@ -9,13 +9,17 @@ stamped with the observation counter (DESIGN §3) by a recording and served agai
                              how many timer periods have ended by now (0 if none)
     idle()                   the read found nothing new: an idle point (DESIGN §4)
     now()                    the clock time (ns since the run began), to arm a timer from
+    fetch(device)            the text of a fresh web-data fetch (vmm.devices.web), one line of
+                             printable ASCII; waits while it is fetched
 
 The run loop calls `observe()` once per IN instruction: that is the observation counter.
 
 `LiveInput` answers from the host — a terminal, a pipe, or a script — and a clock (`RealClock`:
 the host's monotonic clock; `VirtualClock`: time moves only at idle points). With a `record`
 callback it reports every answer it gives as a trace event. `ReplayInput` answers only from a
-trace's events and never touches a terminal, a clock or the network.
+trace's events and never touches a terminal, a clock or the network. Web data is fetched by
+the `fetcher` LiveInput is given (vmm.web.Fetcher, the only code that uses the network), or
+served in order from `fetch_answers` (a re-drive replays a trace's fetches that way).
 """
 
 from __future__ import annotations
@@ -145,8 +149,12 @@ class InputSource:
 # --- the live input source ----------------------------------------------------------------------
 class LiveInput(InputSource):
     def __init__(self, feed, clock, *, script: list[dict] | None = None,
-                 max_time_ns: int | None = None, record=None):
+                 max_time_ns: int | None = None, record=None, fetcher=None,
+                 fetch_answers: dict[str, list[str]] | None = None):
         super().__init__()
+        self.fetcher = fetcher                # vmm.web.Fetcher, or None: no web data
+        self.fetch_answers = ({dev: deque(texts) for dev, texts in fetch_answers.items()}
+                              if fetch_answers is not None else None)
         self.feed = feed
         self.clock = clock
         self.virtual = clock.name == "virtual"
@@ -204,6 +212,21 @@ class LiveInput(InputSource):
         if self.record is not None:
             self.record.timer(self.obs, now, count)
         return count
+
+    def fetch(self, device: str) -> str:
+        """A web-data fetch. Under the virtual clock it takes no guest time."""
+        from .devices.web import clean_text, unavailable
+        if self.fetch_answers is not None:
+            answers = self.fetch_answers.get(device)
+            text = answers.popleft() if answers else unavailable(device, "not in the recording")
+        elif self.fetcher is None:
+            text = unavailable(device, "no feeds configured")
+        else:
+            text = self.fetcher.fetch(device, poll=self.stop_check)
+        text = clean_text(text)               # what a trace may hold, whatever the fetcher said
+        if self.record is not None:
+            self.record.fetch(self.obs, self.clock.now(), device, text)
+        return text
 
     def idle(self) -> None:
         self.idle_points += 1
@@ -285,6 +308,7 @@ class ReplayInput(InputSource):
         if self.index < len(self.events) and self.events[self.index]["n"] < self.obs:
             e = self.events[self.index]
             what = (f"key {_byte_repr(e['byte'])} for {e['dev']}" if e["type"] == "key"
+                    else f"the {e['dev']} fetch {e['text']!r}" if e["type"] == "fetch"
                     else "a timer firing")
             raise StopRun("diverged", f"the recording gave the guest {what} at observation "
                                       f"{e['n']}, but the replayed guest did not ask for it there")
@@ -317,6 +341,14 @@ class ReplayInput(InputSource):
         self.idle_points += 1
         self.on_idle()
         self.stop_check()
+
+    def fetch(self, device: str) -> str:
+        """The recorded text of this fetch; never the network."""
+        e = self._take("fetch", device)
+        if e is None:
+            raise StopRun("diverged", f"the replayed guest starts a {device} fetch at "
+                                      f"observation {self.obs}, where the recording has none")
+        return e["text"]
 
     def wait_key(self, device: str) -> int:
         byte = self.key(device)

@@ -8,6 +8,7 @@ device answers; OUTs and host-side returns (signals, watchdog kicks) never move 
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import time
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from .backend import (CpuBackend, FailEntry, Halt, InternalError, Interrupted, I
                       Shutdown, UnknownExit)
 from .devices import ExitDevice, IntervalTimer, Keyboard, LineOutput, PortBus, Serial16550
 from .devices.exitdev import ExitRequested
+from .devices.web import AIR_DEVICES, HEADLINE, WEATHER_DEVICES, WebDevice
 from .outcome import RunEnd, StopRun
 
 # Port assignments (docs/devices.md).
@@ -27,6 +29,9 @@ PORT_DEBUGCON = 0xE9
 PORT_PSEUDO_SERIAL = 0xF1
 PORT_EXIT = 0xF4
 PORT_COM1 = 0x3F8
+PORT_HEADLINE = 0x100         # web data (docs/devices.md): the top headline
+PORT_WEATHER = 0x101          # 0x101-0x106: the weather in city 1-6
+PORT_AIR_QUALITY = 0x201      # 0x201-0x206: the air quality in city 1-6
 
 WATCHDOG_TICK = 0.05          # seconds between watchdog kicks while one is armed
 UNKNOWN_PORT_LOG_LIMIT = 10   # --ignore-unknown-ports: log this many, then only count
@@ -88,6 +93,11 @@ class Machine:
                           PORT_PSEUDO_SERIAL)
         self.bus.register(ExitDevice(), PORT_EXIT)
         self.bus.register(self.serial, PORT_COM1, 8)
+        self.bus.register(WebDevice(HEADLINE, inputs), PORT_HEADLINE)
+        for i, name in enumerate(WEATHER_DEVICES):
+            self.bus.register(WebDevice(name, inputs), PORT_WEATHER + i)
+        for i, name in enumerate(AIR_DEVICES):
+            self.bus.register(WebDevice(name, inputs), PORT_AIR_QUALITY + i)
         inputs.deadline_sources.append(self.timer.next_event_after)
         inputs.stop_check = self._check_stop
         self._line_devices = [d for _, _, d in self.bus.devices if isinstance(d, LineOutput)]
@@ -130,8 +140,11 @@ class Machine:
             raise self._stop
 
     # --- the run loop ----------------------------------------------------------------------------
-    def run(self) -> RunEnd:
-        with _Watchdog(self):
+    def run(self, signals: bool = True) -> RunEnd:
+        """Run until the guest or the host ends the run. With signals=False, no signal handlers
+        or interval timer are installed (an embedding caller such as harness.session runs its
+        own watchdog)."""
+        with _Watchdog(self) if signals else contextlib.nullcontext():
             try:
                 self.inputs.start()
                 self._loop()

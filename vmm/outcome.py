@@ -31,4 +31,5 @@ class RunEnd:
 
     @property
     def is_error(self) -> bool:
-        return self.reason not in ("halt", "idle", "quit", "exit-device", "script-end")
+        return self.reason not in ("halt", "idle", "quit", "exit-device", "script-end",
+                                   "session-end")

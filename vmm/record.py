@@ -29,8 +29,9 @@ class OutputDigest:
 
 
 def machine_config(machine, boot_options: dict, cpuid: list[dict], clock: str,
-                   max_time_ns: int | None) -> dict:
-    """The complete machine configuration, as recorded in a trace header."""
+                   max_time_ns: int | None, feeds: dict | None = None) -> dict:
+    """The complete machine configuration, as recorded in a trace header (with `feeds`, the
+    web-data feeds configuration: vmm.feeds.FeedsConfig.describe())."""
     image, config = machine.image, machine.config
     return {
         "boot": boot_options,
@@ -45,6 +46,7 @@ def machine_config(machine, boot_options: dict, cpuid: list[dict], clock: str,
         "ignore_unknown_ports": config.ignore_unknown_ports,
         "checkpoint_every": config.checkpoint_every,
         "max_time_ns": max_time_ns,
+        **({"feeds": feeds} if feeds is not None else {}),
     }
 
 
@@ -58,7 +60,8 @@ class TraceRecorder(Observer):
         self.inputs = None
 
     def write_header(self, machine, *, boot_options: dict, cpuid: list[dict], clock: str,
-                     script: list[dict] | None, max_time_ns: int | None) -> None:
+                     script: list[dict] | None, max_time_ns: int | None,
+                     guest_path: str | None = None, feeds: dict | None = None) -> None:
         self.inputs = machine.inputs
         uname = os.uname()
         info = {"created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -66,8 +69,9 @@ class TraceRecorder(Observer):
                 "python": sys.version.split()[0], "backend": machine.backend.name}
         self.writer.write(make_header(
             guest_name=machine.image.guest_name, guest_bytes=machine.image.guest_bytes,
-            machine=machine_config(machine, boot_options, cpuid, clock, max_time_ns),
-            clock=clock, script=script, info=info, vmm_version=__version__))
+            machine=machine_config(machine, boot_options, cpuid, clock, max_time_ns, feeds),
+            clock=clock, script=script, info=info, vmm_version=__version__,
+            guest_path=guest_path))
 
     # --- what happens during the run (the input source calls key/timer) --------------------------
     def key(self, n: int, at: int, device: str, byte: int) -> None:
@@ -78,6 +82,9 @@ class TraceRecorder(Observer):
 
     def timer(self, n: int, at: int, count: int) -> None:
         self.writer.write_line(b'{"type":"timer","n":%d,"at":%d,"count":%d}\n' % (n, at, count))
+
+    def fetch(self, n: int, at: int, device: str, text: str) -> None:
+        self.writer.write({"type": "fetch", "n": n, "at": at, "dev": device, "text": text})
 
     def step_done(self, index: int, now: int) -> None:
         self.writer.write({"type": "step", "n": self.inputs.obs, "at": now, "index": index})

@@ -6,8 +6,9 @@ same observations, the same register checkpoints, the same end and final digests
 difference stops the replay with a report.
 
 Re-drive feeds the recorded inputs to another guest binary under the virtual clock — the same
-script if the recording had one, otherwise each key at its recorded clock time — and compares
-console output with the recording.
+script if the recording had one, otherwise each key at its recorded clock time, and the recorded
+web-data fetches in order per device, never the network — and compares console output with the
+recording.
 """
 
 from __future__ import annotations
@@ -198,6 +199,15 @@ def redrive_script(trace: Trace) -> list[dict]:
     if isinstance(end_at, int):
         steps.append({"op": "at", "ns": end_at})     # run on until the recording's end time
     return steps
+
+
+def recorded_fetches(trace: Trace) -> dict[str, list[str]]:
+    """Re-drive: the recorded web-data answers, in order, per device (served without network)."""
+    answers: dict[str, list[str]] = {}
+    for e in trace.inputs():
+        if e["type"] == "fetch":
+            answers.setdefault(e["dev"], []).append(e["text"])
+    return answers
 
 
 def redrive_verdict(trace: Trace, actual: list[tuple[str, str, bool]], end: RunEnd,

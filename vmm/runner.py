@@ -76,6 +76,8 @@ class LiveRun:
     cpuid: str = "portable"
     trace_path: str | None = None       # record to this file
     checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY
+    feeds: str | None = None            # web-data feeds file (None: the built-in feeds)
+    offline: bool = False               # web devices answer "... unavailable: offline"
 
 
 @dataclass
@@ -103,6 +105,10 @@ def live_run(spec: LiveRun, *, feed=None, terminal: bool = False, sink=None,
                          "for wall-clock time, or add --clock virtual")
     max_time = (spec.max_time_ns if spec.max_time_ns is not None else DEFAULT_MAX_TIME_NS) \
         if clock_name == "virtual" else None
+    from .feeds import load_feeds
+    from .web import Fetcher                # imports httpx only when it makes a request
+    feeds = load_feeds(spec.feeds)
+    fetcher = Fetcher(feeds, offline=spec.offline)
     if spec.script is not None:
         feed, terminal = NullFeed(), False
     elif feed is None:
@@ -122,7 +128,7 @@ def live_run(spec: LiveRun, *, feed=None, terminal: bool = False, sink=None,
         cpuid = cpuid_table(spec.cpuid, backend.supported_cpuid())
         clock = VirtualClock() if clock_name == "virtual" else RealClock()
         inputs = LiveInput(feed, clock, script=spec.script, max_time_ns=max_time,
-                           record=recorder)
+                           record=recorder, fetcher=fetcher)
         if terminal:
             log(f"vmm: running {image.guest_name}; press Ctrl-] to quit")
         with raw_input_mode(0) if terminal else contextlib.nullcontext():
@@ -130,7 +136,8 @@ def live_run(spec: LiveRun, *, feed=None, terminal: bool = False, sink=None,
                               observer=recorder)
             if recorder is not None:
                 recorder.write_header(machine, boot_options=spec.boot.to_dict(), cpuid=cpuid,
-                                      clock=clock_name, script=spec.script, max_time_ns=max_time)
+                                      clock=clock_name, script=spec.script, max_time_ns=max_time,
+                                      feeds=feeds.describe(spec.offline))
                 if inputs.script is not None:
                     inputs.script.step_done = recorder.step_done
             end = machine.run()
@@ -159,8 +166,8 @@ def replay_trace(path: str, *, guest: str | None = None, boot_override: dict | N
     from .inputs import LiveInput, NullFeed, VirtualClock
     from .kvm_backend import KvmBackend
     from .machine import Machine, RunConfig
-    from .replay import (ReplayVerifier, exact_verdict, redrive_script, redrive_verdict,
-                         replay_inputs_for, replay_machine_parts)
+    from .replay import (ReplayVerifier, exact_verdict, recorded_fetches, redrive_script,
+                         redrive_verdict, replay_inputs_for, replay_machine_parts)
     from .trace import read_trace
 
     trace = read_trace(path)
@@ -194,7 +201,8 @@ def replay_trace(path: str, *, guest: str | None = None, boot_override: dict | N
             max_time = end_at + 1_000_000_000
         inputs = LiveInput(NullFeed(), VirtualClock(), script=redrive_script(trace),
                            max_time_ns=max_time if isinstance(max_time, int)
-                           else DEFAULT_MAX_TIME_NS)
+                           else DEFAULT_MAX_TIME_NS,
+                           fetch_answers=recorded_fetches(trace))
         observer = None
     backend = KvmBackend(image.mem_size, kvm_path())
     try:

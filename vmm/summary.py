@@ -25,6 +25,8 @@ def _describe(record: dict) -> str:
         return f"script step {record['index'] + 1} done"
     if kind == "cp":
         return f"checkpoint {record['regs']}"
+    if kind == "fetch":
+        return f"fetch {record['dev']}: {record['text']}"
     return kind
 
 
@@ -47,13 +49,15 @@ def summarize(trace: Trace, limit: int = 40) -> dict:
         "machine": {"kind": machine.get("kind"), "mode": machine.get("mode"),
                     "mem": machine.get("mem"), "boot": machine.get("boot"),
                     "load_map": machine.get("load_map"), "devices": machine.get("devices"),
+                    "feeds": machine.get("feeds") if isinstance(machine.get("feeds"), dict)
+                    else None,
                     "cpuid_leaves": len(machine.get("cpuid") or []) if isinstance(
                         machine.get("cpuid"), list) else 0},
         "clock": h["clock"],
         "script_steps": len(h["script"]) if isinstance(h.get("script"), list) else None,
         "counts": {"keys": counts["key"], "timer_firings": counts["timer"],
                    "output_lines": counts["out"], "checkpoints": counts["cp"],
-                   "script_steps_done": counts["step"]},
+                   "script_steps_done": counts["step"], "fetches": counts["fetch"]},
         "truncated": trace.truncated,
         "end": None if end is None else {
             "reason": end["reason"], "exit_code": end["exit_code"],
@@ -82,8 +86,15 @@ def format_summary(s: dict) -> str:
         f"recorded  {s['info'].get('created', '?')} on {s['info'].get('host', '?')} "
         f"({s['info'].get('backend', '?')})",
         f"counts    {c['keys']} keys, {c['timer_firings']} timer firings, "
-        f"{c['output_lines']} output lines, {c['checkpoints']} checkpoints",
+        f"{c['output_lines']} output lines, {c['checkpoints']} checkpoints"
+        + (f", {c['fetches']} web fetches" if c["fetches"] else ""),
     ]
+    feeds = m.get("feeds")
+    if feeds is not None:
+        digest = feeds.get("sha256")
+        lines.append(f"feeds     {feeds.get('file') or 'built-in'}"
+                     + (f"  sha256 {digest[:16]}..." if isinstance(digest, str) else "")
+                     + (", offline" if feeds.get("offline") is True else ""))
     if end is None:
         lines.append("end       none: the trace is truncated (the recording was cut short)")
     else:

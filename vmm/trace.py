@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 from .errors import TraceError
 
 FORMAT = "vmm-trace"
-VERSION = 1
+VERSION = 2                  # 2: fetch records (web data) added
+READABLE_VERSIONS = (1, 2)   # version 1 traces are version 2 traces without fetch records
 GZIP_MAGIC = b"\x1f\x8b"
 
 # Record types and the fields each must carry (name -> accepted Python types).
@@ -35,8 +36,9 @@ RECORD_FIELDS = {
     "cp": {"n": _INT, "regs": (str,)},
     "step": {"n": _INT, "at": _INT, "index": _INT},
     "end": {"n": _INT, "reason": (str,), "exit_code": _INT},
+    "fetch": {"n": _INT, "at": _INT, "dev": (str,), "text": (str,)},
 }
-INPUT_TYPES = frozenset({"key", "timer"})
+INPUT_TYPES = frozenset({"key", "timer", "fetch"})
 
 
 @dataclass
@@ -120,12 +122,16 @@ class TraceWriter:
 
 
 def make_header(*, guest_name: str, guest_bytes: bytes, machine: dict, clock: str,
-                script: list[dict] | None, info: dict, vmm_version: str) -> dict:
+                script: list[dict] | None, info: dict, vmm_version: str,
+                guest_path: str | None = None) -> dict:
+    guest = {"name": guest_name, "size": len(guest_bytes),
+             "sha256": hashlib.sha256(guest_bytes).hexdigest(),
+             "data": base64.b64encode(guest_bytes).decode("ascii")}
+    if guest_path is not None:
+        guest["path"] = guest_path     # where to rebuild it, relative to the repository
     header = {
         "type": "header", "format": FORMAT, "version": VERSION, "vmm": vmm_version,
-        "guest": {"name": guest_name, "size": len(guest_bytes),
-                  "sha256": hashlib.sha256(guest_bytes).hexdigest(),
-                  "data": base64.b64encode(guest_bytes).decode("ascii")},
+        "guest": guest,
         "machine": machine,
         "clock": clock,
     }
@@ -186,7 +192,7 @@ def read_trace(path: str) -> Trace:
         if record is None:             # a last line cut off mid-write: a truncated trace
             trace.truncated = True
             break
-        _check_record(path, number, record)
+        _check_record(path, number, record, header["version"])
         if trace.end is not None:
             raise TraceError(f"{path}: line {number}: a record after the end record")
         if record["type"] == "end":
@@ -216,9 +222,10 @@ def _check_header(path: str, header: dict) -> None:
     version = header.get("version")
     if not isinstance(version, int) or isinstance(version, bool):
         raise TraceError(f"{path}: the header has no version number")
-    if version != VERSION:
-        raise TraceError(f"{path} is trace format version {version}; this vmm reads version "
-                         f"{VERSION} only" + (" (upgrade vmm)" if version > VERSION else ""))
+    if version not in READABLE_VERSIONS:
+        readable = " and ".join(str(v) for v in READABLE_VERSIONS)
+        raise TraceError(f"{path} is trace format version {version}; this vmm reads versions "
+                         f"{readable} only" + (" (upgrade vmm)" if version > VERSION else ""))
     guest = header.get("guest")
     if not isinstance(guest, dict) or not all(
             isinstance(guest.get(k), t) for k, t in (("name", str), ("size", int),
@@ -235,7 +242,7 @@ def _check_header(path: str, header: dict) -> None:
         raise TraceError(f"corrupt trace {path}: the header's machine or clock entry is missing")
 
 
-def _check_record(path: str, number: int, record: dict) -> None:
+def _check_record(path: str, number: int, record: dict, version: int = VERSION) -> None:
     kind = record.get("type")
     fields = RECORD_FIELDS.get(kind)
     if fields is None:
@@ -247,6 +254,24 @@ def _check_record(path: str, number: int, record: dict) -> None:
                              f"'{name}'")
     if record["n"] < 0 or (kind == "key" and not 0 <= record["byte"] <= 255):
         raise TraceError(f"corrupt trace {path}: line {number} ({kind}) has a value out of range")
+    if kind == "fetch":
+        _check_fetch(path, number, record, version)
+
+
+def _check_fetch(path: str, number: int, record: dict, version: int) -> None:
+    """A fetch record's text goes to the guest as is: only the web devices' names, and only
+    what a live fetch can give (printable ASCII, at most MAX_TEXT characters)."""
+    from .devices.web import DEVICE_NAMES, MAX_TEXT
+    where = f"corrupt trace {path}: line {number} (fetch)"
+    if version < 2:
+        raise TraceError(f"{where}: fetch records need trace format version 2, the header "
+                         f"says {version}")
+    if record["dev"] not in DEVICE_NAMES:
+        raise TraceError(f"{where} names no web device: {record['dev'][:40]!r}")
+    text = record["text"]
+    if len(text) > MAX_TEXT or not all(" " <= c <= "~" for c in text):
+        raise TraceError(f"{where}: the text is not one line of at most {MAX_TEXT} printable "
+                         "ASCII characters")
 
 
 PAGE = 4096

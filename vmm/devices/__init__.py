@@ -11,6 +11,7 @@ from .exitdev import ExitDevice
 from .keyboard import Keyboard
 from .serial import Serial16550
 from .timer import IntervalTimer
+from .web import WebDevice
 
 __all__ = ["Device", "PortBus", "PortConflict", "LineOutput", "ExitDevice", "Keyboard",
-           "Serial16550", "IntervalTimer"]
+           "Serial16550", "IntervalTimer", "WebDevice"]
