@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+pytest_plugins = ["pytester"]
 
 ROOT = Path(__file__).resolve().parent.parent
 GUESTS = ROOT / "guests" / "build"
@@ -64,3 +67,14 @@ def vmm():
         assert "Traceback" not in result.stderr, result
         return result
     return run
+
+
+@pytest.fixture
+def project(pytester, guests):
+    """A pytester project holding copies of the echo guests under guests/ (so that goldens
+    name them by a path relative to the project)."""
+    (pytester.path / "guests").mkdir()
+    for name in ("echo.bin", "echo.elf", "longmode.elf"):
+        shutil.copy(GUESTS / name, pytester.path / "guests" / name)
+    pytester.makeini("[pytest]\naddopts = -p no:cacheprovider\n")
+    return pytester

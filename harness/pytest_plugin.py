@@ -1,0 +1,351 @@
+"""The vmm pytest plugin: guest sessions and golden traces as fixtures, trace files as tests.
+
+Registered through the `pytest11` entry point, so it is active once the package is installed.
+This module is thin — options, fixtures, hooks; the work is done by harness.session and
+harness.golden, which never import pytest.
+
+Fixtures:  vm (a factory of GuestSessions, closed after the test), golden (compare a session
+           with traces/<module>/<test>.trace), vm_guest and vm_options (defaults to override in
+           conftest.py).
+Options:   --update-goldens, --vmm-goldens DIR, --vmm-artifacts DIR  (and ini keys vmm_guest,
+           vmm_goldens, vmm_artifacts, vmm_trace_tests).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from .golden import compare_with_golden, safe_name, write_golden
+
+KVM_SKIP_REASON = "vmm: needs a usable /dev/kvm, which this host does not provide"
+
+
+def kvm_usable() -> bool:
+    from vmm.runner import kvm_path
+    try:
+        os.close(os.open(kvm_path(), os.O_RDWR | os.O_CLOEXEC))
+        return True
+    except OSError:
+        return False
+
+
+def pytest_addoption(parser):
+    group = parser.getgroup("vmm", "vmm guest sessions and golden traces")
+    group.addoption("--update-goldens", action="store_true", default=False,
+                    help="write or rewrite the golden traces of the tests that run, instead of "
+                         "comparing with them")
+    group.addoption("--vmm-goldens", metavar="DIR", default=None,
+                    help="directory of golden traces (default: ini vmm_goldens, or 'traces')")
+    group.addoption("--vmm-artifacts", metavar="DIR", default=None,
+                    help="where the actual traces of failed tests are kept (default: ini "
+                         "vmm_artifacts, or '.vmm-artifacts')")
+    parser.addini("vmm_guest", "default guest binary for the vm fixture", default=None)
+    parser.addini("vmm_goldens", "directory of golden traces", default="traces")
+    parser.addini("vmm_artifacts", "directory for the traces of failed tests",
+                  default=".vmm-artifacts")
+    parser.addini("vmm_trace_tests", "collect *.trace files as re-drive tests", type="bool",
+                  default=True)
+
+
+class VmmState:
+    """What one pytest run knows about goldens: used, written, and where they live."""
+
+    def __init__(self, config):
+        root = Path(config.rootpath)
+        self.root = root
+        self.goldens = root / (config.getoption("vmm_goldens") or config.getini("vmm_goldens"))
+        self.artifacts = root / (config.getoption("vmm_artifacts")
+                                 or config.getini("vmm_artifacts"))
+        self.update = config.getoption("update_goldens")
+        self.used: set[str] = set()
+        self.written: list[str] = []
+        self.modules: set[str] = set()        # test modules that ran a golden comparison
+        self.kvm_skips = 0
+        self.saved_artifacts: list[str] = []
+        self.scratch = Path(tempfile.mkdtemp(prefix="vmm-pytest-"))
+
+    def golden_path(self, item) -> Path:
+        module = Path(str(item.path)).stem
+        return self.goldens / module / (safe_name(item.name) + ".trace")
+
+
+_STATE = pytest.StashKey[VmmState]()
+_SESSIONS = pytest.StashKey[list]()
+
+
+def pytest_configure(config):
+    config.stash[_STATE] = VmmState(config)
+    config.addinivalue_line("markers", "vmm_kvm: the test runs guests on /dev/kvm")
+
+
+def _state(config) -> VmmState:
+    return config.stash[_STATE]
+
+
+# --- fixtures -------------------------------------------------------------------------------------
+@pytest.fixture
+def vm_guest(request):
+    """The guest `vm()` starts when given none: ini `vmm_guest`, relative to the rootdir."""
+    return request.config.getini("vmm_guest") or None
+
+
+@pytest.fixture
+def vm_options():
+    """Boot options every `vm()` call starts from (mode, load, entry, mem, stack, cpuid, ...)."""
+    return {}
+
+
+@pytest.fixture
+def vm(request, vm_guest, vm_options):
+    """A factory of guest sessions: vm("guests/build/echo.bin", mode="real") -> GuestSession.
+    Sessions run under the virtual clock and are closed after the test."""
+    if not kvm_usable():
+        pytest.skip(KVM_SKIP_REASON)
+    from .session import GuestSession
+    state = _state(request.config)
+    sessions = request.node.stash.setdefault(_SESSIONS, [])
+
+    def start(guest: str | None = None, **options) -> GuestSession:
+        guest = guest or vm_guest
+        if guest is None:
+            raise ValueError("vm() needs a guest: vm('guests/build/x.bin'), or set vmm_guest in "
+                             "the ini file, or override the vm_guest fixture")
+        path = Path(guest)
+        if not path.is_absolute():
+            path = state.root / path
+        try:
+            relative = str(path.resolve().relative_to(state.root.resolve()))
+        except ValueError:
+            relative = None
+        trace = state.scratch / f"{safe_name(request.node.nodeid)}-{len(sessions)}.trace"
+        session = GuestSession(str(path), trace=str(trace), guest_path=relative,
+                               **{**vm_options, **options})
+        sessions.append(session)
+        return session
+
+    yield start
+    for session in sessions:
+        session.close()
+
+
+class Golden:
+    """`assert session == golden`: compares (or, with --update-goldens, writes) the golden
+    trace named after the test."""
+
+    def __init__(self, path: Path, state: VmmState, artifact: Path):
+        self.path, self.state, self.artifact = path, state, artifact
+        self.comparison = None
+        self.problem: str | None = None
+
+    def __eq__(self, session) -> bool:
+        from .session import GuestSession
+        if not isinstance(session, GuestSession):
+            return NotImplemented
+        self.state.used.add(str(self.path))
+        if self.state.update:
+            write_golden(session, self.path)
+            self.state.written.append(str(self.path))
+            return True
+        if not self.path.exists():
+            session.close()
+            self.problem = (f"no golden trace at {self._shown(self.path)}: run pytest with "
+                            "--update-goldens to create it from this session, review it, and "
+                            "commit it")
+            return False
+        self.comparison = compare_with_golden(session, self.path, self._shown(self.path))
+        return self.comparison.ok
+
+    __hash__ = None
+
+    def _shown(self, path: Path) -> str:
+        try:
+            return str(path.relative_to(self.state.root))
+        except ValueError:
+            return str(path)
+
+    def explain(self, full: bool = True) -> list[str]:
+        """Why the session differs. The assertion message shows the start (pytest truncates
+        long ones); the whole diff goes to the report's 'vmm golden' section."""
+        lines = [self.problem] if self.problem else self.comparison.explain()
+        if not full and len(lines) > 5:
+            lines = lines[:4] + ["(the whole diff is in the 'vmm golden' section below)"]
+        lines.append(f"actual trace: {self._shown(self.artifact)} (kept because the test "
+                     f"failed; reproduce with: vmm replay {self._shown(self.artifact)})")
+        return lines
+
+    @property
+    def failed(self) -> bool:
+        return self.problem is not None or (self.comparison is not None
+                                            and not self.comparison.ok)
+
+    def __repr__(self) -> str:
+        return f"golden({self._shown(self.path)})"
+
+
+_GOLDEN = pytest.StashKey[Golden]()
+
+
+@pytest.fixture
+def golden(request):
+    state = _state(request.config)
+    state.modules.add(Path(str(request.node.path)).stem)
+    path = state.golden_path(request.node)
+    fixture = Golden(path, state, state.artifacts / (safe_name(request.node.nodeid) + ".trace"))
+    request.node.stash[_GOLDEN] = fixture
+    return fixture
+
+
+def pytest_assertrepr_compare(config, op, left, right):
+    for side in (left, right):
+        if op == "==" and isinstance(side, Golden):
+            return [f"session == {side!r}"] + side.explain(full=False)
+    return None
+
+
+# --- keeping the traces of failed tests ---------------------------------------------------------
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if report.when == "setup" and report.skipped and isinstance(report.longrepr, tuple) \
+            and KVM_SKIP_REASON in str(report.longrepr[2]):
+        _state(item.config).kvm_skips += 1
+    if report.when != "call" and not (report.when == "teardown" and report.failed):
+        return
+    sessions = item.stash.get(_SESSIONS, [])
+    if not sessions:
+        return
+    state = _state(item.config)
+    if report.failed:
+        fixture = item.stash.get(_GOLDEN, None)
+        if fixture is not None and fixture.failed:
+            report.sections.append(("vmm golden", "\n".join(fixture.explain())))
+        state.artifacts.mkdir(parents=True, exist_ok=True)
+        for index, session in enumerate(sessions):
+            session.close()
+            name = safe_name(item.nodeid) + (f"-{index}" if index else "") + ".trace"
+            target = state.artifacts / name
+            shutil.copyfile(session.trace_path, target)
+            state.saved_artifacts.append(str(target))
+            report.sections.append(("vmm", f"actual trace kept: {target}  "
+                                           f"(reproduce with: vmm replay {target})"))
+
+
+# --- trace files are tests by themselves ---------------------------------------------------------
+def pytest_collect_file(file_path, parent):
+    if not parent.config.getini("vmm_trace_tests"):
+        return None
+    if file_path.name.endswith((".trace", ".trace.gz")):
+        return TraceFile.from_parent(parent, path=file_path)
+    return None
+
+
+class TraceMismatch(Exception):
+    def __init__(self, lines: list[str]):
+        super().__init__("\n".join(lines))
+        self.lines = lines
+
+
+class TraceFile(pytest.File):
+    def collect(self):
+        yield TraceItem.from_parent(self, name=self.path.name)
+
+
+class TraceItem(pytest.Item):
+    """Re-drive a trace's recorded inputs against the guest it names and compare output."""
+
+    def runtest(self):
+        from vmm.errors import VmmError
+        from vmm.runner import replay_trace
+        from vmm.trace import read_trace
+        try:
+            trace = read_trace(str(self.path))
+        except VmmError as e:
+            raise TraceMismatch([str(e)]) from None
+        guest = trace.header["guest"].get("path")
+        if not isinstance(guest, str):
+            raise TraceMismatch([f"{self.path.name} does not say where its guest is built (the "
+                                 "header's guest.path); record it with the vm fixture"])
+        if not kvm_usable():
+            pytest.skip(KVM_SKIP_REASON)
+        guest_path = Path(self.config.rootpath) / guest
+        if not guest_path.exists():
+            raise TraceMismatch([f"the guest {guest} named by {self.path.name} does not exist: "
+                                 "build it first (make guests)"])
+        try:
+            result = replay_trace(str(self.path), guest=str(guest_path))
+        except VmmError as e:
+            raise TraceMismatch([str(e)]) from None
+        if result.exit_code != 0:
+            raise TraceMismatch(result.report)
+
+    def repr_failure(self, excinfo):
+        if isinstance(excinfo.value, TraceMismatch):
+            return "\n".join(excinfo.value.lines)
+        return super().repr_failure(excinfo)
+
+    def reportinfo(self):
+        return self.path, 0, f"vmm trace: {self.path.name}"
+
+
+# --- unused goldens and the summary --------------------------------------------------------------
+def pytest_sessionfinish(session, exitstatus):
+    state = _state(session.config)
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:                       # an xdist worker: report to the controller
+        workeroutput["vmm_used"] = sorted(state.used)
+        workeroutput["vmm_modules"] = sorted(state.modules)
+        workeroutput["vmm_kvm_skips"] = state.kvm_skips
+        workeroutput["vmm_written"] = state.written
+    shutil.rmtree(state.scratch, ignore_errors=True)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error):
+    state = _state(node.config)
+    out = getattr(node, "workeroutput", {}) or {}
+    state.used.update(out.get("vmm_used", []))
+    state.modules.update(out.get("vmm_modules", []))
+    state.kvm_skips += out.get("vmm_kvm_skips", 0)
+    state.written.extend(out.get("vmm_written", []))
+
+
+def unused_goldens(state: VmmState) -> list[Path]:
+    """Goldens of the test modules that compared goldens in this run, that no test used."""
+    unused = []
+    for module in sorted(state.modules):
+        folder = state.goldens / module
+        if folder.is_dir():
+            unused += [p for p in sorted(folder.glob("*.trace")) if str(p) not in state.used]
+    return unused
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    if getattr(config, "workeroutput", None) is not None:
+        return
+    state = _state(config)
+    tr = terminalreporter
+    if state.kvm_skips:
+        tr.write_line(f"vmm: {state.kvm_skips} tests skipped because /dev/kvm is not usable "
+                      "on this host", yellow=True)
+    if state.written:
+        tr.write_line(f"vmm: wrote {len(state.written)} golden traces under "
+                      f"{_relative(state.goldens, state.root)}")
+    unused = unused_goldens(state)
+    if unused:
+        tr.write_line(f"vmm: {len(unused)} golden traces were not used by any test "
+                      "(delete them, or rename them after their test):", yellow=True)
+        for path in unused:
+            tr.write_line(f"  {_relative(path, state.root)}")
+
+
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return str(path.relative_to(root))
+    except ValueError:
+        return str(path)
