@@ -30,6 +30,7 @@ from pexpect.spawnbase import SpawnBase
 
 from vmm.boot import BootOptions, load_guest
 from vmm.cpuid import cpuid_table
+from vmm.feeds import load_feeds
 from vmm.inputs import LiveInput, NullFeed, VirtualClock
 from vmm.kvm_backend import KvmBackend
 from vmm.machine import Machine, RunConfig
@@ -37,6 +38,7 @@ from vmm.outcome import RunEnd, StopRun
 from vmm.record import TraceRecorder
 from vmm.runner import DEFAULT_CHECKPOINT_EVERY, OutputCollector, kvm_path
 from vmm.units import parse_duration, parse_size
+from vmm.web import Fetcher
 
 NS = 1_000_000_000
 DEFAULT_TIMEOUT = 10.0          # seconds of guest time for expect()
@@ -76,8 +78,9 @@ class _SessionInput(LiveInput):
     """The virtual-clock input source of a session: keys come from send(); at an idle point the
     clock moves on only up to the budget of the current test call, then control returns."""
 
-    def __init__(self, session: "GuestSession", max_time_ns: int, recorder):
-        super().__init__(NullFeed(), VirtualClock(), max_time_ns=max_time_ns, record=recorder)
+    def __init__(self, session: "GuestSession", max_time_ns: int, recorder, fetcher):
+        super().__init__(NullFeed(), VirtualClock(), max_time_ns=max_time_ns, record=recorder,
+                         fetcher=fetcher)
         self._session = session
 
     def observe(self) -> None:
@@ -138,7 +141,8 @@ class GuestSession(SpawnBase):
                  entry=None, mem="16M", stack: int | None = None, cpuid: str = "portable",
                  timeout=DEFAULT_TIMEOUT, max_time=DEFAULT_MAX_TIME,
                  wall_timeout: float = DEFAULT_WALL_TIMEOUT, max_output="10M",
-                 ignore_unknown_ports: bool = False, trace: str | None = None,
+                 ignore_unknown_ports: bool = False, feeds: str | None = None,
+                 offline: bool | None = None, trace: str | None = None,
                  guest_path: str | None = None, maxread: int = 4096):
         self.guest = guest
         self.end: RunEnd | None = None
@@ -156,6 +160,11 @@ class GuestSession(SpawnBase):
         boot = BootOptions(mode=mode, load=load, entry=entry,
                            mem=parse_size(mem) if isinstance(mem, str) else mem, stack=stack)
         image = load_guest(guest, boot)
+        # Web data (docs/feeds.md): a test never reaches the internet unless it asks to. Without
+        # a feeds file the session is offline; with one, its text/file/loopback feeds answer.
+        feeds_config = load_feeds(feeds)
+        offline = feeds is None if offline is None else offline
+        fetcher = Fetcher(feeds_config, offline=offline)
         self._outbox = _Outbox(self)
         self.output_lines = OutputCollector(self._outbox)
         self._recorder = TraceRecorder(trace)
@@ -164,7 +173,7 @@ class GuestSession(SpawnBase):
             self._backend = KvmBackend(image.mem_size, kvm_path())
             table = cpuid_table(cpuid, self._backend.supported_cpuid())
             max_time_ns = _seconds_ns(max_time)
-            self._input = _SessionInput(self, max_time_ns, self._recorder)
+            self._input = _SessionInput(self, max_time_ns, self._recorder, fetcher)
             config = RunConfig(max_output=parse_size(max_output) if isinstance(max_output, str)
                                else max_output, ignore_unknown_ports=ignore_unknown_ports,
                                checkpoint_every=DEFAULT_CHECKPOINT_EVERY)
@@ -172,7 +181,8 @@ class GuestSession(SpawnBase):
                                    lambda text: None, config, table, observer=self._recorder)
             self._recorder.write_header(self.machine, boot_options=boot.to_dict(), cpuid=table,
                                         clock="virtual", script=None, max_time_ns=max_time_ns,
-                                        guest_path=guest_path)
+                                        guest_path=guest_path,
+                                        feeds=feeds_config.describe(offline))
         except BaseException:
             self._release()
             raise

@@ -77,6 +77,29 @@ def test_monitor_menu_entry(vm, golden, key, expected):
     assert s == golden
 
 
+CLASSROOM_FEEDS = "tests/data/classroom-feeds.toml"
+
+
+@pytest.mark.parametrize("keys, expected", [("2", "released"), ("33", "London: 21.5 C"),
+                                            ("46", "New York: PM2.5"), ("39", "Invalid city: 9")])
+def test_monitor_web_entry(vm, golden, keys, expected):
+    s = vm("guests/build/monitor.bin", feeds=CLASSROOM_FEEDS)
+    for key, prompt in zip(keys, ["Choice: ", "City: "]):
+        s.expect(prompt)
+        s.send(key)
+    s.expect(expected)
+    s.expect("Choice: ")
+    assert s == golden
+
+
+def test_monitor_web_entry_offline(vm, golden):
+    s = vm("guests/build/monitor.bin")              # no feeds: a session is offline
+    s.expect("Choice: ")
+    s.send("2")
+    s.expect("headline unavailable: offline")
+    assert s == golden
+
+
 @pytest.mark.parametrize("guest", ["guests/build/reset-hello.bin",
                                    "guests/build/reset-hello-rep.bin"])
 def test_reset_vector_greeting(vm, golden, guest):
