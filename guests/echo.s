@@ -16,6 +16,13 @@
 #         line has been committed, print it followed by '\n' on CONSOLE.
 #
 # elf/echo.c (build/echo.elf) implements byte-identical behaviour in C.
+#
+# Mutants for validating the grader (build/mutants/echo-*.bin, assembled with
+# --defsym MUTANT_<name>=1; each breaks one rule of the assignment):
+#   no_ack        never acks the keyboard        no_timer    never enables the timer
+#   echo_once     echoes a line only once        drop_last   drops the last character
+#   early_print   prints before Enter            one_line    ignores a second line
+#   spin          spins forever after an echo    triple_fault  triple-faults at Enter
 
         .include "ports.inc"
 
@@ -40,16 +47,23 @@ _start:
 
         mov     $TIMER_MS, %ax          # 16-bit OUT: period in ms
         out     %ax, $TIMER_PERIOD
+.ifndef MUTANT_no_timer
         mov     $TIMER_ENABLE, %al
         out     %al, $TIMER_CTRL
+.endif
+.ifdef MUTANT_early_print
+        PUTS    CONSOLE, "echo ready\n"
+.endif
 
 main_loop:
         # ---- keyboard ----------------------------------------------------
         in      $KBD_STATUS, %al
         test    $KBD_READY, %al
         jz      check_timer
+.ifndef MUTANT_no_ack
         mov     $KBD_ACK, %al           # ack FIRST ...
         out     %al, $KBD_STATUS
+.endif
         in      $KBD_DATA, %al          # ... then fetch the byte
         call    handle_key
 
@@ -63,6 +77,12 @@ check_timer:
         cmpb    $0, have_line
         je      main_loop
         call    print_line
+.ifdef MUTANT_echo_once
+        movb    $0, have_line
+.endif
+.ifdef MUTANT_spin
+        jmp     .                       # never comes back
+.endif
         jmp     main_loop
 
 # handle_key: AL = byte from the keyboard.  Clobbers BX, CX, SI, DI.
@@ -90,6 +110,16 @@ backspace:
 1:      ret
 
 commit_line:                            # line := input; input := ""
+.ifdef MUTANT_triple_fault
+        jmp     triple_fault
+.endif
+.ifdef MUTANT_one_line
+        cmpb    $0, have_line           # a second line is dropped
+        je      1f
+        movw    $0, input_len
+        ret
+1:
+.endif
         mov     input_len, %cx
         mov     %cx, line_len
         mov     $input, %si
@@ -104,6 +134,10 @@ commit_line:                            # line := input; input := ""
 print_line:
         mov     $line, %si
         mov     line_len, %cx
+.ifdef MUTANT_drop_last
+        jcxz    2f
+        dec     %cx
+.endif
         jcxz    2f
 1:      lodsb
         out     %al, $CONSOLE
@@ -111,6 +145,32 @@ print_line:
 2:      mov     $ASCII_LF, %al
         out     %al, $CONSOLE
         ret
+
+.ifdef MUTANT_triple_fault
+# Enter protected mode with an empty IDT and execute ud2: #UD -> #GP -> #DF ->
+# shutdown (this host's real-mode emulation ignores the IDT limit, so the
+# fault has to happen in protected mode; see faults/triple.s).
+triple_fault:
+        cli
+        lgdt    tf_gdtr
+        lidt    tf_idtr
+        mov     %cr0, %eax
+        or      $1, %eax
+        mov     %eax, %cr0
+        ljmp    $0x08, $tf_pmode
+        .code32
+tf_pmode:
+        ud2
+        .code16
+        .balign 8
+tf_gdt: .quad   0, 0x00cf9b000000ffff, 0x00cf93000000ffff
+tf_gdtr:
+        .word   3 * 8 - 1
+        .long   tf_gdt
+tf_idtr:
+        .word   0
+        .long   0
+.endif
 
         .bss
 input_len:      .skip 2                 # bytes in input[]

@@ -90,7 +90,7 @@ class _SessionInput(LiveInput):
 
     def _virtual_idle(self) -> None:
         session = self._session
-        while not self.pending:
+        while not self.input_moving():
             if session._closing:
                 raise StopRun("session-end", "the session was closed")
             now = self.clock.now()

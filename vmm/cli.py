@@ -186,6 +186,38 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--entry", type=_entry, metavar="ADDR|reset")
     replay.set_defaults(func=cmd_replay)
 
+    grade = sub.add_parser(
+        "grade", help="score student guests against a rubric; reports and traces to --out",
+        description="Grade submissions against a rubric (docs/grading.md). A submission is a "
+                    "guest binary, a directory with a Makefile (built with a time limit and no "
+                    "network, its log kept), or a tarball of one. Every scenario runs under the "
+                    "virtual clock, so scores do not depend on machine load, and its trace is "
+                    "kept for `vmm replay`. Writes report.json, junit.xml, summary.md and, per "
+                    "submission, a Gradescope results.json. `vmm grade merge --out DIR "
+                    "SHARD_DIR...` combines the reports of --shard runs.",
+        epilog="exit status: 0 when every submission was graded (whatever the scores), "
+               "2 bad usage or rubric", formatter_class=fmt)
+    grade.add_argument("--rubric", required=True, metavar="FILE", help="the rubric (TOML)")
+    grade.add_argument("--out", required=True, metavar="DIR",
+                       help="where reports and traces go")
+    grade.add_argument("-j", "--jobs", type=_positive, default=1, metavar="N",
+                       help="grade N submissions at a time in separate processes (default 1); "
+                            "results are identical for any N")
+    grade.add_argument("--shard", metavar="K/N",
+                       help="grade only the K-th of N slices of the submissions (sorted by "
+                            "name); combine the slices with `vmm grade merge`")
+    grade.add_argument("submissions", nargs="+", metavar="SUBMISSION",
+                       help="guest binaries, directories with a Makefile, or tarballs")
+    grade.set_defaults(func=cmd_grade)
+
+    merge = sub.add_parser(
+        "grade-merge", help="(written `vmm grade merge`) combine the reports of --shard runs",
+        description="Combine the reports of `vmm grade --shard K/N` runs into one class report.")
+    merge.add_argument("--out", required=True, metavar="DIR", help="where the merged reports go")
+    merge.add_argument("shards", nargs="+", metavar="SHARD_DIR",
+                       help="the --out directories of the shard runs")
+    merge.set_defaults(func=cmd_grade_merge)
+
     inspect = sub.add_parser(
         "inspect", help="summarise a trace: guest, configuration, counts, timeline",
         description="Print a readable summary of a trace: the guest, the machine "
@@ -254,6 +286,29 @@ def cmd_replay(args) -> int:
     return result.exit_code
 
 
+def cmd_grade(args) -> int:
+    from harness.grader import grade
+    report = grade(args.submissions, args.rubric, args.out, jobs=args.jobs,
+                   shard_spec=args.shard)
+    _print_grade_summary(report, args.out)
+    return 0
+
+
+def cmd_grade_merge(args) -> int:
+    from harness.reports import merge
+    report = merge(args.shards, args.out)
+    _print_grade_summary(report, args.out)
+    return 0
+
+
+def _print_grade_summary(report: dict, out: str) -> None:
+    for sub in report["submissions"]:
+        note = f"  ({sub['problem']})" if sub["problem"] else ""
+        print(f"{sub['name']}: {sub['score']:g}/{sub['max_score']:g}{note}")
+    print(f"vmm: graded {len(report['submissions'])} submissions; reports in "
+          f"{os.path.join(out, 'summary.md')}, report.json, junit.xml", file=sys.stderr)
+
+
 def cmd_inspect(args) -> int:
     import json
 
@@ -293,6 +348,9 @@ def main(argv=None) -> int:
     # From here on SIGTERM unwinds like an exception, so every `finally` (terminal restore,
     # trace close) runs; during a run the machine replaces this with an orderly stop.
     signal.signal(signal.SIGTERM, _terminated)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:2] == ["grade", "merge"]:
+        argv = ["grade-merge"] + argv[2:]
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

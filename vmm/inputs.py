@@ -161,6 +161,8 @@ class LiveInput(InputSource):
         self.max_time_ns = max_time_ns
         self.record = record                  # a TraceRecorder (key/timer) or None
         self.pending = deque()                # (byte, arrival time): ready for a device
+        self._input_events = 0                # bytes queued or taken (see input_moving)
+        self._events_at_idle = 0
         self._host = bytearray()              # virtual clock: read from the host, not released
         self.script = ScriptRunner(script, self._queue) if script is not None else None
 
@@ -169,6 +171,16 @@ class LiveInput(InputSource):
 
     def _queue(self, data: bytes, now: int) -> None:
         self.pending.extend((b, now) for b in data)
+        self._input_events += 1
+
+    def input_moving(self) -> bool:
+        """At an idle point: is there pending input the guest is still taking? True if input
+        is pending and some was queued or taken since the previous idle point. Then guest
+        time waits for the guest to take it; a guest that stopped taking it (it never acks
+        its keyboard, say) does not hold the clock still forever."""
+        moving = bool(self.pending) and self._input_events != self._events_at_idle
+        self._events_at_idle = self._input_events
+        return moving
 
     def start(self) -> None:
         if self.script is not None:
@@ -200,6 +212,7 @@ class LiveInput(InputSource):
             if not self.pending:
                 return None
         byte, arrival = self.pending.popleft()
+        self._input_events += 1
         if self.record is not None:
             self.record.key(self.obs, arrival, device, byte)
         return byte
@@ -254,9 +267,9 @@ class LiveInput(InputSource):
             if self.script.finished and not self.pending:
                 raise StopRun("script-end", "the script's last step is done and the guest is idle")
             self._advance_script(idle=True)
-        if self.pending:
+        if self.input_moving():
             return
-        if self._release_host_byte():
+        if not self.pending and self._release_host_byte():
             return
         now = self.clock.now()
         times = [t for t in (self.next_event_after(now),

@@ -112,10 +112,18 @@ class TraceRecorder(Observer):
         self.writer.close()
 
 
+# Ends caused by the host: unless they happened at a read, where the guest was is chance.
+HOST_REASONS = frozenset({"timeout", "interrupted", "terminated", "quit"})
+
+
 def end_record(end, machine, output_digest: str, info: dict) -> dict:
+    # A host-side stop that could not wait for a read (a guest computing without I/O) leaves
+    # the guest wherever it happened to be: its registers and memory then say nothing
+    # reproducible, and are left out, so that the trace stays deterministic.
+    by_chance = end.reason in HOST_REASONS and not end.at_read
     return {"type": "end", "n": end.observation, "at": machine.inputs.now(),
             "at_read": end.at_read, "reason": end.reason, "exit_code": end.exit_code,
             "message": end.message,
-            "regs": end.cpu.digest() if end.cpu is not None else None,
-            "mem": machine.backend.memory_digest(),
+            "regs": end.cpu.digest() if end.cpu is not None and not by_chance else None,
+            "mem": None if by_chance else machine.backend.memory_digest(),
             "output": output_digest, "info": info}

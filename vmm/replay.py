@@ -20,13 +20,10 @@ from .boot import BootOptions, build_boot_image
 from .errors import EXIT_CODES, TraceError
 from .machine import Observer
 from .outcome import RunEnd, StopRun
-from .record import OutputDigest
+from .record import HOST_REASONS, OutputDigest
 from .script import validate_steps
 from .trace import Trace
 
-# Ends caused by the host rather than the guest: a replay can reproduce them only at the read
-# where the recording stopped (end record `at_read`).
-HOST_REASONS = frozenset({"timeout", "interrupted", "terminated", "quit"})
 
 
 def _fmt(device: str, text: str, partial: bool = False) -> str:

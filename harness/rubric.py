@@ -1,0 +1,250 @@
+"""Rubrics: what `vmm grade` runs against each submission, and how it scores it (docs/grading.md).
+
+A rubric is a TOML file: a title, boot options, how to build a submission directory, default
+limits, and scenarios. A scenario is an input script (the `--script` step format), limits and
+checks; each check is worth a share of the scenario's points (its weight over the sum of the
+weights), so partial credit is natural. Loading validates everything and reports the first
+problem as one line naming the file and the key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import tomllib
+from dataclasses import dataclass, field
+
+from vmm.boot import MODES, BootOptions
+from vmm.errors import EXIT_CODES, UsageError
+from vmm.script import parse_script
+from vmm.units import parse_duration, parse_size
+
+VISIBILITY = ("visible", "hidden", "after_due_date", "after_published")   # Gradescope's values
+CHECK_KINDS = ("contains", "not_contains", "regex_lines", "lines", "end_reason", "exit_code")
+
+
+@dataclass
+class Check:
+    kind: str
+    value: object
+    weight: float = 1.0
+    description: str = ""
+
+    def describe(self) -> str:
+        if self.description:
+            return self.description
+        v = self.value
+        return {"contains": f"output contains {v!r}",
+                "not_contains": f"output does not contain {v!r}",
+                "regex_lines": f"lines match {', '.join(f'/{r}/' for r in v)} in order",
+                "lines": f"output is exactly {len(v)} lines" + (f": {v!r}" if len(v) <= 4 else ""),
+                "end_reason": "the run ends by " + " or ".join(v),
+                "exit_code": f"exit status {v}"}[self.kind]
+
+
+@dataclass
+class Scenario:
+    name: str
+    points: float
+    visibility: str
+    script: list[dict]
+    script_text: str
+    max_time_ns: int
+    wall_time_ns: int
+    max_output: int
+    checks: list[Check] = field(default_factory=list)
+
+
+@dataclass
+class Build:
+    command: list[str]
+    guest: str                   # the built guest, relative to the submission directory
+    timeout_s: float
+
+
+@dataclass
+class Rubric:
+    title: str
+    path: str
+    sha256: str
+    boot: BootOptions
+    cpuid: str
+    build: Build
+    scenarios: list[Scenario]
+
+    @property
+    def max_score(self) -> float:
+        return sum(s.points for s in self.scenarios)
+
+
+def load_rubric(path: str) -> Rubric:
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except FileNotFoundError:
+        raise UsageError(f"rubric not found: {path}") from None
+    except OSError as e:
+        raise UsageError(f"cannot read rubric {path}: {e.strerror}") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise UsageError(f"rubric {path} is not valid TOML: {e}") from None
+    try:
+        return _build(data, path, hashlib.sha256(raw).hexdigest())
+    except _Bad as e:
+        raise UsageError(f"rubric {path}: {e}") from None
+
+
+class _Bad(Exception):
+    pass
+
+
+def _get(table: dict, key: str, where: str, kind, default=...):
+    if key not in table:
+        if default is ...:
+            raise _Bad(f"{where}: '{key}' is required")
+        return default
+    value = table[key]
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+        raise _Bad(f"{where}.{key}: expected {getattr(kind, '__name__', kind)}, got {value!r}")
+    return value
+
+
+def _known(table: dict, where: str, keys) -> None:
+    unknown = sorted(set(table) - set(keys))
+    if unknown:
+        raise _Bad(f"{where}: unknown key {unknown[0]!r} (known: {', '.join(sorted(keys))})")
+
+
+def _duration(text, where: str) -> int:
+    try:
+        return parse_duration(text)
+    except UsageError as e:
+        raise _Bad(f"{where}: {e}") from None
+
+
+def _size(text, where: str) -> int:
+    try:
+        return parse_size(text)
+    except UsageError as e:
+        raise _Bad(f"{where}: {e}") from None
+
+
+def _build(data: dict, path: str, digest: str) -> Rubric:
+    _known(data, "rubric", ("title", "boot", "build", "limits", "scenario"))
+    title = _get(data, "title", "rubric", str)
+    boot_t = _get(data, "boot", "rubric", dict, {})
+    _known(boot_t, "boot", ("mode", "load", "entry", "mem", "stack", "cpuid"))
+    mode = _get(boot_t, "mode", "boot", str, None)
+    if mode is not None and mode not in MODES:
+        raise _Bad(f"boot.mode: expected one of {', '.join(MODES)}, got {mode!r}")
+    entry = boot_t.get("entry")
+    if entry is not None and entry != "reset" and not (isinstance(entry, int)
+                                                      and not isinstance(entry, bool)):
+        raise _Bad(f"boot.entry: expected an address or \"reset\", got {entry!r}")
+    boot = BootOptions(mode=mode, load=_get(boot_t, "load", "boot", int, None), entry=entry,
+                       mem=_size(_get(boot_t, "mem", "boot", str, "16M"), "boot.mem"),
+                       stack=_get(boot_t, "stack", "boot", int, None))
+    cpuid = _get(boot_t, "cpuid", "boot", str, "portable")
+    if cpuid not in ("portable", "host"):
+        raise _Bad(f"boot.cpuid: expected portable or host, got {cpuid!r}")
+
+    build_t = _get(data, "build", "rubric", dict, {})
+    _known(build_t, "build", ("command", "guest", "timeout"))
+    command = _get(build_t, "command", "build", (str, list), "make")
+    command = command.split() if isinstance(command, str) else command
+    if not command or not all(isinstance(c, str) for c in command):
+        raise _Bad("build.command: expected a command line")
+    build = Build(command=command, guest=_get(build_t, "guest", "build", str, "kernel.bin"),
+                  timeout_s=_duration(_get(build_t, "timeout", "build", str, "120s"),
+                                      "build.timeout") / 1e9)
+
+    limits_t = _get(data, "limits", "rubric", dict, {})
+    _known(limits_t, "limits", ("max_time", "wall_time", "max_output"))
+    default_limits = {
+        "max_time": _duration(_get(limits_t, "max_time", "limits", str, "30s"), "limits.max_time"),
+        "wall_time": _duration(_get(limits_t, "wall_time", "limits", str, "10s"),
+                               "limits.wall_time"),
+        "max_output": _size(_get(limits_t, "max_output", "limits", str, "64K"),
+                            "limits.max_output")}
+
+    raw_scenarios = _get(data, "scenario", "rubric", list)
+    if not raw_scenarios:
+        raise _Bad("there are no [[scenario]] tables")
+    scenarios, names = [], set()
+    for index, table in enumerate(raw_scenarios, start=1):
+        scenarios.append(_scenario(table, f"scenario[{index}]", default_limits, path))
+        if scenarios[-1].name in names:
+            raise _Bad(f"scenario[{index}]: the name {scenarios[-1].name!r} is used twice")
+        names.add(scenarios[-1].name)
+    return Rubric(title=title, path=path, sha256=digest, boot=boot, cpuid=cpuid, build=build,
+                  scenarios=scenarios)
+
+
+def _scenario(table, where: str, limits: dict, path: str) -> Scenario:
+    if not isinstance(table, dict):
+        raise _Bad(f"{where}: expected a table")
+    _known(table, where, ("name", "points", "visibility", "script", "max_time", "wall_time",
+                          "max_output", "check"))
+    name = _get(table, "name", where, str)
+    where = f"scenario {name!r}"
+    points = _get(table, "points", where, float)
+    if points < 0:
+        raise _Bad(f"{where}.points: must not be negative")
+    visibility = _get(table, "visibility", where, str, "visible")
+    if visibility not in VISIBILITY:
+        raise _Bad(f"{where}.visibility: expected one of {', '.join(VISIBILITY)}")
+    script_text = _get(table, "script", where, str, "")
+    try:
+        script = parse_script(script_text, f"{path}: {where}.script line")
+    except UsageError as e:
+        raise _Bad(str(e).split(": ", 1)[1] if ": " in str(e) else str(e)) from None
+    checks = [_check(c, f"{where}.check[{i}]") for i, c in
+              enumerate(_get(table, "check", where, list), start=1)]
+    if not checks:
+        raise _Bad(f"{where}: needs at least one [[scenario.check]]")
+    return Scenario(
+        name=name, points=points, visibility=visibility, script=script, script_text=script_text,
+        max_time_ns=_duration(table["max_time"], f"{where}.max_time") if "max_time" in table
+        else limits["max_time"],
+        wall_time_ns=_duration(table["wall_time"], f"{where}.wall_time") if "wall_time" in table
+        else limits["wall_time"],
+        max_output=_size(table["max_output"], f"{where}.max_output") if "max_output" in table
+        else limits["max_output"],
+        checks=checks)
+
+
+def _check(table, where: str) -> Check:
+    if not isinstance(table, dict):
+        raise _Bad(f"{where}: expected a table")
+    kinds = [k for k in CHECK_KINDS if k in table]
+    if len(kinds) != 1:
+        raise _Bad(f"{where}: give exactly one of {', '.join(CHECK_KINDS)}")
+    _known(table, where, (*CHECK_KINDS, "weight", "description"))
+    kind = kinds[0]
+    value = table[kind]
+    if kind in ("contains", "not_contains") and not isinstance(value, str):
+        raise _Bad(f"{where}.{kind}: expected a string")
+    if kind in ("regex_lines", "lines"):
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise _Bad(f"{where}.{kind}: expected a list of strings")
+        if kind == "regex_lines":
+            for pattern in value:
+                try:
+                    re.compile(pattern)
+                except re.error as e:
+                    raise _Bad(f"{where}.regex_lines: bad regular expression {pattern!r}: {e}") \
+                        from None
+    if kind == "end_reason":
+        value = [value] if isinstance(value, str) else value
+        if not isinstance(value, list) or not value or not all(v in EXIT_CODES for v in value):
+            raise _Bad(f"{where}.end_reason: expected one or more of "
+                       f"{', '.join(sorted(EXIT_CODES))}")
+    if kind == "exit_code" and (not isinstance(value, int) or isinstance(value, bool)):
+        raise _Bad(f"{where}.exit_code: expected a whole number")
+    weight = _get(table, "weight", where, float, 1.0)
+    if weight <= 0:
+        raise _Bad(f"{where}.weight: must be positive")
+    return Check(kind, value, weight, _get(table, "description", where, str, ""))

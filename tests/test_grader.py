@@ -1,0 +1,261 @@
+"""vmm grade: scores, determinism across -j, submissions built from source, reports, shards."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import tarfile
+import threading
+import xml.etree.ElementTree as ET
+
+import pexpect
+import pytest
+
+from conftest import GUESTS, ROOT, vmm_command
+from harness.grader import grade
+from harness.reports import merge
+from vmm.trace import read_trace
+
+pytestmark = pytest.mark.kvm
+
+EXAMPLE_RUBRIC = ROOT / "examples" / "rubrics" / "echo.toml"
+MUTANTS = GUESTS / "mutants"
+
+# The reference guest gets full marks; every mutant of it loses exactly these points.
+EXPECTED = {
+    "echo.bin": 100, "echo.elf": 100,
+    "echo-no_ack.bin": 11.67, "echo-no_timer.bin": 32.5, "echo-echo_once.bin": 68.75,
+    "echo-drop_last.bin": 32.5, "echo-early_print.bin": 58.33, "echo-one_line.bin": 81.25,
+    "echo-spin.bin": 40, "echo-triple_fault.bin": 15,
+}
+
+
+@pytest.fixture
+def rubric(tmp_path):
+    """The shipped example rubric, with a short wall-time limit so the spinning mutant is
+    stopped quickly (wall time only ever matters for a guest that spins without I/O)."""
+    path = tmp_path / "echo.toml"
+    path.write_text(EXAMPLE_RUBRIC.read_text().replace('wall_time = "5s"', 'wall_time = "1s"'))
+    return path
+
+
+def all_submissions() -> list[str]:
+    return [str(GUESTS / "echo.bin"), str(GUESTS / "echo.elf")] + sorted(
+        str(p) for p in MUTANTS.glob("echo-*.bin"))
+
+
+def scores(report: dict) -> dict:
+    return {s["name"]: s["score"] for s in report["submissions"]}
+
+
+def without_timing(value):
+    """A report with its timing and informational fields removed."""
+    if isinstance(value, dict):
+        return {k: without_timing(v) for k, v in value.items()
+                if k not in ("execution_time", "info")}
+    if isinstance(value, list):
+        return [without_timing(v) for v in value]
+    return value
+
+
+def test_reference_gets_full_marks_and_every_mutant_its_known_score(tmp_path, rubric):
+    report = grade(all_submissions(), str(rubric), str(tmp_path / "out"))
+    assert scores(report) == EXPECTED
+    by_name = {s["name"]: s for s in report["submissions"]}
+    spin = {sc["name"]: sc for sc in by_name["echo-spin.bin"]["scenarios"]}
+    assert spin["echo on every timer event, period honoured"]["end_reason"] == "timeout"
+    triple = by_name["echo-triple_fault.bin"]["scenarios"][1]
+    assert triple["end_reason"] == "triple-fault" and "triple-faulted" in triple["reason"]
+
+
+def test_j1_and_j2_give_identical_reports_and_traces(tmp_path, rubric):
+    subs = all_submissions()
+    one = grade(subs, str(rubric), str(tmp_path / "j1"), jobs=1)
+    two = grade(subs, str(rubric), str(tmp_path / "j2"), jobs=2)
+    assert without_timing(one) == without_timing(two)
+    traces = sorted(p.relative_to(tmp_path / "j1") for p in (tmp_path / "j1").rglob("*.trace"))
+    assert len(traces) == len(subs) * 5
+    for rel in traces:
+        a, b = read_trace(str(tmp_path / "j1" / rel)), read_trace(str(tmp_path / "j2" / rel))
+        strip = lambda t: [t.header | {"info": None}, *t.records, t.end | {"info": None}]  # noqa
+        assert strip(a) == strip(b), rel
+
+
+def test_every_scenario_trace_replays_exactly(tmp_path, rubric, vmm):
+    grade([str(GUESTS / "echo.bin"), str(MUTANTS / "echo-triple_fault.bin")], str(rubric),
+          str(tmp_path / "out"))
+    for trace in (tmp_path / "out").rglob("*.trace"):
+        r = vmm("replay", "-q", trace)
+        assert r.returncode == 0, (trace, r)
+
+
+# --- submissions built from source ----------------------------------------------------------
+def make_source_submission(folder, makefile: str | None = None):
+    """A student's hand-in: the echo guest's source and a Makefile producing echo.bin."""
+    folder.mkdir(parents=True)
+    shutil.copy(ROOT / "guests" / "echo.s", folder / "echo.s")
+    shutil.copy(ROOT / "guests" / "include" / "ports.inc", folder / "ports.inc")
+    (folder / "Makefile").write_text(makefile or (
+        "echo.bin: echo.s ports.inc\n"
+        "\tas --32 -o echo.o echo.s\n"
+        "\tld -m elf_i386 -Ttext 0x1000 --oformat binary -o echo.bin echo.o\n"))
+    return folder
+
+
+def test_directory_and_tarball_submissions_are_built_and_graded(tmp_path, rubric):
+    src = make_source_submission(tmp_path / "alice")
+    with tarfile.open(tmp_path / "bob.tar.gz", "w:gz") as tar:
+        tar.add(src, arcname="bob-echo")
+    report = grade([str(src), str(tmp_path / "bob.tar.gz")], str(rubric), str(tmp_path / "out"))
+    assert scores(report) == {"alice": 100, "bob": 100}
+    for name in ("alice", "bob"):
+        sub = next(s for s in report["submissions"] if s["name"] == name)
+        assert sub["build_status"] == "ok"
+        assert "as --32" in (tmp_path / "out" / name / "build.log").read_text()
+
+
+def test_a_failing_build_scores_zero_with_its_log(tmp_path, rubric):
+    src = make_source_submission(tmp_path / "carol", "echo.bin:\n\tas --32 -o x.o nosuch.s\n")
+    report = grade([str(src)], str(rubric), str(tmp_path / "out"))
+    sub = report["submissions"][0]
+    assert sub["score"] == 0 and sub["build_status"] == "failed"
+    assert "the build failed" in sub["problem"] and sub["build_log"] == "carol/build.log"
+    assert "nosuch.s" in (tmp_path / "out" / "carol" / "build.log").read_text()
+    assert all(sc["reason"] == sub["problem"] for sc in sub["scenarios"])
+
+
+def test_a_build_that_hangs_is_stopped(tmp_path, rubric):
+    rubric.write_text(rubric.read_text().replace('timeout = "60s"', 'timeout = "1s"'))
+    src = make_source_submission(tmp_path / "dave", "echo.bin:\n\tsleep 30\n")
+    sub = grade([str(src)], str(rubric), str(tmp_path / "out"))["submissions"][0]
+    assert sub["score"] == 0 and "longer than 1s" in sub["problem"]
+
+
+def test_a_submission_without_a_makefile_or_that_does_not_exist(tmp_path, rubric):
+    (tmp_path / "erin").mkdir()
+    report = grade([str(tmp_path / "erin"), str(tmp_path / "nobody.bin")], str(rubric),
+                   str(tmp_path / "out"))
+    problems = {s["name"]: s["problem"] for s in report["submissions"]}
+    assert problems == {"erin": "the submission has no Makefile",
+                        "nobody.bin": f"submission not found: {tmp_path / 'nobody.bin'}"}
+
+
+def test_builds_have_no_network(tmp_path, rubric):
+    if subprocess.run(["unshare", "-n", "true"], capture_output=True).returncode != 0:
+        pytest.skip("this host cannot make network namespaces (unshare -n)")
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+    threading.Thread(target=lambda: server.accept(), daemon=True).start()
+    probe = (f"python3 -c \"import socket; socket.create_connection(('127.0.0.1', {port}), 2)\""
+             " && echo NETWORK-REACHED || echo NETWORK-BLOCKED")
+    src = make_source_submission(tmp_path / "frank")
+    (src / "Makefile").write_text((src / "Makefile").read_text().replace(
+        "echo.bin: echo.s ports.inc\n", f"echo.bin: echo.s ports.inc\n\t{probe}\n"))
+    grade([str(src)], str(rubric), str(tmp_path / "out"))
+    log = (tmp_path / "out" / "frank" / "build.log").read_text()
+    server.close()
+    lines = log.splitlines()                      # (make echoes the command line itself)
+    assert "NETWORK-BLOCKED" in lines and "NETWORK-REACHED" not in lines
+
+
+# --- reports ---------------------------------------------------------------------------------
+def test_reports_gradescope_junit_json_markdown(tmp_path, rubric):
+    subs = [str(GUESTS / "echo.bin"), str(MUTANTS / "echo-one_line.bin")]
+    grade(subs, str(rubric), str(tmp_path / "out"))
+    out = tmp_path / "out"
+    results = json.loads((out / "echo-one_line.bin" / "results.json").read_text())
+    assert set(results) == {"score", "execution_time", "output", "tests"}
+    assert results["score"] == 81.25
+    for test in results["tests"]:
+        assert set(test) == {"name", "score", "max_score", "status", "output", "visibility"}
+        assert test["status"] in ("passed", "failed")
+    lost = next(t for t in results["tests"] if t["name"] == "a new line replaces the old")
+    assert lost["status"] == "failed" and "Replay it: vmm replay traces/" in lost["output"]
+    assert next(t for t in results["tests"]
+                if t["name"] == "line-buffered console output")["visibility"] == "after_due_date"
+    suites = ET.parse(out / "junit.xml").getroot()
+    assert [s.get("name") for s in suites] == ["echo.bin", "echo-one_line.bin"]
+    assert suites[1].get("failures") == "1" and suites[0].get("failures") == "0"
+    summary = (out / "summary.md").read_text()
+    assert "| echo-one_line.bin | 81.25/100 |" in summary
+    assert "### echo-one_line.bin (81.25/100)" in summary
+    report = json.loads((out / "report.json").read_text())
+    assert report["format"] == "vmm-grade-report" and report["rubric"]["max_score"] == 100
+
+
+def test_shards_merge_into_the_unsharded_report(tmp_path, rubric, vmm):
+    subs = all_submissions()[:5]
+    whole = grade(subs, str(rubric), str(tmp_path / "whole"))
+    for k in (1, 2):
+        r = vmm("grade", "--rubric", rubric, "--out", tmp_path / f"s{k}", "--shard", f"{k}/2",
+                *subs)
+        assert r.returncode == 0, r
+    r = vmm("grade", "merge", "--out", tmp_path / "merged", tmp_path / "s1", tmp_path / "s2")
+    assert r.returncode == 0, r
+    merged = json.loads((tmp_path / "merged" / "report.json").read_text())
+    assert sorted(scores(merged).items()) == sorted(scores(whole).items())
+    assert (tmp_path / "merged" / "echo.bin" / "traces").is_dir()
+    assert (tmp_path / "merged" / "summary.md").exists()
+
+
+# --- the command line ------------------------------------------------------------------------
+def test_cli_prints_scores(tmp_path, rubric, vmm):
+    r = vmm("grade", "--rubric", rubric, "--out", tmp_path / "out", GUESTS / "echo.bin",
+            MUTANTS / "echo-no_timer.bin")
+    assert r.returncode == 0, r
+    assert r.lines == ["echo.bin: 100/100", "echo-no_timer.bin: 32.5/100"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--shard", "3/2"], "bad --shard '3/2'"),
+    (["--shard", "x"], "bad --shard 'x'"),
+])
+def test_cli_bad_usage(tmp_path, rubric, vmm, args, message):
+    r = vmm("grade", "--rubric", rubric, "--out", tmp_path / "o", *args, GUESTS / "echo.bin")
+    assert r.returncode == 2 and message in r.stderr
+
+
+@pytest.mark.parametrize("text, message", [
+    ("title = 'x'\n", "'scenario' is required"),
+    ("title = 1\n[[scenario]]\n", "title: expected str"),
+    ("title='t'\n[[scenario]]\nname='a'\npoints=1\n[[scenario.check]]\ncontains='x'\nlines=[]\n",
+     "give exactly one of"),
+    ("title='t'\n[[scenario]]\nname='a'\npoints=1\nscript='wait 5'\n[[scenario.check]]\n"
+     "contains='x'\n", "write a number with a unit"),
+    ("title='t'\n[[scenario]]\nname='a'\npoints=1\n[[scenario.check]]\nend_reason='boom'\n",
+     "end_reason: expected one or more of"),
+    ("title='t'\n[[scenario]]\nname='a'\npoints=1\nvisibility='secret'\n"
+     "[[scenario.check]]\ncontains='x'\n", "visibility: expected one of"),
+    ("title='t'\nbogus=1\n", "unknown key 'bogus'"),
+    ("not toml at all [", "is not valid TOML"),
+])
+def test_rubric_errors_are_one_line(tmp_path, vmm, text, message):
+    bad = tmp_path / "bad.toml"
+    bad.write_text(text)
+    r = vmm("grade", "--rubric", bad, "--out", tmp_path / "o", GUESTS / "echo.bin")
+    assert r.returncode == 2, r
+    assert message in r.stderr and len(r.stderr.splitlines()) == 1
+
+
+def test_missing_rubric(tmp_path, vmm):
+    r = vmm("grade", "--rubric", tmp_path / "none.toml", "--out", tmp_path / "o", "x.bin")
+    assert r.returncode == 2 and "rubric not found" in r.stderr
+
+
+def test_merge_of_something_that_is_not_a_report(tmp_path, vmm):
+    r = vmm("grade", "merge", "--out", tmp_path / "m", tmp_path)
+    assert r.returncode == 2 and "no report.json" in r.stderr
+
+
+def test_progress_bar_on_a_terminal(tmp_path, rubric):
+    child = pexpect.spawn(vmm_command()[0], vmm_command("grade", "--rubric", str(rubric),
+                          "--out", str(tmp_path / "o"), str(GUESTS / "echo.bin"),
+                          str(MUTANTS / "echo-one_line.bin"))[1:], cwd=str(ROOT),
+                          encoding="ascii", timeout=60)
+    child.expect(r"\[#+\.*\] 1/2 graded, +\d+s left")
+    child.expect(r"\[#+\] 2/2 graded")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
