@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shlex
 import signal
+import subprocess
 import sys
 import time
 
@@ -17,9 +18,9 @@ from conftest import ROOT
 pytestmark = pytest.mark.kvm
 
 
-def spawn_in_shell(guest_args: str) -> pexpect.spawn:
+def spawn_in_shell(guest_args: str, command: str = "run") -> pexpect.spawn:
     """bash prints the terminal settings (stty -g) before and after vmm, and vmm's status."""
-    vmm = f"{shlex.quote(sys.executable)} -m vmm run {guest_args}"
+    vmm = f"{shlex.quote(sys.executable)} -m vmm {command} {guest_args}"
     script = f"stty -g; echo BEFORE-DONE; {vmm}; echo \"rc=$?\"; stty -g; echo AFTER-DONE"
     return pexpect.spawn("bash", ["--norc", "--noprofile", "-c", script], cwd=str(ROOT),
                          timeout=30, encoding="ascii", codec_errors="replace",
@@ -35,8 +36,8 @@ def settings_and_status(child: pexpect.spawn, before: str) -> tuple[str, int, st
     return before, rc, after
 
 
-def start(guest_args: str) -> tuple[pexpect.spawn, str]:
-    child = spawn_in_shell(guest_args)
+def start(guest_args: str, command: str = "run") -> tuple[pexpect.spawn, str]:
+    child = spawn_in_shell(guest_args, command)
     child.expect(r"(\S+)\r\nBEFORE-DONE\r\n")
     before = child.match.group(1)
     child.expect_exact("press Ctrl-] to quit")
@@ -109,3 +110,17 @@ def test_sigterm_restores_the_terminal(guests):
     before, rc, after = settings_and_status(child, before)
     assert rc == 143
     assert after == before
+
+
+def test_recording_on_a_terminal_replays_identically(guests, tmp_path):
+    trace = tmp_path / "tty.trace"
+    child, before = start(f"guests/build/echo.bin -o {trace}", command="record")
+    child.send("typed live\r")
+    child.expect_exact("typed live\r\n")
+    child.send("\x1d")
+    before, rc, after = settings_and_status(child, before)
+    assert rc == 0 and after == before
+    replay = subprocess.run([sys.executable, "-m", "vmm", "replay", "-q", str(trace)], cwd=ROOT,
+                            capture_output=True, text=True, timeout=60)
+    assert replay.returncode == 0, replay.stderr
+    assert "replay identical" in replay.stderr
