@@ -316,6 +316,10 @@ def grade(sources: list[str], rubric_path: str, out: str, jobs: int = 1,
     rubric = load_rubric(rubric_path)
     if jobs < 1:
         raise UsageError(f"-j must be at least 1, not {jobs}")
+    missing = [s for s in sources if not os.path.exists(s)]
+    if missing:      # a typo on the command line, not a student's fault: refuse, don't score 0
+        raise UsageError(f"submission not found: {missing[0]}"
+                         + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
     subs, shard_label = shard(submission_names(sources), shard_spec)
     Path(out).mkdir(parents=True, exist_ok=True)
     progress = Progress(len(subs), progress_stream)

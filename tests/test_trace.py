@@ -272,7 +272,7 @@ def test_line_not_a_json_object(tmp_path):
 
 def test_header_line_not_a_json_object(tmp_path):
     path = write_lines(tmp_path / "t.trace", b'"vmm-trace"\n', END)
-    assert "line 1" in trace_error(path)
+    assert "is not a vmm trace (its first line is not a JSON header)" in trace_error(path)
 
 
 def test_deeply_nested_line_is_a_trace_error(tmp_path):

@@ -181,7 +181,11 @@ def read_trace(path: str) -> Trace:
     complete_last = lines[-1] == b""
     if complete_last:
         lines.pop()
-    header = _parse_line(path, 1, lines[0], last=len(lines) == 1 and not complete_last)
+    try:
+        header = _parse_line(path, 1, lines[0], last=len(lines) == 1 and not complete_last)
+    except TraceError:
+        raise TraceError(f"{path} is not a vmm trace (its first line is not a JSON header)") \
+            from None
     if header is None:
         raise TraceError(f"{path}: the header line is cut short: not a usable trace")
     _check_header(path, header)

@@ -40,7 +40,7 @@ def test_a_corrupt_trace_file_fails_clearly(project):
     (project.path / "bad.trace").write_text("not a trace\n")
     result = project.runpytest("bad.trace")
     result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines(["*not valid JSON*"])
+    result.stdout.fnmatch_lines(["*is not a vmm trace*"])
 
 
 def test_the_ini_switch_turns_trace_collection_off(project):
