@@ -6,13 +6,14 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: all run test guests check-tools clean help
+.PHONY: all run test bench guests check-tools clean help
 
 all: $(STAMP) guests
 
 help:
 	@echo "make run     record the bundled monitor guest with scripted keys, then replay the trace"
 	@echo "make test    build guests, install into .venv, run the whole suite with coverage"
+	@echo "make bench   benchmarks against baselines (a C KVM loop, python -c pass, QEMU); ~3 min"
 	@echo "make guests  build the guest kernels into guests/build/"
 	@echo "make clean   remove build products and the virtualenv"
 
@@ -40,6 +41,10 @@ test: $(STAMP) guests
 	$(BIN)/python -m coverage run -m pytest $(PYTEST_ARGS)
 	$(BIN)/python -m coverage combine --quiet
 	$(BIN)/python -m coverage report
+
+# Not part of `make test`: minutes of timing on a quiet machine. Writes bench/results/latest.json.
+bench: $(STAMP) guests
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 clean:
 	$(MAKE) -C guests clean

@@ -25,6 +25,9 @@ from .golden import compare_with_golden, safe_name, write_golden
 KVM_SKIP_REASON = "vmm: needs a usable /dev/kvm, which this host does not provide"
 
 
+EMU_SKIP_REASON = "vmm: needs /dev/kvm or the emulator (the unicorn package), and has neither"
+
+
 def kvm_usable() -> bool:
     from vmm.runner import kvm_path
     try:
@@ -32,6 +35,19 @@ def kvm_usable() -> bool:
         return True
     except OSError:
         return False
+
+
+def backend_missing() -> str | None:
+    """Why guests cannot run here (a skip reason), or None: the backend that $VMM_BACKEND (or
+    auto) picks is usable — KVM, or else the emulator."""
+    from vmm.runner import resolve_backend
+    choice = resolve_backend()
+    if choice != "emu" and kvm_usable():
+        return None
+    if choice == "kvm":
+        return KVM_SKIP_REASON
+    import importlib.util
+    return None if importlib.util.find_spec("unicorn") is not None else EMU_SKIP_REASON
 
 
 def pytest_addoption(parser):
@@ -71,7 +87,19 @@ class VmmState:
 
     def golden_path(self, item) -> Path:
         module = Path(str(item.path)).stem
-        return self.goldens / module / (safe_name(item.name) + ".trace")
+        return self.goldens / module / (safe_name(_golden_name(item)) + ".trace")
+
+
+def _golden_name(item) -> str:
+    """The test's name, without a `vmm_backend` parametrization: a test run on each CPU
+    backend compares every run with the same golden."""
+    callspec = getattr(item, "callspec", None)
+    backend = callspec.params.get("vmm_backend") if callspec is not None else None
+    ids = list(getattr(callspec, "_idlist", ()))
+    if backend is None or str(backend) not in ids:
+        return item.name
+    del ids[len(ids) - 1 - ids[::-1].index(str(backend))]
+    return item.originalname + (f"[{'-'.join(ids)}]" if ids else "")
 
 
 _STATE = pytest.StashKey[VmmState]()
@@ -104,8 +132,9 @@ def vm_options():
 def vm(request, vm_guest, vm_options):
     """A factory of guest sessions: vm("guests/build/echo.bin", mode="real") -> GuestSession.
     Sessions run under the virtual clock and are closed after the test."""
-    if not kvm_usable():
-        pytest.skip(KVM_SKIP_REASON)
+    missing = backend_missing()
+    if missing:
+        pytest.skip(missing)
     from .session import GuestSession
     state = _state(request.config)
     sessions = request.node.stash.setdefault(_SESSIONS, [])
@@ -213,7 +242,7 @@ def pytest_runtest_makereport(item, call):
     outcome = yield
     report = outcome.get_result()
     if report.when == "setup" and report.skipped and isinstance(report.longrepr, tuple) \
-            and KVM_SKIP_REASON in str(report.longrepr[2]):
+            and "vmm: needs" in str(report.longrepr[2]):
         _state(item.config).kvm_skips += 1
     if report.when != "call" and not (report.when == "teardown" and report.failed):
         return
@@ -271,8 +300,9 @@ class TraceItem(pytest.Item):
         if not isinstance(guest, str):
             raise TraceMismatch([f"{self.path.name} does not say where its guest is built (the "
                                  "header's guest.path); record it with the vm fixture"])
-        if not kvm_usable():
-            pytest.skip(KVM_SKIP_REASON)
+        missing = backend_missing()
+        if missing:
+            pytest.skip(missing)
         guest_path = Path(self.config.rootpath) / guest
         if not guest_path.exists():
             raise TraceMismatch([f"the guest {guest} named by {self.path.name} does not exist: "

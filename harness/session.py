@@ -32,11 +32,10 @@ from vmm.boot import BootOptions, load_guest
 from vmm.cpuid import cpuid_table
 from vmm.feeds import load_feeds
 from vmm.inputs import LiveInput, NullFeed, VirtualClock
-from vmm.kvm_backend import KvmBackend
 from vmm.machine import Machine, RunConfig
 from vmm.outcome import RunEnd, StopRun
 from vmm.record import TraceRecorder
-from vmm.runner import DEFAULT_CHECKPOINT_EVERY, OutputCollector, kvm_path
+from vmm.runner import DEFAULT_CHECKPOINT_EVERY, OutputCollector, create_backend
 from vmm.units import parse_duration, parse_size
 from vmm.web import Fetcher
 
@@ -143,7 +142,8 @@ class GuestSession(SpawnBase):
                  wall_timeout: float = DEFAULT_WALL_TIMEOUT, max_output="10M",
                  ignore_unknown_ports: bool = False, feeds: str | None = None,
                  offline: bool | None = None, trace: str | None = None,
-                 guest_path: str | None = None, maxread: int = 4096):
+                 guest_path: str | None = None, maxread: int = 4096,
+                 backend: str | None = None):
         self.guest = guest
         self.end: RunEnd | None = None
         super().__init__(timeout=timeout, maxread=maxread, encoding="ascii",
@@ -170,7 +170,7 @@ class GuestSession(SpawnBase):
         self._recorder = TraceRecorder(trace)
         self._backend = None
         try:
-            self._backend = KvmBackend(image.mem_size, kvm_path())
+            self._backend = create_backend(backend, image.mem_size)
             table = cpuid_table(cpuid, self._backend.supported_cpuid())
             max_time_ns = _seconds_ns(max_time)
             self._input = _SessionInput(self, max_time_ns, self._recorder, fetcher)

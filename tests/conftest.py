@@ -1,4 +1,7 @@
-"""Shared test fixtures: where the guests are, how to run `vmm` as a user would, KVM detection."""
+"""Shared test fixtures: where the guests are, how to run `vmm` as a user would, backend
+detection. The key integration modules (BACKEND_MODULES) run once per usable CPU backend: on KVM
+and on the emulator where /dev/kvm exists, on the emulator alone where it does not; setting
+VMM_BACKEND=kvm or =emu runs everything on that backend only."""
 
 from __future__ import annotations
 
@@ -16,18 +19,69 @@ ROOT = Path(__file__).resolve().parent.parent
 GUESTS = ROOT / "guests" / "build"
 
 
+# Integration modules whose tests run on every usable backend (parametrized as [kvm], [emu]).
+BACKEND_MODULES = {"test_run_guests", "test_run_failures", "test_record_replay", "test_goldens"}
+
+
 def kvm_usable() -> bool:
     try:
-        os.close(os.open("/dev/kvm", os.O_RDWR | os.O_CLOEXEC))
+        os.close(os.open(os.environ.get("VMM_KVM_PATH", "/dev/kvm"), os.O_RDWR | os.O_CLOEXEC))
         return True
     except OSError:
         return False
 
 
+def emu_usable() -> bool:
+    import importlib.util
+    return importlib.util.find_spec("unicorn") is not None
+
+
+def test_backends() -> list[str]:
+    """The backends integration tests run on here."""
+    chosen = os.environ.get("VMM_BACKEND")
+    if chosen == "kvm":
+        return ["kvm"] if kvm_usable() else []
+    if chosen == "emu":
+        return ["emu"] if emu_usable() else []
+    return [name for name, usable in (("kvm", kvm_usable()), ("emu", emu_usable())) if usable]
+
+
+def current_backend() -> str:
+    """The backend a test runs on now ($VMM_BACKEND, as the vmm_backend fixture sets it, or
+    what auto picks)."""
+    chosen = os.environ.get("VMM_BACKEND")
+    if chosen in ("kvm", "emu"):
+        return chosen
+    return "kvm" if kvm_usable() else "emu"
+
+
+test_backends.__test__ = False          # not a test, despite its name
+
+
+@pytest.hookimpl(trylast=True)         # after the tests' own parametrization: ids end in -kvm
+def pytest_generate_tests(metafunc):
+    if metafunc.module.__name__.rpartition(".")[2] in BACKEND_MODULES \
+            and "vmm_backend" in metafunc.fixturenames:
+        metafunc.parametrize("vmm_backend", test_backends() or ["none"], indirect=True)
+
+
+@pytest.fixture(autouse=True)
+def vmm_backend(request, monkeypatch):
+    """In BACKEND_MODULES, the backend the test runs on (every run of vmm follows
+    $VMM_BACKEND: subprocesses, live_run, replay_trace and GuestSession alike)."""
+    name = getattr(request, "param", None)
+    if name == "none":
+        pytest.skip("no CPU backend is usable here (neither /dev/kvm nor unicorn)")
+    if name is not None:
+        monkeypatch.setenv("VMM_BACKEND", name)
+    return name
+
+
 def pytest_collection_modifyitems(config, items):
-    if kvm_usable():
+    if test_backends():
         return
-    skip = pytest.mark.skip(reason="needs /dev/kvm, which this host does not provide")
+    skip = pytest.mark.skip(reason="needs /dev/kvm or the emulator (unicorn), and this host "
+                                   "has neither")
     for item in items:
         if "kvm" in item.keywords:
             item.add_marker(skip)

@@ -15,7 +15,6 @@ import pytest
 
 from conftest import GUESTS, ROOT, vmm_command
 from harness.grader import grade
-from harness.reports import merge
 from vmm.trace import read_trace
 
 pytestmark = pytest.mark.kvm

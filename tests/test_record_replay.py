@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import ROOT, vmm_command
+from conftest import ROOT, current_backend, vmm_command
 from vmm.boot import BootOptions
 from vmm.runner import LiveRun, live_run, replay_trace
 from vmm.script import parse_script
@@ -122,6 +122,9 @@ def test_random_input_scripts_replay_exactly_and_record_deterministically(tmp_pa
 
 # --- what replay detects ----------------------------------------------------------------------
 def test_rdtsc_in_registers_is_caught_at_the_first_checkpoint_after_it(tmp_path, guests, vmm):
+    if current_backend() == "emu":
+        pytest.skip("the emulator's TSC is deterministic: "
+                    "test_rdtsc_replays_exactly_on_the_emulator")
     trace = tmp_path / "tsc.trace"
     r = vmm("record", guests / "faults" / "rdtsc-silent.bin", "-o", trace,
             "--checkpoint-every", "64")
@@ -133,11 +136,31 @@ def test_rdtsc_in_registers_is_caught_at_the_first_checkpoint_after_it(tmp_path,
 
 
 def test_rdtsc_in_output_is_caught_at_the_output_line(tmp_path, guests, vmm):
+    if current_backend() == "emu":
+        pytest.skip("the emulator's TSC is deterministic: "
+                    "test_rdtsc_replays_exactly_on_the_emulator")
     trace = tmp_path / "tsc.trace"
     assert vmm("record", guests / "faults" / "rdtsc.bin", "-o", trace).returncode == 0
     rep = vmm("replay", trace)
     assert rep.returncode == 40, rep
     assert "output differs: the recording printed 'console: tsc low bits:" in rep.stderr
+
+
+@pytest.mark.parametrize("guest", ["rdtsc-silent.bin", "rdtsc.bin"])
+def test_rdtsc_replays_exactly_on_the_emulator(tmp_path, guests, vmm, guest):
+    """Under the emulator RDTSC counts guest events (docs/emulator.md): the same run reads the
+    same TSC values, so a guest that reads the TSC records deterministically and replays."""
+    if current_backend() != "emu":
+        pytest.skip("KVM's TSC is the host's (test_rdtsc_in_output_is_caught_at_the_output_line)")
+    traces = []
+    for name in ("a.trace", "b.trace"):
+        r = vmm("record", guests / "faults" / guest, "-o", tmp_path / name, "--clock", "virtual",
+                "--checkpoint-every", "64")
+        assert r.returncode == 0, r
+        traces.append(records_without_info(tmp_path / name))
+    assert traces[0] == traces[1]
+    rep = vmm("replay", tmp_path / "a.trace")
+    assert rep.returncode == 0 and "replay identical" in rep.stderr, rep
 
 
 def test_an_edited_input_is_reported_as_the_first_divergence(tmp_path, guests):
@@ -243,8 +266,8 @@ def _rewrite(path, edit) -> None:
 @pytest.mark.parametrize("edit, message", [
     (lambda ls: ls[:3] + ["{not json"] + ls[3:], "line 4 is not valid JSON"),
     (lambda ls: ls[1:], "is not a vmm trace"),
-    (lambda ls: [ls[0].replace('"version":2', '"version":99')] + ls[1:],
-     "version 99; this vmm reads versions 1 and 2 only (upgrade vmm)"),
+    (lambda ls: [ls[0].replace('"version":3', '"version":99')] + ls[1:],
+     "version 99; this vmm reads versions 1, 2 and 3 only (upgrade vmm)"),
     (lambda ls: [ls[0].replace('"sha256":"', '"sha256":"00')] + ls[1:],
      "does not match its recorded size and sha256"),
     (lambda ls: ls[:2] + ['{"type":"key","n":"x"}'] + ls[2:], "lacks a valid 'n'"),

@@ -111,9 +111,18 @@ def test_nonsensical_flags(vmm, guests, args, needle):
 
 
 def test_no_kvm(vmm, guests):
-    r = vmm("run", guests / "echo.bin", env={"VMM_KVM_PATH": "/nonexistent/kvm"})
+    r = vmm("run", guests / "echo.bin", "--backend", "kvm", env={"VMM_KVM_PATH": "/nonexistent/kvm"})
     assert r.returncode == 12, r
     assert r.stderr.startswith("vmm: error: /nonexistent/kvm does not exist")
+
+
+def test_no_kvm_auto_runs_on_the_emulator_with_a_note(vmm, guests):
+    r = vmm("run", guests / FAULTS / "exit.bin",
+            env={"VMM_KVM_PATH": "/nonexistent/kvm", "VMM_BACKEND": "auto"})
+    assert r.returncode == (0x21 << 1) | 1, r
+    assert r.lines == ["exiting with 0x21"]
+    note = r.stderr.splitlines()[0]
+    assert note.startswith("vmm: /nonexistent/kvm does not exist") and "emulator" in note, r
 
 
 def test_help_documents_every_flag(vmm):

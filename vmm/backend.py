@@ -8,7 +8,6 @@ trace replays identically on either.
 
 from __future__ import annotations
 
-import hashlib
 import struct
 from dataclasses import dataclass, field
 
@@ -60,6 +59,11 @@ class EntryState:
 # --- register snapshots for reports and checkpoints ------------------------------------------
 GPR_NAMES = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rsp", "rbp",
              "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15", "rip", "rflags")
+_RFLAGS_INDEX = GPR_NAMES.index("rflags")
+# RFLAGS bits a register digest leaves out (trace format 3 on): the six arithmetic status flags
+# (CF PF AF ZF SF OF), which many instructions leave undefined and which CPUs and the emulator
+# set differently, and RF, which hypervisors set differently at string I/O and faults.
+DIGEST_RFLAGS_IGNORED = 0x8D5 | (1 << 16)
 
 
 @dataclass
@@ -84,9 +88,14 @@ class CpuState:
         """The linear address of RIP (CS base + RIP), which is what matters in real mode."""
         return (self.cs_base + self.regs["rip"]) & 0xFFFFFFFFFFFFFFFF
 
-    def digest(self) -> str:
-        """A digest of the architectural registers, for replay checkpoints."""
+    def digest(self, legacy: bool = False) -> str:
+        """A digest of the architectural registers, for replay checkpoints: the general
+        registers, RIP, RFLAGS without DIGEST_RFLAGS_IGNORED, CS base and selector, CR0, CR3,
+        CR4, EFER. `legacy`: all of RFLAGS, as traces of format versions 1 and 2 hold it."""
+        import hashlib          # here, not at the top: OpenSSL's load is off `vmm run`'s path
         values = [self.regs[name] for name in GPR_NAMES]
+        if not legacy:
+            values[_RFLAGS_INDEX] &= ~DIGEST_RFLAGS_IGNORED
         values += [self.cs_base, self.cs_selector, self.cr0, self.cr3, self.cr4, self.efer]
         return hashlib.sha256(struct.pack(f"<{len(values)}Q", *values)).hexdigest()[:16]
 
@@ -171,7 +180,8 @@ HALT, SHUTDOWN, INTERRUPTED = Halt(), Shutdown(), Interrupted()
 
 
 class CpuBackend:
-    """What the run loop needs from a CPU. Implementations: vmm.kvm_backend.KvmBackend."""
+    """What the run loop needs from a CPU. Implementations: vmm.kvm_backend.KvmBackend,
+    vmm.emu_backend.EmuBackend (vmm.runner.create_backend picks one)."""
 
     name = "abstract"
     memory: memoryview  # guest RAM, guest-physical address 0 upwards
@@ -183,8 +193,26 @@ class CpuBackend:
         raise NotImplementedError
 
     def run(self) -> Exit:
-        """Run the guest until the next exit and return it."""
+        """Run the guest until the next exit and return it. The exit object may be reused by
+        the next run(): handle it before calling again."""
         raise NotImplementedError
+
+    # --- coalesced output (optional): OUTs to output-only ports without an exit each ----------
+    coalesced_sink = None   # sink(port, size, data), set by the machine before registering
+
+    def register_coalesced_pio(self, port: int, size: int = 1) -> bool:
+        """Batch OUTs of at most `size` bytes to port..port+size-1 instead of exiting for each.
+        A backend that can returns True and from then on hands every batched write to
+        `coalesced_sink(port, size, data)` (data: size * count bytes, like a string OUT), in
+        the guest's order, before run() returns the next exit, so the run loop sees the same
+        OUTs in the same order as without batching. False: not supported, every OUT exits."""
+        return False
+
+    def unregister_coalesced_pio(self, port: int, size: int = 1) -> None:
+        """Stop batching OUTs to the port (writes already batched are still delivered)."""
+
+    def drain_coalesced(self) -> None:
+        """Deliver batched writes now (the run loop calls this when a run ends)."""
 
     def complete_in(self, data: bytes) -> None:
         """Provide the data for the IoIn exit just returned by run()."""

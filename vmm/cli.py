@@ -18,11 +18,11 @@ exit status:
   (v<<1)|1   the guest wrote v to the exit device at port 0xf4 (as QEMU's isa-debug-exit)
   2          bad command-line usage
   10         the guest file cannot be booted (missing, empty, malformed, does not fit)
-  12         no usable /dev/kvm
+  12         no usable CPU backend (/dev/kvm with --backend kvm, or the emulator)
   20         triple fault            22  unhandled guest exception / BIOS call
   24         memory outside RAM      26  unknown port
   28         --timeout ran out       30  output past --max-output
-  32         KVM error               130 interrupted (Ctrl-C)   143 terminated (SIGTERM)
+  32         KVM/emulator error      130 interrupted (Ctrl-C)   143 terminated (SIGTERM)
 """
 
 
@@ -61,6 +61,13 @@ def _entry(text: str):
     return "reset" if text == "reset" else _address(text)
 
 
+def add_backend_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backend", choices=("auto", "kvm", "emu"), default=None,
+                   help="CPU backend: kvm (/dev/kvm), emu (the Unicorn emulator: no KVM "
+                        "needed, same results, docs/emulator.md) or auto (default: KVM when "
+                        "/dev/kvm can be opened, else the emulator; $VMM_BACKEND overrides)")
+
+
 def add_machine_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("machine")
     g.add_argument("--mode", choices=("real", "protected", "long"),
@@ -79,6 +86,7 @@ def add_machine_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--cpuid", choices=("portable", "host"), default="portable",
                    help="CPUID table the guest sees: a fixed portable one (default) or this "
                         "host's")
+    add_backend_option(g)
     r = p.add_argument_group("limits")
     r.add_argument("--timeout", type=_duration, metavar="DURATION",
                    help="stop the run after this much wall-clock time, e.g. 10s, 500ms, 2m")
@@ -179,6 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--timeout", type=_duration, metavar="DURATION",
                         help="wall-clock bound on the replay (default: twice the recording's "
                              "wall time plus 10s)")
+    add_backend_option(replay)
     g = replay.add_argument_group("re-drive boot options (default: the recording's, or the "
                                   "other guest's own for an ELF file)")
     g.add_argument("--mode", choices=("real", "protected", "long"))
@@ -208,6 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "name); combine the slices with `vmm grade merge`")
     grade.add_argument("submissions", nargs="+", metavar="SUBMISSION",
                        help="guest binaries, directories with a Makefile, or tarballs")
+    add_backend_option(grade)
     grade.set_defaults(func=cmd_grade)
 
     merge = sub.add_parser(
@@ -262,7 +272,7 @@ def cmd_run(args) -> int:
                    clock=args.clock, max_time_ns=args.max_time, timeout_ns=args.timeout,
                    max_output=args.max_output, ignore_unknown_ports=args.ignore_unknown_ports,
                    cpuid=args.cpuid, trace_path=args.output, feeds=args.feeds,
-                   offline=args.offline)
+                   offline=args.offline, backend=args.backend)
     if args.output is not None:
         spec.checkpoint_every = args.checkpoint_every
     feed, terminal = (None, False) if args.script else _stdin_feed()
@@ -280,7 +290,7 @@ def cmd_replay(args) -> int:
     result = replay_trace(args.trace, guest=args.guest, boot_override=override,
                           timeout_ns=args.timeout,
                           sink=OutputCollector(None if args.quiet else sys.stdout.buffer),
-                          log=_log)
+                          log=_log, backend=args.backend)
     for line in result.report:
         print(line, file=sys.stderr)
     return result.exit_code
@@ -353,6 +363,9 @@ def main(argv=None) -> int:
         argv = ["grade-merge"] + argv[2:]
     parser = build_parser()
     args = parser.parse_args(argv)
+    if getattr(args, "backend", None) is not None:
+        from .runner import BACKEND_ENV
+        os.environ[BACKEND_ENV] = args.backend      # also for what runs guests indirectly (grade)
     try:
         return args.func(args)
     except VmmError as e:

@@ -94,6 +94,16 @@ class kvm_coalesced_mmio_zone(ctypes.Structure):
     _fields_ = [("addr", u64), ("size", u32), ("pio", u32)]
 
 
+class kvm_coalesced_mmio(ctypes.Structure):
+    """One entry of the coalesced ring (vmm.coalesced reads it with struct, this pins it)."""
+    _fields_ = [("phys_addr", u64), ("len", u32), ("pio", u32), ("data", u8 * 8)]
+
+
+class kvm_coalesced_mmio_ring(ctypes.Structure):
+    """The ring's header; the entries follow it in memory (a flexible array member in C)."""
+    _fields_ = [("first", u32), ("last", u32)]
+
+
 class kvm_run_io(ctypes.Structure):
     _fields_ = [("direction", u8), ("size", u8), ("port", u16), ("count", u32),
                 ("data_offset", u64)]
@@ -133,6 +143,7 @@ KVM_CREATE_VCPU = _IO(0x41)
 KVM_SET_USER_MEMORY_REGION = _IOW(0x46, kvm_userspace_memory_region)
 KVM_SET_TSS_ADDR = _IO(0x47)
 KVM_REGISTER_COALESCED_MMIO = _IOW(0x67, kvm_coalesced_mmio_zone)
+KVM_UNREGISTER_COALESCED_MMIO = _IOW(0x68, kvm_coalesced_mmio_zone)
 KVM_RUN = _IO(0x80)
 KVM_GET_REGS = _IOR(0x81, kvm_regs)
 KVM_SET_REGS = _IOW(0x82, kvm_regs)
@@ -144,6 +155,9 @@ KVM_API_VERSION = 12
 
 # Extensions (KVM_CAP_*).
 KVM_CAP_COALESCED_PIO = 162
+
+# The coalesced ring is this page of the vCPU mmap (KVM_COALESCED_MMIO_PAGE_OFFSET, x86).
+KVM_COALESCED_MMIO_PAGE_OFFSET = 2
 
 # Exit reasons (KVM_EXIT_*).
 KVM_EXIT_UNKNOWN = 0
@@ -184,8 +198,9 @@ class KvmError(OSError):
 _REQUEST_NAMES = {value: name for name, value in globals().items() if name in (
     "KVM_GET_API_VERSION", "KVM_CREATE_VM", "KVM_CHECK_EXTENSION", "KVM_GET_VCPU_MMAP_SIZE",
     "KVM_GET_SUPPORTED_CPUID", "KVM_CREATE_VCPU", "KVM_SET_USER_MEMORY_REGION",
-    "KVM_SET_TSS_ADDR", "KVM_REGISTER_COALESCED_MMIO", "KVM_RUN", "KVM_GET_REGS",
-    "KVM_SET_REGS", "KVM_GET_SREGS", "KVM_SET_SREGS", "KVM_SET_CPUID2")}
+    "KVM_SET_TSS_ADDR", "KVM_REGISTER_COALESCED_MMIO", "KVM_UNREGISTER_COALESCED_MMIO",
+    "KVM_RUN", "KVM_GET_REGS", "KVM_SET_REGS", "KVM_GET_SREGS", "KVM_SET_SREGS",
+    "KVM_SET_CPUID2")}
 
 
 def _ioctl(fd: int, request: int, arg=0):
@@ -265,6 +280,10 @@ class Vm:
 
     def register_coalesced_pio(self, port: int, size: int) -> None:
         _ioctl(self.fd, KVM_REGISTER_COALESCED_MMIO, bytes(kvm_coalesced_mmio_zone(port, size, 1)))
+
+    def unregister_coalesced_pio(self, port: int, size: int) -> None:
+        _ioctl(self.fd, KVM_UNREGISTER_COALESCED_MMIO,
+               bytes(kvm_coalesced_mmio_zone(port, size, 1)))
 
     def create_vcpu(self, index: int = 0) -> "Vcpu":
         return Vcpu(self, _ioctl(self.fd, KVM_CREATE_VCPU, index))

@@ -4,6 +4,13 @@ The run loop turns exits into device accesses and ends the run on HLT, a triple 
 outside RAM, an unknown port, output past --max-output, the exit device, a watchdog timeout, or
 a signal. Every IN exit moves the observation counter once (`inputs.observe()`), before the
 device answers; OUTs and host-side returns (signals, watchdog kicks) never move it (DESIGN §3).
+
+So output may be batched: once a guest has printed `coalesce_after` bytes, OUTs to the
+output-only ports (COALESCED_PORTS) are registered as coalesced PIO where the backend can. The
+backend hands the batched writes back, in order, before it returns the next exit — and so before
+an IN exit is observed — and they reach the devices through the same `write` an OUT exit uses:
+output, the stamps of output records and traces are the same with and without batching; only
+the number of exits differs.
 """
 
 from __future__ import annotations
@@ -33,10 +40,27 @@ PORT_HEADLINE = 0x100         # web data (docs/devices.md): the top headline
 PORT_WEATHER = 0x101          # 0x101-0x106: the weather in city 1-6
 PORT_AIR_QUALITY = 0x201      # 0x201-0x206: the air quality in city 1-6
 
+# Output-only ports whose OUTs may be batched (coalesced PIO). COM1's base is THR only while
+# LCR.DLAB is clear; with DLAB set the byte goes to the divisor latch, and that is still right:
+# batched writes reach Serial16550.write in order, and an LCR write (0x3fb, not batched) exits,
+# so every write before it has been delivered first.
+COALESCED_PORTS = (PORT_CONSOLE, PORT_DEBUGCON, PORT_PSEUDO_SERIAL, PORT_COM1)
+# Batching starts after this many bytes of output: registering a port costs the VM's teardown
+# one SRCU grace period (~15 ms on the benchmark machine) unless the run goes on that long, so
+# a guest that prints a screenful and halts is faster unbatched; a chatty one soon gains.
+COALESCE_AFTER = 1024
+# Within this many bytes of --max-output, OUTs exit one by one again, so that the run stops at
+# the very OUT it would stop at unbatched, with the same registers: the writes still batched
+# when that happens can add no more than themselves and the line buffers (4 KiB per output
+# device) to the output count. A backend's batch must stay well below it (KVM's ring holds 169
+# writes; the emulator's batch, 4 KiB).
+COALESCE_MARGIN = 32 << 10
+
 WATCHDOG_TICK = 0.05          # seconds between watchdog kicks while one is armed
 UNKNOWN_PORT_LOG_LIMIT = 10   # --ignore-unknown-ports: log this many, then only count
 STOP_GRACE_S = 0.25           # a host-side stop waits this long for the next read boundary
 NO_CHECKPOINT = -1
+_SIZE_MASK = {1: 0xFF, 2: 0xFFFF, 4: 0xFFFFFFFF}   # an IN's value, cut to its size
 
 
 @dataclass
@@ -46,6 +70,8 @@ class RunConfig:
     ignore_unknown_ports: bool = False
     kick_for_input: bool = False         # kick KVM_RUN periodically to read the terminal
     checkpoint_every: int = 0            # observations between register checkpoints (0: none)
+    coalesce_after: int | None = COALESCE_AFTER  # output bytes before OUTs to COALESCED_PORTS
+                                                  # are batched (0: at once; None: never)
 
 
 class Observer:
@@ -110,6 +136,11 @@ class Machine:
         if cpuid is not None:
             backend.set_cpuid(cpuid)
         backend.set_entry_state(image.entry)
+        self.coalesced_writes = 0
+        self.coalesced_ports: list[int] = []      # the ports being batched now
+        self._coalesce_at = config.coalesce_after  # output bytes at which batching starts
+        if self._coalesce_at == 0:
+            self._start_coalescing()
 
     # --- output --------------------------------------------------------------------------------
     def _output(self, device: str, text: str, partial: bool) -> None:
@@ -118,9 +149,42 @@ class Machine:
         if self.observer is not None:
             self.observer.on_output(self.inputs.obs, device, text, partial)
         self.inputs.on_output(device, text, partial)
+        if self._coalesce_at is not None and self.output_bytes >= self._coalesce_at:
+            self._start_coalescing()
         limit = self.config.max_output
-        if limit is not None and self.output_bytes > limit and self._stop is None:
-            raise StopRun("output-flood", f"guest output passed --max-output ({limit} bytes)")
+        if limit is not None and self.output_bytes > limit - COALESCE_MARGIN:
+            if self.coalesced_ports:
+                self._stop_coalescing()
+            if self.output_bytes > limit and self._stop is None:
+                raise StopRun("output-flood", f"guest output passed --max-output ({limit} bytes)")
+
+    def _coalesced_out(self, port: int, size: int, data: bytes) -> None:
+        """OUTs the backend batched, delivered exactly as OUT exits would be."""
+        self.coalesced_writes += len(data) // size
+        device, offset = self.bus.lookup(port)       # only ports with a device are batched
+        self._write(device, offset, size, data)
+
+    @staticmethod
+    def _write(device, offset: int, size: int, data: bytes) -> None:
+        """Several elements of `size` bytes written to a device: a string OUT or a batch."""
+        if size == 1:
+            device.write_bytes(offset, data)
+        else:
+            for i in range(0, len(data), size):
+                device.write(offset, size, int.from_bytes(data[i:i + size], "little"))
+
+    def _start_coalescing(self) -> None:
+        self._coalesce_at = None
+        limit = self.config.max_output
+        if limit is None or self.output_bytes <= limit - COALESCE_MARGIN:
+            self.backend.coalesced_sink = self._coalesced_out
+            self.coalesced_ports = [port for port in COALESCED_PORTS
+                                    if self.backend.register_coalesced_pio(port)]
+
+    def _stop_coalescing(self) -> None:
+        for port in self.coalesced_ports:
+            self.backend.unregister_coalesced_pio(port)
+        self.coalesced_ports = []
 
     def _show_unfinished(self) -> None:
         """The guest waits: let the user see a prompt that has no newline yet."""
@@ -159,6 +223,11 @@ class Machine:
 
     def _end(self, stop: StopRun) -> RunEnd:
         at_read, self._in_read = self._in_read, False
+        self._coalesce_at = None            # a partial line flushed now starts nothing
+        try:
+            self.backend.drain_coalesced()   # normally empty: every return from run() drains
+        except StopRun:
+            pass
         for _, _, device in self.bus.devices:
             try:
                 device.finish()
@@ -172,28 +241,29 @@ class Machine:
                       observation=self.inputs.obs, at_read=at_read)
 
     def stats(self) -> dict:
-        return {"exits": self.exits, "observations": self.inputs.obs,
+        return {"exits": self.exits, "coalesced_writes": self.coalesced_writes,
+                "observations": self.inputs.obs,
                 "output_bytes": self.output_bytes, "unknown_ports": self.unknown_ports,
                 "devices": {d.name: d.stats() for _, _, d in self.bus.devices if d.stats()}}
 
     def _loop(self) -> None:
         run, lookup, inputs = self.backend.run, self.bus.lookup, self.inputs
+        complete_in = self.backend.complete_in
         while True:
             exit_ = run()
             self.exits += 1
             kind = type(exit_)
             if kind is IoOut:
-                port, size, data = exit_.port, exit_.size, exit_.data
-                hit = lookup(port)
+                data = exit_.data
+                hit = lookup(exit_.port)
                 if hit is None:
-                    self._unknown_port(port, size, "out", data)
+                    self._unknown_port(exit_.port, exit_.size, "out", data)
                     continue
                 device, offset = hit
-                if len(data) == size:
-                    device.write(offset, size, int.from_bytes(data, "little"))
+                if len(data) == 1:
+                    device.write(offset, 1, data[0])
                 else:
-                    for i in range(0, len(data), size):
-                        device.write(offset, size, int.from_bytes(data[i:i + size], "little"))
+                    self._write(device, offset, exit_.size, data)
             elif kind is IoIn:
                 self._in_read = True
                 inputs.observe()
@@ -208,9 +278,12 @@ class Machine:
                     self.backend.complete_in(b"\xff" * (size * count))
                     continue
                 device, offset = hit
-                self.backend.complete_in(b"".join(
-                    (device.read(offset, size) & ((1 << (8 * size)) - 1)).to_bytes(size, "little")
-                    for _ in range(count)))
+                mask = _SIZE_MASK[size]
+                if count == 1:
+                    complete_in((device.read(offset, size) & mask).to_bytes(size, "little"))
+                else:
+                    complete_in(b"".join((device.read(offset, size) & mask).to_bytes(size, "little")
+                                         for _ in range(count)))
                 self._in_read = False
             elif kind is Interrupted:
                 if self._stop is not None:
@@ -289,6 +362,8 @@ class Machine:
             raise StopRun("kvm-error", f"KVM could not enter the guest (hardware entry failure "
                                        f"reason {exit_.reason:#x}): invalid CPU state")
         if isinstance(exit_, InternalError):
+            if getattr(exit_, "message", None):      # the emulator says what it was
+                raise StopRun("kvm-error", exit_.message)
             raise StopRun("kvm-error", f"KVM internal error (suberror {exit_.suberror}, data "
                                        f"{' '.join(hex(d) for d in exit_.data)}); often a guest "
                                        "instruction KVM cannot emulate")
@@ -323,8 +398,11 @@ class _Watchdog:
         self.deadline = (time.monotonic() + config.timeout_ns / 1e9
                          if config.timeout_ns is not None else None)
         observer = machine.observer
+        # Batched output also wants ticks: a guest that prints and then computes without an
+        # exit still shows its output within a tick.
         wanted = (self.deadline is not None or config.kick_for_input
-                  or (observer is not None and observer.wants_ticks))
+                  or (observer is not None and observer.wants_ticks)
+                  or config.coalesce_after is not None)
         self.tick = WATCHDOG_TICK if wanted else None
         self.saved = {}
 

@@ -7,6 +7,7 @@ import os
 import sys
 import time
 from datetime import datetime, timezone
+from json.encoder import encode_basestring_ascii as _json_string
 
 from . import __version__
 from .machine import Observer
@@ -90,10 +91,11 @@ class TraceRecorder(Observer):
         self.writer.write({"type": "step", "n": self.inputs.obs, "at": now, "index": index})
 
     def on_output(self, n: int, device: str, text: str, partial: bool) -> None:
-        record = {"type": "out", "n": n, "dev": device, "text": text}
-        if partial:
-            record["partial"] = True
-        self.writer.write(record)
+        # Hand-formatted too (a line of output is a record): the same bytes as
+        # trace.encode({"type": "out", "n": n, "dev": device, "text": text[, "partial": true]}).
+        self.writer.write_line(b'{"type":"out","n":%d,"dev":%s,"text":%s%s}\n' % (
+            n, _json_string(device).encode("ascii"), _json_string(text).encode("ascii"),
+            b',"partial":true' if partial else b""))
         self.outputs.add(device, text, partial)
 
     def tick(self) -> None:

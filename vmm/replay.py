@@ -25,6 +25,11 @@ from .script import validate_steps
 from .trace import Trace
 
 
+def legacy_digest(trace: Trace) -> bool:
+    """Whether the trace's register digests are of the older kind (all of RFLAGS)."""
+    from .trace import LEGACY_DIGEST_VERSIONS
+    return trace.header.get("version") in LEGACY_DIGEST_VERSIONS
+
 
 def _fmt(device: str, text: str, partial: bool = False) -> str:
     return f"{device}: {text}" + (" (partial line)" if partial else "")
@@ -38,6 +43,7 @@ class ReplayVerifier(Observer):
         self.expected = trace.outputs()
         self.position = 0
         self.checkpoints = {c["n"]: c["regs"] for c in trace.checkpoints()}
+        self.legacy_digest = legacy_digest(trace)
         self.checked = 0
         self.outputs = OutputDigest()
         self.recent: list[str] = []
@@ -64,7 +70,7 @@ class ReplayVerifier(Observer):
         want = self.checkpoints.get(n)
         if want is None:
             return
-        got = cpu.digest()
+        got = cpu.digest(self.legacy_digest)
         if got != want:
             raise StopRun("diverged", f"registers differ at the checkpoint at observation {n}: "
                                       f"recorded digest {want}, replay {got} (rip={cpu.rip:#x}); "
@@ -159,7 +165,7 @@ def exact_verdict(trace: Trace, verifier: ReplayVerifier, end: RunEnd, machine) 
             problems.append(f"the recording ended at observation {recorded['n']}, the replay "
                             f"at {end.observation}")
         else:
-            regs = end.cpu.digest() if end.cpu else None
+            regs = end.cpu.digest(legacy_digest(trace)) if end.cpu else None
             if recorded.get("regs") is not None and regs != recorded["regs"]:
                 problems.append(f"final registers differ: recorded digest {recorded['regs']}, "
                                 f"replay {regs}" + (f" (rip={end.cpu.rip:#x})" if end.cpu else ""))

@@ -20,8 +20,52 @@ DEFAULT_MAX_TIME_NS = 60_000_000_000   # virtual clock: default bound on guest t
 DEFAULT_CHECKPOINT_EVERY = 1024        # observations between register checkpoints
 
 
+BACKEND_ENV = "VMM_BACKEND"            # what --backend auto means: kvm, emu or auto
+BACKENDS = ("auto", "kvm", "emu")
+
+
 def kvm_path() -> str:
     return os.environ.get(KVM_PATH_ENV, "/dev/kvm")
+
+
+def kvm_usable() -> bool:
+    """Whether /dev/kvm (or $VMM_KVM_PATH) can be opened."""
+    try:
+        os.close(os.open(kvm_path(), os.O_RDWR | os.O_CLOEXEC))
+        return True
+    except OSError:
+        return False
+
+
+def resolve_backend(choice: str | None = None) -> str:
+    """The backend `choice` stands for: "kvm", "emu", or "auto" (decided when it is created).
+    None and "auto" follow $VMM_BACKEND when it is set."""
+    if choice in (None, "auto"):
+        choice = os.environ.get(BACKEND_ENV) or "auto"
+        if choice not in BACKENDS:
+            raise UsageError(f"bad {BACKEND_ENV}={choice!r}: choose one of {', '.join(BACKENDS)}")
+    elif choice not in BACKENDS:
+        raise UsageError(f"bad --backend {choice!r}: choose one of {', '.join(BACKENDS)}")
+    return choice
+
+
+def create_backend(choice: str | None, mem_size: int, log=lambda text: None):
+    """A CPU backend with `mem_size` bytes of RAM: KVM, the emulator, or (auto) KVM when
+    /dev/kvm can be used and else the emulator, with a one-line note to `log`."""
+    choice = resolve_backend(choice)
+    if choice in ("kvm", "auto"):
+        from .errors import BackendUnavailable
+        from .kvm_backend import KvmBackend
+        try:
+            return KvmBackend(mem_size, kvm_path())
+        except (BackendUnavailable, OSError) as e:
+            if choice == "kvm":
+                if isinstance(e, BackendUnavailable):
+                    raise
+                raise BackendUnavailable(f"cannot use {kvm_path()}: {e}") from None
+            log(f"vmm: {e}; running on the emulator instead (--backend emu)")
+    from .emu_backend import EmuBackend
+    return EmuBackend(mem_size, kvm_path())
 
 
 class OutputCollector:
@@ -78,6 +122,26 @@ class LiveRun:
     checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY
     feeds: str | None = None            # web-data feeds file (None: the built-in feeds)
     offline: bool = False               # web devices answer "... unavailable: offline"
+    coalesce_output: bool = True        # batch OUTs to output-only ports (coalesced PIO)
+    coalesce_after: int | None = None   # ... after this many output bytes (None: the default,
+                                        # vmm.machine.COALESCE_AFTER; 0: from the start)
+    backend: str | None = None          # "kvm", "emu" or "auto" (None: auto, or $VMM_BACKEND)
+
+
+class _FetcherOnDemand:
+    """The built-in feeds' vmm.web.Fetcher, made at a guest's first web-data read: loading the
+    feeds (TOML, templates) is a good part of `vmm run`'s start-up, and most guests never read."""
+
+    def __init__(self, offline: bool):
+        self.offline = offline
+        self._fetcher = None
+
+    def fetch(self, device: str, poll=None) -> str:
+        if self._fetcher is None:
+            from .feeds import load_feeds
+            from .web import Fetcher
+            self._fetcher = Fetcher(load_feeds(None), offline=self.offline)
+        return self._fetcher.fetch(device, poll=poll)
 
 
 @dataclass
@@ -91,9 +155,7 @@ def live_run(spec: LiveRun, *, feed=None, terminal: bool = False, sink=None,
              log=lambda text: None) -> RunResult:
     from .cpuid import cpuid_table
     from .inputs import LiveInput, NullFeed, RealClock, VirtualClock
-    from .kvm_backend import KvmBackend
     from .machine import Machine, RunConfig
-    from .terminal import raw_input_mode
 
     image = (load_guest(spec.guest, spec.boot) if spec.guest_bytes is None
              else build_boot_image(spec.guest_name, spec.guest_bytes, spec.boot))
@@ -105,10 +167,13 @@ def live_run(spec: LiveRun, *, feed=None, terminal: bool = False, sink=None,
                          "for wall-clock time, or add --clock virtual")
     max_time = (spec.max_time_ns if spec.max_time_ns is not None else DEFAULT_MAX_TIME_NS) \
         if clock_name == "virtual" else None
-    from .feeds import load_feeds
-    from .web import Fetcher                # imports httpx only when it makes a request
-    feeds = load_feeds(spec.feeds)
-    fetcher = Fetcher(feeds, offline=spec.offline)
+    if spec.feeds is None and spec.trace_path is None:
+        feeds, fetcher = None, _FetcherOnDemand(spec.offline)
+    else:
+        from .feeds import load_feeds
+        from .web import Fetcher            # imports httpx only when it makes a request
+        feeds = load_feeds(spec.feeds)
+        fetcher = Fetcher(feeds, offline=spec.offline)
     if spec.script is not None:
         feed, terminal = NullFeed(), False
     elif feed is None:
@@ -122,15 +187,21 @@ def live_run(spec: LiveRun, *, feed=None, terminal: bool = False, sink=None,
                        ignore_unknown_ports=spec.ignore_unknown_ports,
                        checkpoint_every=spec.checkpoint_every if recorder else 0,
                        kick_for_input=terminal and clock_name == "real")
+    if not spec.coalesce_output:
+        config.coalesce_after = None
+    elif spec.coalesce_after is not None:
+        config.coalesce_after = spec.coalesce_after
     backend = None
     try:
-        backend = KvmBackend(image.mem_size, kvm_path())
+        backend = create_backend(spec.backend, image.mem_size, log)
         cpuid = cpuid_table(spec.cpuid, backend.supported_cpuid())
         clock = VirtualClock() if clock_name == "virtual" else RealClock()
         inputs = LiveInput(feed, clock, script=spec.script, max_time_ns=max_time,
                            record=recorder, fetcher=fetcher)
         if terminal:
             log(f"vmm: running {image.guest_name}; press Ctrl-] to quit")
+        if terminal:
+            from .terminal import raw_input_mode
         with raw_input_mode(0) if terminal else contextlib.nullcontext():
             machine = Machine(image, backend, inputs, output, log, config, cpuid,
                               observer=recorder)
@@ -161,10 +232,10 @@ class ReplayResult:
 
 def replay_trace(path: str, *, guest: str | None = None, boot_override: dict | None = None,
                  timeout_ns: int | None = None, sink=None,
-                 log=lambda text: None) -> ReplayResult:
-    """Exact replay of a trace, or (with `guest`) a re-drive of another binary."""
+                 log=lambda text: None, backend: str | None = None) -> ReplayResult:
+    """Exact replay of a trace, or (with `guest`) a re-drive of another binary, on `backend`
+    ("kvm", "emu", or None/"auto": see create_backend)."""
     from .inputs import LiveInput, NullFeed, VirtualClock
-    from .kvm_backend import KvmBackend
     from .machine import Machine, RunConfig
     from .replay import (ReplayVerifier, exact_verdict, recorded_fetches, redrive_script,
                          redrive_verdict, replay_inputs_for, replay_machine_parts)
@@ -204,7 +275,7 @@ def replay_trace(path: str, *, guest: str | None = None, boot_override: dict | N
                            else DEFAULT_MAX_TIME_NS,
                            fetch_answers=recorded_fetches(trace))
         observer = None
-    backend = KvmBackend(image.mem_size, kvm_path())
+    backend = create_backend(backend, image.mem_size, log)
     try:
         machine = Machine(image, backend, inputs, output, log, config, cpuid, observer=observer)
         end = machine.run()

@@ -23,8 +23,9 @@ from dataclasses import dataclass, field
 from .errors import TraceError
 
 FORMAT = "vmm-trace"
-VERSION = 2                  # 2: fetch records (web data) added
-READABLE_VERSIONS = (1, 2)   # version 1 traces are version 2 traces without fetch records
+VERSION = 3                  # 2: fetch records (web data) added; 3: register digests narrowed
+READABLE_VERSIONS = (1, 2, 3)  # version 1 traces are version 2 traces without fetch records
+LEGACY_DIGEST_VERSIONS = (1, 2)  # their register digests cover all of RFLAGS (docs/trace-format.md)
 GZIP_MAGIC = b"\x1f\x8b"
 
 # Record types and the fields each must carry (name -> accepted Python types).
@@ -227,7 +228,8 @@ def _check_header(path: str, header: dict) -> None:
     if not isinstance(version, int) or isinstance(version, bool):
         raise TraceError(f"{path}: the header has no version number")
     if version not in READABLE_VERSIONS:
-        readable = " and ".join(str(v) for v in READABLE_VERSIONS)
+        *most, last = READABLE_VERSIONS
+        readable = ", ".join(str(v) for v in most) + f" and {last}"
         raise TraceError(f"{path} is trace format version {version}; this vmm reads versions "
                          f"{readable} only" + (" (upgrade vmm)" if version > VERSION else ""))
     guest = header.get("guest")

@@ -67,8 +67,21 @@ def test_default_guest_from_the_ini_file(project):
     project.runpytest().assert_outcomes(passed=1)
 
 
+def test_without_kvm_sessions_run_on_the_emulator(project, monkeypatch):
+    monkeypatch.setenv("VMM_KVM_PATH", "/nonexistent/kvm")
+    monkeypatch.delenv("VMM_BACKEND", raising=False)
+    project.makepyfile('''
+        def test_it(vm):
+            s = vm("guests/echo.bin")
+            s.sendline("hi")
+            s.expect("hi", timeout=1)
+    ''')
+    project.runpytest().assert_outcomes(passed=1)
+
+
 def test_without_kvm_tests_skip_with_a_reason_and_the_summary_counts_them(project, monkeypatch):
     monkeypatch.setenv("VMM_KVM_PATH", "/nonexistent/kvm")
+    monkeypatch.setenv("VMM_BACKEND", "kvm")         # KVM or nothing
     project.makepyfile('''
         def test_a(vm):
             vm("guests/echo.bin")

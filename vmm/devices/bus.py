@@ -15,6 +15,12 @@ class Device:
     def write(self, offset: int, size: int, value: int) -> None:
         pass
 
+    def write_bytes(self, offset: int, data: bytes) -> None:
+        """A byte-wide write of each byte of `data`, in order: a string OUT, or OUTs the CPU
+        backend batched (coalesced PIO). Devices may override it with a faster equivalent."""
+        for byte in data:
+            self.write(offset, 1, byte)
+
     def finish(self) -> None:
         """Called once when the run ends (flush partial output)."""
 

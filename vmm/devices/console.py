@@ -14,6 +14,7 @@ from .bus import Device
 
 MAX_LINE = 4096      # bytes buffered before a line is emitted anyway: bounds memory per device
 _PRINTABLE = frozenset(range(0x20, 0x7F)) | {0x09}
+_PLAIN = bytes(sorted(_PRINTABLE | {0x0A}))   # bytes put_bytes() can take in bulk
 
 
 class LineOutput(Device):
@@ -30,6 +31,32 @@ class LineOutput(Device):
 
     def write(self, offset: int, size: int, value: int) -> None:
         self.put(value & 0xFF)
+
+    def write_bytes(self, offset: int, data: bytes) -> None:
+        self.put_bytes(data)
+
+    def put_bytes(self, data: bytes) -> None:
+        """put() of each byte of `data`, in order; plain text (printable, tab, newline) in bulk."""
+        if data.translate(None, _PLAIN):
+            for byte in data:
+                self.put(byte)
+            return
+        self.bytes_written += len(data)
+        *lines, rest = data.split(b"\n")
+        for line in lines:
+            self._append(line)
+            self._emit(False)
+        self._append(rest)
+
+    def _append(self, text: bytes) -> None:
+        """Add plain text to the line, emitting it each time it reaches max_line (as put does)."""
+        buffer, limit = self.line_buffer, self._max_line
+        buffer += text
+        while len(buffer) >= limit:
+            rest = buffer[limit:]
+            del buffer[limit:]
+            self._emit(False)
+            buffer += rest
 
     def put(self, byte: int) -> None:
         self.bytes_written += 1

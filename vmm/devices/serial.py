@@ -75,6 +75,12 @@ class Serial16550(Device):
         elif offset in self.regs:
             self.regs[offset] = value & 0x0F if offset == IER else value
 
+    def write_bytes(self, offset: int, data: bytes) -> None:
+        if offset == RBR_THR and not self.regs[LCR] & LCR_DLAB:
+            self.tx.put_bytes(data)          # transmit: the common case, in bulk
+        else:
+            super().write_bytes(offset, data)
+
     def finish(self) -> None:
         self.tx.finish()
 

@@ -14,8 +14,6 @@ MAX_TEXT printable characters and then the terminating 0.
 
 from __future__ import annotations
 
-import unicodedata
-
 from .bus import Device
 
 CITY_COUNT = 6
@@ -53,6 +51,7 @@ def clean_text(text: str, limit: int = MAX_TEXT) -> str:
     """One line of printable ASCII, at most `limit` characters: whitespace runs (newlines
     included) become one space, accented letters lose their accents, other characters outside
     0x20-0x7e become '?', and a text over the limit is cut and ends in "..."."""
+    import unicodedata      # here: off the start-up path of guests that never fetch
     out = []
     for ch in unicodedata.normalize("NFKD", text):
         if " " <= ch <= "~":

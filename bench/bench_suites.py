@@ -1,0 +1,94 @@
+"""Row 4, suites: golden-suite throughput and grading throughput, in-process.
+
+- Golden suite: every trace under traces/ re-driven against the guest its header names, with
+  `vmm.runner.replay_trace(path, guest=...)` (what `pytest traces/` does for each file), in
+  traces per second of wall time.
+- Grading: `vmm grade` (harness/grader.py) over the echo guest and its mutants with the example
+  rubric (examples/rubrics/echo.toml), one process (-j 1): submissions per second for those
+  that do I/O, and seconds for the one that spins (its time is the rubric's wall-time limit).
+  `grading_throughput` calls the grader's Python API, `grade(sources, rubric_path, out,
+  jobs=1)`, and is skipped with a note when that API is absent.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from common import ROOT, Row, summary, timed
+from vmm.runner import replay_trace
+
+RUBRIC = ROOT / "examples" / "rubrics" / "echo.toml"
+MUTANTS = ROOT / "guests" / "build" / "mutants"
+
+
+def golden_traces() -> list[tuple[str, str]]:
+    """(trace, guest) for every trace under traces/ whose header names a built guest."""
+    pairs = []
+    for path in sorted((ROOT / "traces").rglob("*.trace")):
+        with open(path) as f:
+            header = json.loads(f.readline())
+        guest = (header.get("guest") or {}).get("path")
+        if isinstance(guest, str) and (ROOT / guest).exists():
+            pairs.append((str(path), str(ROOT / guest)))
+    return pairs
+
+
+def golden_throughput(runs: int) -> Row:
+    pairs = golden_traces()
+    samples, failed = [], set()
+
+    def suite() -> None:
+        for trace, guest in pairs:
+            if replay_trace(trace, guest=guest).exit_code != 0:
+                failed.add(os.path.basename(trace))
+
+    suite()                                            # warm up
+    for _ in range(runs):
+        samples.append(len(pairs) / timed(suite))
+    return Row(id="golden-suite", group="4. suites",
+               name=f"golden suite: re-drive all {len(pairs)} traces under traces/",
+               unit="traces/s", vmm=summary(samples), compare="value",
+               note=("all identical" if not failed
+                     else f"{len(failed)} differ: {', '.join(sorted(failed))}"))
+
+
+def grading_throughput(runs: int, tmp: str) -> list[Row]:
+    """The grading rows. Fill-in point for the grader: they need `harness.grader.grade`.
+    The echo guest and the mutants that do I/O are graded together, in submissions per second;
+    the mutant that spins without I/O separately, in seconds: it runs into the rubric's
+    wall-time limit in every scenario, so its time is the rubric's, not vmm's."""
+    name = "grading: examples/rubrics/echo.toml, -j 1"
+    try:
+        from harness.grader import grade
+    except ImportError as e:
+        return [Row(id="grading", group="4. suites", name=name, unit="subs/s", vmm=None,
+                    compare="value", note=f"skipped: the grader's API is not there yet ({e})")]
+    mutants = sorted(str(p) for p in MUTANTS.glob("*.bin"))
+    working = [str(ROOT / "guests" / "build" / "echo.bin")] + [m for m in mutants
+                                                                if "spin" not in m]
+    spinning = [m for m in mutants if "spin" in m]
+    if not RUBRIC.exists() or not mutants:
+        return [Row(id="grading", group="4. suites", name=name, unit="subs/s", vmm=None,
+                    compare="value", note="skipped: no rubric or no mutants (make guests)")]
+    rates, spins = [], []
+    for i in range(runs):
+        out = os.path.join(tmp, f"grade-{i}")
+        rates.append(len(working) / timed(lambda: grade(working, str(RUBRIC), out, jobs=1)))
+        if spinning:
+            out = os.path.join(tmp, f"grade-spin-{i}")
+            spins.append(timed(lambda: grade(spinning, str(RUBRIC), out, jobs=1)))
+    rows = [Row(id="grading", group="4. suites",
+                name=f"{name}: echo.bin and {len(working) - 1} mutants that do I/O",
+                unit="subs/s", vmm=summary(rates), compare="value",
+                note="5 scripted scenarios each, under the virtual clock")]
+    if spinning:
+        rows.append(Row(id="grading-spin", group="4. suites",
+                        name=f"{name}: the mutant that spins without I/O", unit="s",
+                        vmm=summary(spins), compare="value",
+                        note="its scenarios end by the rubric's wall_time limit (5 s of host time)"))
+    return rows
+
+
+def suite_rows(runs: int, tmp: str) -> list[Row]:
+    return [golden_throughput(runs), *grading_throughput(runs, tmp)]
