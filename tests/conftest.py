@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from vmm.trace import read_trace
+
 pytest_plugins = ["pytester"]
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -132,3 +134,14 @@ def project(pytester, guests):
         shutil.copy(GUESTS / name, pytester.path / "guests" / name)
     pytester.makeini("[pytest]\naddopts = -p no:cacheprovider\n")
     return pytester
+
+
+def records_without_info(path) -> list[dict]:
+    """Every record of a trace, minus the fields DESIGN §6 allows to differ (under `info`)."""
+    trace = read_trace(str(path))
+    out = []
+    for record in [trace.header, *trace.records, trace.end]:
+        record = dict(record)
+        record.pop("info", None)
+        out.append(record)
+    return out

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-from conftest import ROOT, emu_usable, kvm_usable
+from conftest import ROOT, emu_usable, kvm_usable, records_without_info
 from harness.strategies import input_scripts, to_script
 from vmm.boot import BootOptions
 from vmm.replay import redrive_script
@@ -69,18 +69,6 @@ CPUID_XFAIL = ("this host's KVM does not answer CPUID leaf 1 from the table it w
 
 def without_register_digests(records: list[dict]) -> list[dict]:
     return [{k: v for k, v in r.items() if k != "regs"} for r in records]
-
-
-def records_without_info(path) -> list[dict]:
-    """Every record of a trace, minus the informational fields (DESIGN §6), and the trace's
-    header `info` (where the backend is named)."""
-    trace = read_trace(str(path))
-    out = []
-    for record in [trace.header, *trace.records, trace.end]:
-        record = dict(record)
-        record.pop("info", None)
-        out.append(record)
-    return out
 
 
 def record_session_of(golden: Path, backend: str, path: Path):

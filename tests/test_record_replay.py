@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import ROOT, current_backend, vmm_command
+from conftest import ROOT, current_backend, records_without_info, vmm_command
 from vmm.boot import BootOptions
 from vmm.runner import LiveRun, live_run, replay_trace
 from vmm.script import parse_script
@@ -23,17 +23,6 @@ from vmm.trace import read_trace
 pytestmark = pytest.mark.kvm
 
 ECHO_SCRIPT = 'sendline "hello"\nexpect "hello"\nwait 2s\n'
-
-
-def records_without_info(path) -> list[dict]:
-    """Every record of a trace, minus the fields DESIGN §6 allows to differ (under `info`)."""
-    trace = read_trace(str(path))
-    out = []
-    for record in [trace.header, *trace.records, trace.end]:
-        record = dict(record)
-        record.pop("info", None)
-        out.append(record)
-    return out
 
 
 def record(tmp_path, guest, script_text, name="run.trace", **boot):

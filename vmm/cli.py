@@ -26,25 +26,18 @@ exit status:
 """
 
 
-def _duration(text: str) -> int:
-    try:
-        return parse_duration(text)
-    except UsageError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
+def _argument(parse):
+    """An argparse type from one of vmm.units' parsers: its UsageError becomes argparse's."""
+    def convert(text: str) -> int:
+        try:
+            return parse(text)
+        except UsageError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+    convert.__name__ = parse.__name__.replace("parse_", "")   # argparse names it in errors
+    return convert
 
 
-def _size(text: str) -> int:
-    try:
-        return parse_size(text)
-    except UsageError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-
-
-def _address(text: str) -> int:
-    try:
-        return parse_address(text)
-    except UsageError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
+_duration, _size, _address = (_argument(p) for p in (parse_duration, parse_size, parse_address))
 
 
 def _positive(text: str) -> int:
