@@ -11,14 +11,7 @@
         .include "ports.inc"
         .include "reset.inc"
 
-        .code16
-        .text
-        .globl _start
-_start:
-start:
-        cld                             # SI increments
-        mov     %cs, %ax                # DS = 0xF000: our data is in the ROM
-        mov     %ax, %ds
+        RESET_START                     # DS = CS: our data is in the ROM
         mov     $msg, %si
         mov     $SERIAL_OUT, %dx
         mov     $msg_len, %cx

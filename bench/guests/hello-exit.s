@@ -8,14 +8,7 @@
         .include "ports.inc"
         .include "reset.inc"
 
-        .code16
-        .text
-        .globl _start
-_start:
-start:
-        cld
-        mov     %cs, %ax
-        mov     %ax, %ds
+        RESET_START                     # DS = CS: our data is in the ROM
         mov     $msg, %si
         mov     $msg_len, %cx
 1:      lodsb
