@@ -9,12 +9,13 @@ processes; results are identical for any number of them.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
-import tarfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -24,12 +25,13 @@ from pathlib import Path
 from vmm.boot import BootOptions
 from vmm.errors import UsageError, VmmError
 
+from .limits import Cgroup, Limits, apply_rlimits
 from .rubric import Check, Rubric, Scenario, load_rubric
 
 TARBALL_SUFFIXES = (".tar.gz", ".tgz", ".tar.xz", ".tar.bz2", ".tar")
 ABNORMAL = {"triple-fault", "guest-exception", "memory-outside-ram", "unknown-port", "timeout",
             "output-flood", "kvm-error", "max-time", "expect-failed", "interrupted",
-            "terminated"}
+            "terminated", "vmm-limit"}
 
 
 # --- results ----------------------------------------------------------------------------------
@@ -66,6 +68,7 @@ class SubmissionResult:
     build_status: str                # "none" (a binary), "ok", "failed"
     build_log: str | None
     problem: str                     # why nothing could be graded ("" normally)
+    build_limit: str | None = None   # the build limit that ended the build, if one did
     scenarios: list[ScenarioResult] = field(default_factory=list)
     execution_time: float = 0.0      # informational
 
@@ -80,19 +83,46 @@ class Submission:
     source: str                      # as given on the command line
 
 
+# Names that a submission's folder must not take: the class-wide reports beside them in OUT.
+RESERVED_NAMES = {"report.json", "summary.md", "junit.xml", "report.html"}
+
+
+def _clean(text: str) -> str:
+    """A name reduced to [A-Za-z0-9._-]: never empty, never "." or "..", no leading dot."""
+    text = re.sub(r"[^A-Za-z0-9._-]+", "_", text).lstrip(".")
+    text = text.strip("_") or "submission"
+    return "submission" if text.lower() in RESERVED_NAMES else text[:100]
+
+
+def _file_name(source: str) -> str:
+    base = os.path.basename(os.path.normpath(source))
+    for suffix in TARBALL_SUFFIXES:
+        if base.endswith(suffix):
+            return base[:-len(suffix)]
+    return base
+
+
 def submission_names(sources: list[str]) -> list[Submission]:
-    """Name each submission after its file or directory; make names unique; keep the order."""
-    subs, seen = [], {}
-    for source in sources:
-        base = os.path.basename(os.path.normpath(source))
-        for suffix in TARBALL_SUFFIXES:
-            if base.endswith(suffix) and len(base) > len(suffix):
-                base = base[:-len(suffix)]
-                break
-        base = re.sub(r"[^A-Za-z0-9_.-]+", "_", base) or "submission"
-        count = seen.get(base, 0) + 1
-        seen[base] = count
-        subs.append(Submission(base if count == 1 else f"{base}-{count}", source))
+    """Name each submission after its file (a tarball without its suffix) or directory; guest
+    binaries that share a file name (alice/kernel.bin, bob/kernel.bin) are named after their
+    folders. Names are reduced to [A-Za-z0-9._-] and made unique: a repeated name gets -2,
+    -3, ..., skipping every name another submission has, so no result replaces another's.
+    The order is kept."""
+    files = [_file_name(s) for s in sources]
+    bases = []
+    for source, file in zip(sources, files):
+        if files.count(file) > 1 and not is_source(source):
+            folder = os.path.basename(os.path.dirname(os.path.abspath(source)))
+            file = folder or file
+        bases.append(_clean(file))
+    taken, used, subs = set(bases), set(), []
+    for source, base in zip(sources, bases):
+        name, n = base, 1
+        while name in used or (name != base and name in taken):
+            n += 1
+            name = f"{base}-{n}"
+        used.add(name)
+        subs.append(Submission(name, source))
     return subs
 
 
@@ -109,6 +139,62 @@ def shard(subs: list[Submission], spec: str | None) -> tuple[list[Submission], s
     return ordered[(k - 1) * size:k * size], f"{k}/{n}"
 
 
+def is_source(path: str) -> bool:
+    """A submission to build (a directory or a tarball), as opposed to a guest binary."""
+    return os.path.isdir(path) or path.endswith(TARBALL_SUFFIXES)
+
+
+@dataclass
+class Prepared:
+    guest: str | None                # the guest file to run, inside the submission's folder
+    build_status: str                # "none" (a binary), "ok", "failed"
+    build_log: str | None            # relative to the submission's folder
+    problem: str                     # why nothing can be graded ("" normally)
+    build_limit: str | None = None   # which build limit ended the build, if one did
+
+
+def prepare(sub: Submission, rubric: Rubric, folder: Path, sandboxed: bool = True) -> Prepared:
+    """The guest of a submission, copied into its folder as a regular file before anything
+    runs: a binary as it is; a directory or tarball unpacked and built in the sandbox."""
+    source = Path(sub.source)
+    if not os.path.lexists(source):
+        return Prepared(None, "failed", None, f"submission not found: {sub.source}")
+    cap = rubric.boot.mem
+    target = folder / _clean(os.path.basename(rubric.build.guest))
+    if not is_source(sub.source):
+        from .sandbox_init import take_guest
+        data, why = take_guest(str(source), cap)
+        if data is None:
+            return Prepared(None, "failed", None, f"the guest file is {why}")
+        target = folder / _clean(source.name)
+        _write_new(target, data)
+        return Prepared(str(target), "none", None, "")
+    if sandboxed:
+        from .sandbox import build
+        outcome = build(source, rubric.build.command, rubric.build.guest, rubric.build.limits,
+                        cap, cgroup_name=f"vmm-build-{os.getpid()}-{sub.name}")
+    else:
+        outcome = _build_unsandboxed(source, rubric, folder, cap)
+    _write_new(folder / "build.log", outcome.log)
+    if outcome.guest is None:
+        return Prepared(None, "failed", "build.log", outcome.problem, outcome.limit)
+    _write_new(target, outcome.guest)
+    return Prepared(str(target), "ok", "build.log", "")
+
+
+def _write_new(path: Path, data: bytes) -> None:
+    """Write a file of the grader's own, replacing whatever is there without following it."""
+    with contextlib.suppress(FileNotFoundError):
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                 0o644)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+
+
 def _network_isolation() -> list[str]:
     """A prefix that runs a command without network access, when this host allows it."""
     if shutil.which("unshare"):
@@ -121,48 +207,56 @@ def _network_isolation() -> list[str]:
     return []
 
 
-def prepare(sub: Submission, rubric: Rubric, folder: Path) -> tuple[str | None, str, str | None, str]:
-    """The guest binary of a submission: (path or None, build status, build log, problem)."""
-    source = Path(sub.source)
-    if source.is_file() and not source.name.endswith(TARBALL_SUFFIXES):
-        return str(source), "none", None, ""
+def _build_unsandboxed(source: Path, rubric: Rubric, folder: Path, cap: int):
+    """--no-sandbox, for trusted code only: unpack with the same bounded unpacker, build as
+    this user with no network where `unshare -n` works, and take the guest as the sandbox
+    does (no links, at most the guest's RAM)."""
+    from .sandbox import BuildOutcome
+    from .sandbox_init import (MAKEFILES, Refused, take_guest, unpack,
+                               work_directory)
+    limits = rubric.build.limits
     work = folder / "build"
     shutil.rmtree(work, ignore_errors=True)
-    if source.is_dir():
-        shutil.copytree(source, work, symlinks=True)
-    elif source.is_file():
-        try:
-            with tarfile.open(source) as tar:
-                tar.extractall(work, filter="data")
-        except (tarfile.TarError, OSError, ValueError) as e:
-            return None, "failed", None, f"cannot unpack {source.name}: {e}"
-        entries = list(work.iterdir()) if work.exists() else []
-        if len(entries) == 1 and entries[0].is_dir():     # the usual single top directory
-            work = entries[0]
-    else:
-        return None, "failed", None, f"submission not found: {sub.source}"
-    if not (work / "Makefile").exists() and not (work / "makefile").exists():
-        return None, "failed", None, "the submission has no Makefile"
-    log_path = folder / "build.log"
-    command = _network_isolation() + rubric.build.command
+    work.mkdir(parents=True)
     try:
-        with open(log_path, "wb") as log:
-            log.write(f"$ {' '.join(rubric.build.command)}\n".encode())
-            log.flush()
-            proc = subprocess.run(command, cwd=work, stdout=log, stderr=subprocess.STDOUT,
-                                  stdin=subprocess.DEVNULL, timeout=rubric.build.timeout_s)
-        status = proc.returncode
-    except subprocess.TimeoutExpired:
-        return None, "failed", "build.log", (f"the build took longer than "
-                                             f"{rubric.build.timeout_s:g}s")
+        if source.is_dir():
+            shutil.copytree(source, work, symlinks=True, dirs_exist_ok=True)
+        else:
+            with open(source, "rb") as f:
+                unpack(f, str(work), limits.files, limits.file_size, limits.disk)
+    except Refused as e:
+        return BuildOutcome(None, b"", f"cannot unpack the submission: {e}")
     except OSError as e:
-        return None, "failed", "build.log", f"cannot run {rubric.build.command[0]}: {e.strerror}"
-    if status != 0:
-        return None, "failed", "build.log", f"the build failed (exit status {status}): see build.log"
-    guest = work / rubric.build.guest
-    if not guest.is_file():
-        return None, "failed", "build.log", f"the build did not produce {rubric.build.guest}"
-    return str(guest), "ok", "build.log", ""
+        return BuildOutcome(None, b"", f"cannot copy the submission: {e.strerror}")
+    work = Path(work_directory(str(work)))
+    command = rubric.build.command
+    if os.path.basename(command[0]) == "make" and not any((work / m).is_file()
+                                                          for m in MAKEFILES):
+        return BuildOutcome(None, b"", "the submission has no Makefile")
+    header = f"$ {' '.join(command)}\n".encode()
+    try:
+        proc = subprocess.Popen(_network_isolation() + command, cwd=work,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+    except OSError as e:
+        return BuildOutcome(None, header, f"cannot run {command[0]}: {e.strerror}")
+    try:
+        output, _ = proc.communicate(timeout=limits.timeout_s)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(OSError):
+            os.killpg(proc.pid, signal.SIGKILL)     # make and what it started in its session
+        output, _ = proc.communicate()
+        return BuildOutcome(None, header + output[:1 << 20],
+                            f"the build took longer than {limits.timeout_s:g}s", "time")
+    log = header + output[:1 << 20]
+    if proc.returncode != 0:
+        return BuildOutcome(None, log, f"the build failed (exit status {proc.returncode}): "
+                                       "see build.log")
+    guest, why = take_guest(str(work / rubric.build.guest), cap)
+    if guest is None:
+        return BuildOutcome(None, log, f"the build did not produce {rubric.build.guest}"
+                            if why == "missing" else f"the build's {rubric.build.guest} is {why}")
+    return BuildOutcome(guest, log, "")
 
 
 # --- one scenario -------------------------------------------------------------------------------
@@ -260,28 +354,139 @@ def scenario_slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-").lower() or "scenario"
 
 
-# --- one submission (runs in a worker process) ----------------------------------------------------
-def grade_submission(sub: Submission, rubric_path: str, out: str) -> SubmissionResult:
-    rubric = load_rubric(rubric_path)
+# --- one scenario in a process of its own ------------------------------------------------------
+_FORWARDED_ENV = ("VMM_BACKEND", "VMM_KVM_PATH")   # what the forkserver must see as we do now
+
+
+def _scenario_child(conn, guest, rubric, scenario, trace, limits, cgroup, env) -> None:
+    """In a fresh process from the forkserver: take the limits, run the scenario, send back
+    its result."""
+    if cgroup is not None:
+        cgroup.join()
+    apply_rlimits(limits, cgroup)
+    for key, value in env.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    try:
+        conn.send(run_scenario(guest, rubric, scenario, Path(trace)))
+    except MemoryError:
+        conn.send("MemoryError")
+    except BaseException:           # interrupted, or a VMM bug: the parent reports it
+        pass
+    finally:
+        conn.close()
+
+
+def run_scenario_isolated(guest: str, rubric: Rubric, scenario: Scenario, trace: Path,
+                          cgroup_name: str) -> ScenarioResult:
+    """run_scenario in a child process with memory and CPU limits ([limits] memory and
+    cpu_time), so that a VMM bug or a pathological guest costs this scenario only."""
     started = time.monotonic()
+    limits = Limits(memory=scenario.memory, cpu_s=scenario.cpu_s)
+    cgroup = Cgroup.create(cgroup_name, scenario.memory, None)
+    if cgroup is None:        # RLIMIT_AS bounds address space: the emulator reserves ~2 GiB
+        limits.memory = scenario.memory + (3 << 30)
+    ctx = _scenario_context()
+    result = None
+    receive, send = ctx.Pipe(duplex=False)
+    env = {key: os.environ.get(key) for key in _FORWARDED_ENV}
+    child = ctx.Process(target=_scenario_child, daemon=True,
+                        args=(send, os.path.abspath(guest), rubric, scenario,
+                              str(trace.absolute()), limits, cgroup, env))
+    try:
+        child.start()
+        send.close()
+        deadline = scenario.wall_time_ns / 1e9 + 30     # live_run's own limit comes first
+        result = receive.recv() if receive.poll(deadline) else None
+    except (EOFError, OSError):
+        result = None
+    finally:
+        receive.close()
+        if child.is_alive():
+            child.join(timeout=5)
+        if child.is_alive():
+            child.kill()
+        child.join()
+        hits = cgroup.hits() if cgroup is not None else set()
+        if cgroup is not None:
+            cgroup.remove()
+    if isinstance(result, ScenarioResult):
+        return result
+    code = child.exitcode
+    if "memory" in hits or result == "MemoryError":
+        why = f"the VMM went over its memory limit ({_size_text(scenario.memory)})"
+    elif code == -signal.SIGXCPU:
+        why = f"the VMM went over its CPU-time limit ({scenario.cpu_s}s)"
+    elif code is None or code == -signal.SIGKILL:
+        why = "the VMM did not finish and was killed"
+    elif code < 0:
+        why = f"the VMM crashed ({signal.Signals(-code).name})"
+    else:
+        why = f"the VMM ended without a result (exit status {code})"
+    return _zero(scenario, why, "vmm-limit", None, started)
+
+
+def _size_text(n: int) -> str:
+    from .sandbox import _size
+    return _size(n)
+
+
+_context = None
+
+
+def _scenario_context():
+    """A forkserver: each scenario forks from a clean, preloaded process (a few ms), not from
+    this one (which may hold threads, a terminal or a KVM descriptor)."""
+    global _context
+    if _context is None:
+        import multiprocessing
+        _context = multiprocessing.get_context("forkserver")
+        _context.set_forkserver_preload(["harness.grader", "vmm.runner", "vmm.machine"])
+    return _context
+
+
+# --- one submission (runs in a worker process) ----------------------------------------------------
+def grade_submission(sub: Submission, rubric: Rubric, out: str,
+                     sandboxed: bool = True) -> SubmissionResult:
+    """Grade one submission; whatever goes wrong inside costs this submission only."""
+    started = time.monotonic()
+    try:
+        return _grade_submission(sub, rubric, out, sandboxed, started)
+    except Exception as e:        # a vmm bug must not lose the class's run
+        problem = f"internal error while grading: {type(e).__name__}: {e}"[:300]
+        return SubmissionResult(
+            name=sub.name, source=sub.source, score=0.0, max_score=rubric.max_score,
+            build_status="failed", build_log=None, problem=problem,
+            scenarios=[_zero(sc, problem, "not-run", None, started) for sc in rubric.scenarios],
+            execution_time=round(time.monotonic() - started, 3))
+
+
+def _grade_submission(sub, rubric, out, sandboxed, started) -> SubmissionResult:
     folder = Path(out) / sub.name
+    if folder.is_symlink():
+        folder.unlink()
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "traces").mkdir(exist_ok=True)
-    guest, build_status, build_log, problem = prepare(sub, rubric, folder)
+    prepared = prepare(sub, rubric, folder, sandboxed)
     results = []
     for scenario in rubric.scenarios:
-        if guest is None:
-            results.append(_zero(scenario, problem, "not-run", None, time.monotonic()))
+        if prepared.guest is None:
+            results.append(_zero(scenario, prepared.problem, "not-run", None, time.monotonic()))
             continue
-        trace = folder / "traces" / f"{scenario_slug(scenario.name)}.trace"
-        result = run_scenario(guest, rubric, scenario, trace)
+        slug = scenario_slug(scenario.name)
+        trace = folder / "traces" / f"{slug}.trace"
+        result = run_scenario_isolated(prepared.guest, rubric, scenario, trace,
+                                       f"vmm-scenario-{os.getpid()}-{sub.name}-{slug}")
         if trace.exists():
             result.trace = str(trace.relative_to(out))
         results.append(result)
     return SubmissionResult(
         name=sub.name, source=sub.source, score=round(sum(r.score for r in results), 2),
-        max_score=rubric.max_score, build_status=build_status,
-        build_log=f"{sub.name}/{build_log}" if build_log else None, problem=problem,
+        max_score=rubric.max_score, build_status=prepared.build_status,
+        build_log=f"{sub.name}/{prepared.build_log}" if prepared.build_log else None,
+        problem=prepared.problem, build_limit=prepared.build_limit,
         scenarios=results, execution_time=round(time.monotonic() - started, 3))
 
 
@@ -310,16 +515,23 @@ class Progress:
 
 
 def grade(sources: list[str], rubric_path: str, out: str, jobs: int = 1,
-          shard_spec: str | None = None, progress_stream=None) -> dict:
-    """Grade submissions; write every report into `out`; return the JSON report."""
+          shard_spec: str | None = None, progress_stream=None, sandbox: bool = True) -> dict:
+    """Grade submissions; write every report into `out`; return the JSON report. Source
+    submissions are built in the sandbox (harness.sandbox) unless `sandbox` is False, which
+    is for trusted code only."""
     from .reports import build_report, write_reports
     rubric = load_rubric(rubric_path)
     if jobs < 1:
         raise UsageError(f"-j must be at least 1, not {jobs}")
-    missing = [s for s in sources if not os.path.exists(s)]
+    missing = [s for s in sources if not os.path.lexists(s)]
     if missing:      # a typo on the command line, not a student's fault: refuse, don't score 0
         raise UsageError(f"submission not found: {missing[0]}"
                          + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+    if sandbox and any(is_source(s) for s in sources):
+        from .sandbox import unavailable_reason
+        reason = unavailable_reason()
+        if reason:
+            raise UsageError(f"cannot grade source submissions: {reason}")
     subs, shard_label = shard(submission_names(sources), shard_spec)
     Path(out).mkdir(parents=True, exist_ok=True)
     progress = Progress(len(subs), progress_stream)
@@ -327,13 +539,14 @@ def grade(sources: list[str], rubric_path: str, out: str, jobs: int = 1,
     started = time.monotonic()
     if jobs == 1 or len(subs) <= 1:
         for sub in subs:
-            results[sub.name] = grade_submission(sub, rubric_path, out)
+            results[sub.name] = grade_submission(sub, rubric, out, sandbox)
             progress.step(sub.name)
     else:
         # Fresh worker processes ("spawn"): no KVM file descriptor or signal handler of this
         # process leaks into them.
         with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
-            futures = {pool.submit(grade_submission, sub, rubric_path, out): sub for sub in subs}
+            futures = {pool.submit(grade_submission, sub, rubric, out, sandbox): sub
+                       for sub in subs}
             for future in _as_completed(futures):
                 sub = futures[future]
                 results[sub.name] = future.result()

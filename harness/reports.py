@@ -160,6 +160,19 @@ def read_report(folder: str) -> dict:
     return report
 
 
+def _copy_regular_files(source: Path, target: Path, depth: int = 0) -> None:
+    """Copy a submission's folder of a shard: folders and regular files only, never through a
+    link (shard folders are the grader's own, but what they hold came from students)."""
+    target.mkdir(parents=True, exist_ok=True)
+    for entry in os.scandir(source):
+        if entry.is_symlink():
+            continue
+        if entry.is_dir() and depth < 4:
+            _copy_regular_files(Path(entry.path), target / entry.name, depth + 1)
+        elif entry.is_file():
+            shutil.copyfile(entry.path, target / entry.name, follow_symlinks=False)
+
+
 def merge(folders: list[str], out: str) -> dict:
     """Combine the reports of `vmm grade --shard` runs into one class report in `out`."""
     reports = [read_report(f) for f in folders]
@@ -176,8 +189,9 @@ def merge(folders: list[str], out: str) -> dict:
             seen.add(sub["name"])
             subs.append(sub)
             source, target = Path(folder) / sub["name"], Path(out) / sub["name"]
-            if source.resolve() != target.resolve() and source.is_dir():
-                shutil.copytree(source, target, dirs_exist_ok=True)
+            if source.resolve() != target.resolve() and source.is_dir() \
+                    and not source.is_symlink():
+                _copy_regular_files(source, target)
     subs.sort(key=lambda s: s["name"])
     shards = sorted(r["shard"] for r in reports)
     merged = {"format": REPORT_FORMAT, "version": REPORT_VERSION, "rubric": rubric,

@@ -19,7 +19,11 @@ from vmm.errors import EXIT_CODES, UsageError
 from vmm.script import parse_script
 from vmm.units import parse_duration, parse_size
 
+from .sandbox import BuildLimits
+
 VISIBILITY = ("visible", "hidden", "after_due_date", "after_published")   # Gradescope's values
+DEFAULT_VMM_MEMORY = 1 << 30       # each scenario's VMM process: resident memory ...
+DEFAULT_VMM_CPU_S = 60             # ... and CPU seconds
 CHECK_KINDS = ("contains", "not_contains", "regex_lines", "lines", "end_reason", "exit_code")
 
 
@@ -52,6 +56,8 @@ class Scenario:
     max_time_ns: int
     wall_time_ns: int
     max_output: int
+    memory: int = DEFAULT_VMM_MEMORY          # the scenario's VMM process (harness.limits)
+    cpu_s: int = DEFAULT_VMM_CPU_S
     checks: list[Check] = field(default_factory=list)
 
 
@@ -59,7 +65,11 @@ class Scenario:
 class Build:
     command: list[str]
     guest: str                   # the built guest, relative to the submission directory
-    timeout_s: float
+    limits: BuildLimits = field(default_factory=BuildLimits)
+
+    @property
+    def timeout_s(self) -> float:
+        return self.limits.timeout_s
 
 
 @dataclass
@@ -151,24 +161,18 @@ def _build(data: dict, path: str, digest: str) -> Rubric:
     if cpuid not in ("portable", "host"):
         raise _Bad(f"boot.cpuid: expected portable or host, got {cpuid!r}")
 
-    build_t = _get(data, "build", "rubric", dict, {})
-    _known(build_t, "build", ("command", "guest", "timeout"))
-    command = _get(build_t, "command", "build", (str, list), "make")
-    command = command.split() if isinstance(command, str) else command
-    if not command or not all(isinstance(c, str) for c in command):
-        raise _Bad("build.command: expected a command line")
-    build = Build(command=command, guest=_get(build_t, "guest", "build", str, "kernel.bin"),
-                  timeout_s=_duration(_get(build_t, "timeout", "build", str, "120s"),
-                                      "build.timeout") / 1e9)
+    build = _build_table(_get(data, "build", "rubric", dict, {}))
 
     limits_t = _get(data, "limits", "rubric", dict, {})
-    _known(limits_t, "limits", ("max_time", "wall_time", "max_output"))
+    _known(limits_t, "limits", ("max_time", "wall_time", "max_output", "memory", "cpu_time"))
     default_limits = {
         "max_time": _duration(_get(limits_t, "max_time", "limits", str, "30s"), "limits.max_time"),
         "wall_time": _duration(_get(limits_t, "wall_time", "limits", str, "10s"),
                                "limits.wall_time"),
         "max_output": _size(_get(limits_t, "max_output", "limits", str, "64K"),
-                            "limits.max_output")}
+                            "limits.max_output"),
+        "memory": _positive_size(limits_t, "memory", "limits", DEFAULT_VMM_MEMORY),
+        "cpu_time": _seconds(limits_t, "cpu_time", "limits", DEFAULT_VMM_CPU_S)}
 
     raw_scenarios = _get(data, "scenario", "rubric", list)
     if not raw_scenarios:
@@ -183,11 +187,63 @@ def _build(data: dict, path: str, digest: str) -> Rubric:
                   scenarios=scenarios)
 
 
+def _positive_size(table: dict, key: str, where: str, default: int) -> int:
+    if key not in table:
+        return default
+    value = _size(_get(table, key, where, str), f"{where}.{key}")
+    if value <= 0:
+        raise _Bad(f"{where}.{key}: must be more than 0")
+    return value
+
+
+def _seconds(table: dict, key: str, where: str, default: float) -> int:
+    if key not in table:
+        return default
+    value = _duration(_get(table, key, where, str), f"{where}.{key}")
+    if value < 1_000_000_000:
+        raise _Bad(f"{where}.{key}: must be at least 1s")
+    return -(-value // 1_000_000_000)
+
+
+def _build_table(build_t: dict) -> Build:
+    """[build]: the command, the guest it makes, and the sandbox's limits."""
+    _known(build_t, "build", ("command", "guest", "timeout", "memory", "processes", "cpu_time",
+                              "file_size", "open_files", "disk", "files"))
+    command = _get(build_t, "command", "build", (str, list), "make")
+    command = command.split() if isinstance(command, str) else command
+    if not command or not all(isinstance(c, str) for c in command):
+        raise _Bad("build.command: expected a command line")
+    guest = _get(build_t, "guest", "build", str, "kernel.bin")
+    if not guest or guest.startswith("/") or ".." in guest.split("/") or "\0" in guest:
+        raise _Bad(f"build.guest: expected a path inside the submission, got {guest!r}")
+    d = BuildLimits()
+    timeout = _duration(_get(build_t, "timeout", "build", str, f"{d.timeout_s:g}s"),
+                        "build.timeout")
+    if timeout <= 0:
+        raise _Bad("build.timeout: must be more than 0")
+
+    def count(key: str, default: int) -> int:
+        value = _get(build_t, key, "build", int, default)
+        if value < 1:
+            raise _Bad(f"build.{key}: must be at least 1")
+        return value
+    limits = BuildLimits(
+        timeout_s=timeout / 1e9,
+        memory=_positive_size(build_t, "memory", "build", d.memory),
+        processes=count("processes", d.processes),
+        cpu_s=_seconds(build_t, "cpu_time", "build", d.cpu_s),
+        file_size=_positive_size(build_t, "file_size", "build", d.file_size),
+        open_files=count("open_files", d.open_files),
+        disk=_positive_size(build_t, "disk", "build", d.disk),
+        files=count("files", d.files))
+    return Build(command=command, guest=guest, limits=limits)
+
+
 def _scenario(table, where: str, limits: dict, path: str) -> Scenario:
     if not isinstance(table, dict):
         raise _Bad(f"{where}: expected a table")
     _known(table, where, ("name", "points", "visibility", "script", "max_time", "wall_time",
-                          "max_output", "check"))
+                          "max_output", "memory", "cpu_time", "check"))
     name = _get(table, "name", where, str)
     where = f"scenario {name!r}"
     points = _get(table, "points", where, float)
@@ -213,6 +269,8 @@ def _scenario(table, where: str, limits: dict, path: str) -> Scenario:
         else limits["wall_time"],
         max_output=_size(table["max_output"], f"{where}.max_output") if "max_output" in table
         else limits["max_output"],
+        memory=_positive_size(table, "memory", where, limits["memory"]),
+        cpu_s=_seconds(table, "cpu_time", where, limits["cpu_time"]),
         checks=checks)
 
 

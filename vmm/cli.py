@@ -191,8 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
     grade = sub.add_parser(
         "grade", help="score student guests against a rubric; reports and traces to --out",
         description="Grade submissions against a rubric (docs/grading.md). A submission is a "
-                    "guest binary, a directory with a Makefile (built with a time limit and no "
-                    "network, its log kept), or a tarball of one. Every scenario runs under the "
+                    "guest binary, a directory with a Makefile (unpacked and built in a bubblewrap "
+                    "sandbox with no network, no view of the grader's files and limits on "
+                    "time, memory, processes and disk; its log kept), or a tarball of one. Every scenario runs under the "
                     "virtual clock, so scores do not depend on machine load, and its trace is "
                     "kept for `vmm replay`. Writes report.json, junit.xml, summary.md and, per "
                     "submission, a Gradescope results.json. `vmm grade merge --out DIR "
@@ -208,6 +209,9 @@ def build_parser() -> argparse.ArgumentParser:
     grade.add_argument("--shard", metavar="K/N",
                        help="grade only the K-th of N slices of the submissions (sorted by "
                             "name); combine the slices with `vmm grade merge`")
+    grade.add_argument("--no-sandbox", action="store_true",
+                       help="build source submissions as this user, outside the sandbox: for "
+                            "trusted code only (e.g. where bubblewrap cannot run)")
     grade.add_argument("submissions", nargs="+", metavar="SUBMISSION",
                        help="guest binaries, directories with a Makefile, or tarballs")
     add_backend_option(grade)
@@ -292,7 +296,7 @@ def cmd_replay(args) -> int:
 def cmd_grade(args) -> int:
     from harness.grader import grade
     report = grade(args.submissions, args.rubric, args.out, jobs=args.jobs,
-                   shard_spec=args.shard)
+                   shard_spec=args.shard, sandbox=not args.no_sandbox)
     _print_grade_summary(report, args.out)
     return 0
 
