@@ -17,10 +17,12 @@ help:
 	@echo "make guests  build the guest kernels into guests/build/"
 	@echo "make clean   remove build products and the virtualenv"
 
+# System packages the suite uses, as COMMAND:DEBIAN_PACKAGE; installed with apt-get as root,
+# else named in a clear error. bwrap: the grader's build sandbox (docs/grading.md).
+SYSTEM_PACKAGES := as:binutils ld:binutils objcopy:binutils gcc:gcc bwrap:bubblewrap
+
 check-tools:
-	@for tool in as ld gcc objcopy; do \
-	  command -v $$tool >/dev/null || { echo "error: '$$tool' not found: install binutils and gcc (apt-get install binutils gcc)"; exit 1; }; \
-	done
+	@scripts/need-packages $(SYSTEM_PACKAGES)
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "error: Python 3.11 or newer is needed ($(PYTHON))"; exit 1; }
 
 $(STAMP): pyproject.toml | check-tools

@@ -90,5 +90,44 @@ def grading_throughput(runs: int, tmp: str) -> list[Row]:
     return rows
 
 
+def sandbox_build_row(runs: int, tmp: str) -> Row:
+    """The reference submission (guests/echo.s with a Makefile) built the way `vmm grade`
+    builds it: in the bubblewrap sandbox (unpacked from a tar stream inside it, limits, the
+    guest handed back on a pipe) against --no-sandbox (a copy and `make` under unshare -n),
+    interleaved run for run. The figure is the sandbox's cost per build."""
+    import shutil
+    from pathlib import Path
+
+    from harness.grader import Submission, prepare
+    from harness.rubric import load_rubric
+    from harness.sandbox import unavailable_reason
+    name = "grading: build the reference submission, sandboxed vs --no-sandbox"
+    reason = unavailable_reason()
+    if reason:
+        return Row(id="sandbox-build", group="4. suites", name=name, unit="ms", vmm=None,
+                   compare="difference", note=f"skipped: {reason}")
+    src = Path(tmp) / "reference"
+    src.mkdir()
+    shutil.copy(ROOT / "guests" / "echo.s", src / "echo.s")
+    shutil.copy(ROOT / "guests" / "include" / "ports.inc", src / "ports.inc")
+    (src / "Makefile").write_text(
+        "echo.bin: echo.s ports.inc\n\tas --32 -o echo.o echo.s\n"
+        "\tld -m elf_i386 -Ttext 0x1000 --oformat binary -o echo.bin echo.o\n")
+    rubric = load_rubric(str(RUBRIC))
+    sub = Submission("reference", str(src))
+    sandboxed, plain = [], []
+    for i in range(max(runs, 10)):
+        for sandbox, samples in ((True, sandboxed), (False, plain)):
+            folder = Path(tmp) / f"build-{sandbox}-{i}"
+            folder.mkdir()
+            took = timed(lambda: prepare(sub, rubric, folder, sandboxed=sandbox))
+            assert (folder / "echo.bin").exists(), folder
+            samples.append(took * 1000)
+    return Row(id="sandbox-build", group="4. suites", name=name, unit="ms",
+               vmm=summary(sandboxed), baseline=summary(plain),
+               baseline_name="--no-sandbox", compare="difference", target=("<=", 100),
+               note="bubblewrap with every namespace, cgroup limits, tar stream in, guest out")
+
+
 def suite_rows(runs: int, tmp: str) -> list[Row]:
-    return [golden_throughput(runs), *grading_throughput(runs, tmp)]
+    return [golden_throughput(runs), *grading_throughput(runs, tmp), sandbox_build_row(runs, tmp)]
