@@ -23,9 +23,10 @@ from multiprocessing import get_context
 from pathlib import Path
 
 from vmm.boot import BootOptions
-from vmm.errors import UsageError, VmmError
+from vmm.errors import Terminated, UsageError, VmmError
 
 from .limits import Cgroup, Limits, apply_rlimits
+from .sandbox import SandboxUnavailable
 from .rubric import Check, Rubric, Scenario, load_rubric
 
 TARBALL_SUFFIXES = (".tar.gz", ".tgz", ".tar.xz", ".tar.bz2", ".tar")
@@ -364,6 +365,7 @@ def _scenario_child(conn, guest, rubric, scenario, trace, limits, cgroup, env) -
     if cgroup is not None:
         cgroup.join()
     apply_rlimits(limits, cgroup)
+    _die_with_parent()            # the forkserver, which ends with its grading process
     for key, value in env.items():
         if value is None:
             os.environ.pop(key, None)
@@ -400,12 +402,11 @@ def run_scenario_isolated(guest: str, rubric: Rubric, scenario: Scenario, trace:
         send.close()
         deadline = scenario.wall_time_ns / 1e9 + 30     # live_run's own limit comes first
         result = receive.recv() if receive.poll(deadline) else None
+        child.join(timeout=5)
     except (EOFError, OSError):
         result = None
-    finally:
+    finally:                       # also when vmm grade is interrupted: nothing stays behind
         receive.close()
-        if child.is_alive():
-            child.join(timeout=5)
         if child.is_alive():
             child.kill()
         child.join()
@@ -443,7 +444,8 @@ def _scenario_context():
     if _context is None:
         import multiprocessing
         _context = multiprocessing.get_context("forkserver")
-        _context.set_forkserver_preload(["harness.grader", "vmm.runner", "vmm.machine"])
+        _context.set_forkserver_preload(["harness.grader", "harness.sandbox", "vmm.runner",
+                                         "vmm.machine"])
     return _context
 
 
@@ -454,6 +456,8 @@ def grade_submission(sub: Submission, rubric: Rubric, out: str,
     started = time.monotonic()
     try:
         return _grade_submission(sub, rubric, out, sandboxed, started)
+    except (Terminated, SandboxUnavailable):
+        raise
     except Exception as e:        # a vmm bug must not lose the class's run
         problem = f"internal error while grading: {type(e).__name__}: {e}"[:300]
         return SubmissionResult(
@@ -544,17 +548,33 @@ def grade(sources: list[str], rubric_path: str, out: str, jobs: int = 1,
     else:
         # Fresh worker processes ("spawn"): no KVM file descriptor or signal handler of this
         # process leaks into them.
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
+        pool = ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn"),
+                                   initializer=_die_with_parent)
+        try:
             futures = {pool.submit(grade_submission, sub, rubric, out, sandbox): sub
                        for sub in subs}
             for future in _as_completed(futures):
                 sub = futures[future]
                 results[sub.name] = future.result()
                 progress.step(sub.name)
+        except BaseException:     # interrupted: stop the workers now, and their builds with them
+            for process in list(getattr(pool, "_processes", {}).values()):
+                with contextlib.suppress(OSError):
+                    process.kill()
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        pool.shutdown()
     ordered = [results[sub.name] for sub in subs]
     report = build_report(rubric, ordered, shard_label, time.monotonic() - started)
     write_reports(report, out)
     return report
+
+
+def _die_with_parent() -> None:
+    """In each worker: die with vmm grade, whatever ends it (even SIGKILL)."""
+    from .sandbox import _PRCTL
+    if _PRCTL is not None:
+        _PRCTL(1, signal.SIGKILL, 0, 0, 0)                      # PR_SET_PDEATHSIG
 
 
 def _as_completed(futures):

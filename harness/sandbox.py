@@ -35,6 +35,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from vmm.errors import UsageError
+
 from .limits import Cgroup, Limits, apply_rlimits
 
 SANDBOX_UID = SANDBOX_GID = 65534      # nobody, when the grader runs as root
@@ -85,7 +87,7 @@ class BuildOutcome:
     limit: str | None = None           # which limit ended the build, if one did
 
 
-class SandboxUnavailable(Exception):
+class SandboxUnavailable(UsageError):
     """bubblewrap is missing or cannot make its namespaces here; the message says what to do."""
 
 

@@ -457,10 +457,12 @@ def test_names_of_guests_handed_in_as_folder_slash_guest():
 
 
 # --- the grader itself -------------------------------------------------------------------------
-def test_interrupting_vmm_grade_ends_every_build_process(world):
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_interrupting_vmm_grade_ends_every_build_process(world, jobs):
     attack = source(world["tmp"] / "subs" / "slow", "sleep 4247 & sleep 4248")
     child = subprocess.Popen(vmm_command("grade", "--rubric", str(world["rubric"]), "--out",
-                                         str(world["out"]), str(attack)),
+                                         str(world["out"]), "-j", jobs, str(attack),
+                                         str(world["honest"])),
                              cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     for _ in range(200):
         if not no_process_with("sleep\x004248"):
@@ -470,7 +472,8 @@ def test_interrupting_vmm_grade_ends_every_build_process(world):
         child.kill()
         pytest.fail("the build never started")
     child.send_signal(signal.SIGTERM)
-    child.communicate(timeout=30)
+    _, err = child.communicate(timeout=30)
+    assert child.returncode == 143 and err.decode().splitlines() == ["vmm: error: terminated (SIGTERM)"]
     time.sleep(0.3)
     assert no_process_with("sleep\x004247") and no_process_with("sleep\x004248")
 
