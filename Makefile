@@ -18,8 +18,10 @@ help:
 	@echo "make clean   remove build products and the virtualenv"
 
 # System packages the suite uses, as COMMAND:DEBIAN_PACKAGE; installed with apt-get as root,
-# else named in a clear error. bwrap: the grader's build sandbox (docs/grading.md).
-SYSTEM_PACKAGES := as:binutils ld:binutils objcopy:binutils gcc:gcc bwrap:bubblewrap
+# else named in a clear error. bwrap: the grader's build sandbox (docs/grading.md); chromium:
+# the HTML report's tests.
+SYSTEM_PACKAGES := as:binutils ld:binutils objcopy:binutils gcc:gcc bwrap:bubblewrap \
+                   chromium:chromium
 
 check-tools:
 	@scripts/need-packages $(SYSTEM_PACKAGES)

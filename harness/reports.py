@@ -1,4 +1,5 @@
-"""Grading reports: Gradescope results.json, JUnit XML, a JSON report, a Markdown summary.
+"""Grading reports: Gradescope results.json, JUnit XML, a JSON report, a Markdown summary, and
+the HTML class report (harness/html_report.py).
 
 The JSON report (`report.json`) is the source of the others and of `vmm grade merge`. Fields
 that depend on the machine or the moment (execution times, creation date, host) live under
@@ -46,6 +47,8 @@ def write_reports(report: dict, out: str) -> None:
         (folder / "results.json").write_text(json.dumps(gradescope(sub), indent=2) + "\n")
     (root / "junit.xml").write_bytes(junit(report))
     (root / "summary.md").write_text(markdown(report))
+    from .html_report import write_html
+    write_html(report, out)
 
 
 # --- Gradescope ---------------------------------------------------------------------------------
