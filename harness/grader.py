@@ -16,6 +16,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tomllib
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -27,7 +28,8 @@ from vmm.errors import Terminated, UsageError, VmmError
 
 from .limits import Cgroup, Limits, apply_rlimits
 from .sandbox import SandboxUnavailable
-from .rubric import Check, Rubric, Scenario, load_rubric
+from .rubric import (SETTINGS, Check, Rubric, Scenario, check_settings, load_rubric,
+                     parse_settings)
 
 TARBALL_SUFFIXES = (".tar.gz", ".tgz", ".tar.xz", ".tar.bz2", ".tar")
 ABNORMAL = {"triple-fault", "guest-exception", "memory-outside-ram", "unknown-port", "timeout",
@@ -70,6 +72,7 @@ class SubmissionResult:
     build_log: str | None
     problem: str                     # why nothing could be graded ("" normally)
     build_limit: str | None = None   # the build limit that ended the build, if one did
+    settings: dict = field(default_factory=dict)   # the boot settings it ran with
     scenarios: list[ScenarioResult] = field(default_factory=list)
     execution_time: float = 0.0      # informational
 
@@ -152,6 +155,7 @@ class Prepared:
     build_log: str | None            # relative to the submission's folder
     problem: str                     # why nothing can be graded ("" normally)
     build_limit: str | None = None   # which build limit ended the build, if one did
+    settings: str | dict | None = None   # the submission's vmm.toml (see sandbox.BuildOutcome)
 
 
 def prepare(sub: Submission, rubric: Rubric, folder: Path, sandboxed: bool = True) -> Prepared:
@@ -178,9 +182,10 @@ def prepare(sub: Submission, rubric: Rubric, folder: Path, sandboxed: bool = Tru
         outcome = _build_unsandboxed(source, rubric, folder, cap)
     _write_new(folder / "build.log", outcome.log)
     if outcome.guest is None:
-        return Prepared(None, "failed", "build.log", outcome.problem, outcome.limit)
+        return Prepared(None, "failed", "build.log", outcome.problem, outcome.limit,
+                        outcome.settings)
     _write_new(target, outcome.guest)
-    return Prepared(str(target), "ok", "build.log", "")
+    return Prepared(str(target), "ok", "build.log", "", settings=outcome.settings)
 
 
 def _write_new(path: Path, data: bytes) -> None:
@@ -213,7 +218,7 @@ def _build_unsandboxed(source: Path, rubric: Rubric, folder: Path, cap: int):
     this user with no network where `unshare -n` works, and take the guest as the sandbox
     does (no links, at most the guest's RAM)."""
     from .sandbox import BuildOutcome
-    from .sandbox_init import (MAKEFILES, Refused, take_guest, unpack,
+    from .sandbox_init import (MAKEFILES, Refused, read_settings, take_guest, unpack,
                                work_directory)
     limits = rubric.build.limits
     work = folder / "build"
@@ -230,6 +235,7 @@ def _build_unsandboxed(source: Path, rubric: Rubric, folder: Path, cap: int):
     except OSError as e:
         return BuildOutcome(None, b"", f"cannot copy the submission: {e.strerror}")
     work = Path(work_directory(str(work)))
+    settings = read_settings(str(work))
     command = rubric.build.command
     if os.path.basename(command[0]) == "make" and not any((work / m).is_file()
                                                           for m in MAKEFILES):
@@ -256,8 +262,9 @@ def _build_unsandboxed(source: Path, rubric: Rubric, folder: Path, cap: int):
     guest, why = take_guest(str(work / rubric.build.guest), cap)
     if guest is None:
         return BuildOutcome(None, log, f"the build did not produce {rubric.build.guest}"
-                            if why == "missing" else f"the build's {rubric.build.guest} is {why}")
-    return BuildOutcome(guest, log, "")
+                            if why == "missing" else f"the build's {rubric.build.guest} is {why}",
+                            settings=settings)
+    return BuildOutcome(guest, log, "", settings=settings)
 
 
 # --- one scenario -------------------------------------------------------------------------------
@@ -295,26 +302,31 @@ def evaluate(check: Check, lines: list[str], output: str, end_reason: str,
     raise AssertionError(kind)
 
 
-def boot_for(guest: str, rubric: Rubric) -> BootOptions:
-    """The rubric's boot options; an ELF submission keeps only memory and stack, since the
-    file itself says where it loads and in which mode it starts."""
+def boot_for(guest: str, rubric: Rubric, settings: dict | None = None) -> BootOptions:
+    """The rubric's boot options with the submission's own settings over them; an ELF
+    submission keeps only memory and stack, since the file itself says where it loads and in
+    which mode it starts (unless its settings name a mode, e.g. real for a 16-bit entry)."""
+    settings = settings or {}
     try:
         with open(guest, "rb") as f:
             is_elf = f.read(4) == b"\x7fELF"
     except OSError:
         is_elf = False
-    if is_elf:
-        return BootOptions(mem=rubric.boot.mem, stack=rubric.boot.stack)
-    return rubric.boot
+    base = (BootOptions(mem=rubric.boot.mem, stack=rubric.boot.stack) if is_elf
+            else BootOptions(**rubric.boot.to_dict()))
+    for key, value in settings.items():
+        setattr(base, key, value)
+    return base
 
 
-def run_scenario(guest: str, rubric: Rubric, scenario: Scenario, trace: Path) -> ScenarioResult:
+def run_scenario(guest: str, rubric: Rubric, scenario: Scenario, trace: Path,
+                 settings: dict | None = None) -> ScenarioResult:
     from vmm.runner import LiveRun, live_run
     started = time.monotonic()
     try:
         result = live_run(LiveRun(
-            guest=guest, boot=boot_for(guest, rubric), script=scenario.script, clock="virtual",
-            max_time_ns=scenario.max_time_ns, timeout_ns=scenario.wall_time_ns,
+            guest=guest, boot=boot_for(guest, rubric, settings), script=scenario.script,
+            clock="virtual", max_time_ns=scenario.max_time_ns, timeout_ns=scenario.wall_time_ns,
             max_output=scenario.max_output, cpuid=rubric.cpuid, trace_path=str(trace),
             offline=True))
     except VmmError as e:                         # the guest cannot even be booted
@@ -323,15 +335,21 @@ def run_scenario(guest: str, rubric: Rubric, scenario: Scenario, trace: Path) ->
     lines = [text for _, text, _ in result.output.lines]
     output = result.output.text
     total_weight = sum(c.weight for c in scenario.checks)
+    outcomes = [(check, *evaluate(check, lines, output, end.reason, end.exit_code))
+                for check in scenario.checks]
+    failed_gates = [check for check, passed, _ in outcomes if check.gate and not passed]
     checks, lost = [], []
-    for check in scenario.checks:
-        passed, detail = evaluate(check, lines, output, end.reason, end.exit_code)
+    for check, passed, detail in outcomes:
         worth = scenario.points * check.weight / total_weight
-        checks.append(CheckResult(check.describe(), passed, round(worth if passed else 0, 2),
-                                  round(worth, 2), detail))
+        earned = worth if passed and not failed_gates else 0
+        checks.append(CheckResult(check.describe(), passed, round(earned, 2), round(worth, 2),
+                                  detail))
         if not passed:
             lost.append(f"{check.describe()}: {detail}")
     reason = "; ".join(lost)
+    if failed_gates:
+        reason = (f"no points: the gate \"{failed_gates[0].describe()}\" failed"
+                  + (f" -- {reason}" if reason else ""))
     if end.reason in ABNORMAL:
         reason = f"{end.message}" + (f" -- {reason}" if reason else "")
     return ScenarioResult(
@@ -359,7 +377,8 @@ def scenario_slug(name: str) -> str:
 _FORWARDED_ENV = ("VMM_BACKEND", "VMM_KVM_PATH")   # what the forkserver must see as we do now
 
 
-def _scenario_child(conn, guest, rubric, scenario, trace, limits, cgroup, env) -> None:
+def _scenario_child(conn, guest, rubric, scenario, trace, limits, cgroup, env,
+                    settings) -> None:
     """In a fresh process from the forkserver: take the limits, run the scenario, send back
     its result."""
     if cgroup is not None:
@@ -372,7 +391,7 @@ def _scenario_child(conn, guest, rubric, scenario, trace, limits, cgroup, env) -
         else:
             os.environ[key] = value
     try:
-        conn.send(run_scenario(guest, rubric, scenario, Path(trace)))
+        conn.send(run_scenario(guest, rubric, scenario, Path(trace), settings))
     except MemoryError:
         conn.send("MemoryError")
     except BaseException:           # interrupted, or a VMM bug: the parent reports it
@@ -382,7 +401,7 @@ def _scenario_child(conn, guest, rubric, scenario, trace, limits, cgroup, env) -
 
 
 def run_scenario_isolated(guest: str, rubric: Rubric, scenario: Scenario, trace: Path,
-                          cgroup_name: str) -> ScenarioResult:
+                          cgroup_name: str, settings: dict | None = None) -> ScenarioResult:
     """run_scenario in a child process with memory and CPU limits ([limits] memory and
     cpu_time), so that a VMM bug or a pathological guest costs this scenario only."""
     started = time.monotonic()
@@ -396,7 +415,7 @@ def run_scenario_isolated(guest: str, rubric: Rubric, scenario: Scenario, trace:
     env = {key: os.environ.get(key) for key in _FORWARDED_ENV}
     child = ctx.Process(target=_scenario_child, daemon=True,
                         args=(send, os.path.abspath(guest), rubric, scenario,
-                              str(trace.absolute()), limits, cgroup, env))
+                              str(trace.absolute()), limits, cgroup, env, settings))
     try:
         child.start()
         send.close()
@@ -450,12 +469,13 @@ def _scenario_context():
 
 
 # --- one submission (runs in a worker process) ----------------------------------------------------
-def grade_submission(sub: Submission, rubric: Rubric, out: str,
-                     sandboxed: bool = True) -> SubmissionResult:
-    """Grade one submission; whatever goes wrong inside costs this submission only."""
+def grade_submission(sub: Submission, rubric: Rubric, out: str, sandboxed: bool = True,
+                     override: dict | None = None) -> SubmissionResult:
+    """Grade one submission; whatever goes wrong inside costs this submission only.
+    `override`: the staff's boot settings for it (vmm grade --overrides)."""
     started = time.monotonic()
     try:
-        return _grade_submission(sub, rubric, out, sandboxed, started)
+        return _grade_submission(sub, rubric, out, sandboxed, started, override or {})
     except (Terminated, SandboxUnavailable):
         raise
     except Exception as e:        # a vmm bug must not lose the class's run
@@ -467,13 +487,16 @@ def grade_submission(sub: Submission, rubric: Rubric, out: str,
             execution_time=round(time.monotonic() - started, 3))
 
 
-def _grade_submission(sub, rubric, out, sandboxed, started) -> SubmissionResult:
+def _grade_submission(sub, rubric, out, sandboxed, started, override) -> SubmissionResult:
     folder = Path(out) / sub.name
     if folder.is_symlink():
         folder.unlink()
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "traces").mkdir(exist_ok=True)
     prepared = prepare(sub, rubric, folder, sandboxed)
+    settings, problem = submission_settings(prepared.settings, rubric, override)
+    if problem:
+        prepared.guest, prepared.problem = None, problem
     results = []
     for scenario in rubric.scenarios:
         if prepared.guest is None:
@@ -482,7 +505,8 @@ def _grade_submission(sub, rubric, out, sandboxed, started) -> SubmissionResult:
         slug = scenario_slug(scenario.name)
         trace = folder / "traces" / f"{slug}.trace"
         result = run_scenario_isolated(prepared.guest, rubric, scenario, trace,
-                                       f"vmm-scenario-{os.getpid()}-{sub.name}-{slug}")
+                                       f"vmm-scenario-{os.getpid()}-{sub.name}-{slug}",
+                                       settings)
         if trace.exists():
             result.trace = str(trace.relative_to(out))
         results.append(result)
@@ -491,7 +515,32 @@ def _grade_submission(sub, rubric, out, sandboxed, started) -> SubmissionResult:
         max_score=rubric.max_score, build_status=prepared.build_status,
         build_log=f"{sub.name}/{prepared.build_log}" if prepared.build_log else None,
         problem=prepared.problem, build_limit=prepared.build_limit,
+        settings=_shown_settings(prepared.guest, rubric, settings),
         scenarios=results, execution_time=round(time.monotonic() - started, 3))
+
+
+def submission_settings(own, rubric: Rubric, override: dict) -> tuple[dict, str]:
+    """(boot settings, problem): the submission's vmm.toml within what the rubric allows
+    ([boot] per_submission), then the staff's override over it."""
+    settings = {}
+    if isinstance(own, dict):
+        return {}, own.get("problem", "vmm.toml is unusable")
+    if isinstance(own, str):
+        try:
+            settings = parse_settings(own, rubric.per_submission, "vmm.toml")
+        except UsageError as e:
+            return {}, str(e)[:300]
+    settings.update(override)
+    return settings, ""
+
+
+def _shown_settings(guest, rubric: Rubric, settings: dict) -> dict:
+    """The boot settings a submission ran with, for the report (hex addresses)."""
+    if guest is None:
+        return {}
+    boot = boot_for(guest, rubric, settings).to_dict()
+    return {k: (hex(v) if isinstance(v, int) and k in ("load", "entry", "stack") else v)
+            for k, v in boot.items() if v is not None}
 
 
 # --- the whole class ----------------------------------------------------------------------------
@@ -518,11 +567,31 @@ class Progress:
             self.stream.write("\n")
 
 
+def load_overrides(path: str) -> dict[str, dict]:
+    """`--overrides FILE`: a TOML table per submission name of boot settings, e.g.
+    `[alice] mode = "protected"`. The staff's own file: any setting is allowed."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(1 << 20)
+        data = tomllib.loads(raw.decode("utf-8"))
+    except OSError as e:
+        raise UsageError(f"cannot read --overrides {path}: {e.strerror}") from None
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+        raise UsageError(f"--overrides {path} is not valid TOML: {e}") from None
+    out = {}
+    for name, table in data.items():
+        if not isinstance(table, dict):
+            raise UsageError(f"--overrides {path}: [{name}] must be a table of settings")
+        out[name] = check_settings(table, list(SETTINGS), f"--overrides {path} [{name}]")
+    return out
+
+
 def grade(sources: list[str], rubric_path: str, out: str, jobs: int = 1,
-          shard_spec: str | None = None, progress_stream=None, sandbox: bool = True) -> dict:
+          shard_spec: str | None = None, progress_stream=None, sandbox: bool = True,
+          overrides: dict[str, dict] | None = None) -> dict:
     """Grade submissions; write every report into `out`; return the JSON report. Source
     submissions are built in the sandbox (harness.sandbox) unless `sandbox` is False, which
-    is for trusted code only."""
+    is for trusted code only. `overrides`: boot settings per submission name."""
     from .reports import build_report, write_reports
     rubric = load_rubric(rubric_path)
     if jobs < 1:
@@ -536,14 +605,22 @@ def grade(sources: list[str], rubric_path: str, out: str, jobs: int = 1,
         reason = unavailable_reason()
         if reason:
             raise UsageError(f"cannot grade source submissions: {reason}")
-    subs, shard_label = shard(submission_names(sources), shard_spec)
+    named = submission_names(sources)
+    overrides = overrides or {}
+    unknown = sorted(set(overrides) - {s.name for s in named})
+    if unknown:
+        raise UsageError(f"--overrides names {unknown[0]!r}, which is no submission here "
+                         f"(submissions: {', '.join(s.name for s in named[:5])}"
+                         + (", ..." if len(named) > 5 else "") + ")")
+    subs, shard_label = shard(named, shard_spec)
     Path(out).mkdir(parents=True, exist_ok=True)
     progress = Progress(len(subs), progress_stream)
     results: dict[str, SubmissionResult] = {}
     started = time.monotonic()
     if jobs == 1 or len(subs) <= 1:
         for sub in subs:
-            results[sub.name] = grade_submission(sub, rubric, out, sandbox)
+            results[sub.name] = grade_submission(sub, rubric, out, sandbox,
+                                                 overrides.get(sub.name))
             progress.step(sub.name)
     else:
         # Fresh worker processes ("spawn"): no KVM file descriptor or signal handler of this
@@ -551,7 +628,8 @@ def grade(sources: list[str], rubric_path: str, out: str, jobs: int = 1,
         pool = ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn"),
                                    initializer=_die_with_parent)
         try:
-            futures = {pool.submit(grade_submission, sub, rubric, out, sandbox): sub
+            futures = {pool.submit(grade_submission, sub, rubric, out, sandbox,
+                                   overrides.get(sub.name)): sub
                        for sub in subs}
             for future in _as_completed(futures):
                 sub = futures[future]

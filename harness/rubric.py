@@ -24,6 +24,8 @@ from .sandbox import BuildLimits
 VISIBILITY = ("visible", "hidden", "after_due_date", "after_published")   # Gradescope's values
 DEFAULT_VMM_MEMORY = 1 << 30       # each scenario's VMM process: resident memory ...
 DEFAULT_VMM_CPU_S = 60             # ... and CPU seconds
+SETTINGS = ("mode", "load", "entry", "mem", "stack")    # what a submission's vmm.toml may set
+MAX_SETTINGS_FILE = 16 << 10
 CHECK_KINDS = ("contains", "not_contains", "regex_lines", "lines", "end_reason", "exit_code")
 
 
@@ -33,6 +35,7 @@ class Check:
     value: object
     weight: float = 1.0
     description: str = ""
+    gate: bool = False           # the scenario scores nothing unless this check passes
 
     def describe(self) -> str:
         if self.description:
@@ -81,6 +84,7 @@ class Rubric:
     cpuid: str
     build: Build
     scenarios: list[Scenario]
+    per_submission: list[str] = field(default_factory=list)   # boot settings a vmm.toml may set
 
     @property
     def max_score(self) -> float:
@@ -146,7 +150,12 @@ def _build(data: dict, path: str, digest: str) -> Rubric:
     _known(data, "rubric", ("title", "boot", "build", "limits", "scenario"))
     title = _get(data, "title", "rubric", str)
     boot_t = _get(data, "boot", "rubric", dict, {})
-    _known(boot_t, "boot", ("mode", "load", "entry", "mem", "stack", "cpuid"))
+    _known(boot_t, "boot", ("mode", "load", "entry", "mem", "stack", "cpuid", "per_submission"))
+    per_submission = _get(boot_t, "per_submission", "boot", list, [])
+    bad = [k for k in per_submission if k not in SETTINGS]
+    if bad or not all(isinstance(k, str) for k in per_submission):
+        raise _Bad(f"boot.per_submission: expected names among {', '.join(SETTINGS)}, "
+                   f"got {bad[0] if bad else per_submission!r}")
     mode = _get(boot_t, "mode", "boot", str, None)
     if mode is not None and mode not in MODES:
         raise _Bad(f"boot.mode: expected one of {', '.join(MODES)}, got {mode!r}")
@@ -184,7 +193,7 @@ def _build(data: dict, path: str, digest: str) -> Rubric:
             raise _Bad(f"scenario[{index}]: the name {scenarios[-1].name!r} is used twice")
         names.add(scenarios[-1].name)
     return Rubric(title=title, path=path, sha256=digest, boot=boot, cpuid=cpuid, build=build,
-                  scenarios=scenarios)
+                  scenarios=scenarios, per_submission=list(per_submission))
 
 
 def _positive_size(table: dict, key: str, where: str, default: int) -> int:
@@ -261,6 +270,8 @@ def _scenario(table, where: str, limits: dict, path: str) -> Scenario:
               enumerate(_get(table, "check", where, list), start=1)]
     if not checks:
         raise _Bad(f"{where}: needs at least one [[scenario.check]]")
+    if not sum(c.weight for c in checks):
+        raise _Bad(f"{where}: its checks' weights add up to 0: give one a weight")
     return Scenario(
         name=name, points=points, visibility=visibility, script=script, script_text=script_text,
         max_time_ns=_duration(table["max_time"], f"{where}.max_time") if "max_time" in table
@@ -280,7 +291,7 @@ def _check(table, where: str) -> Check:
     kinds = [k for k in CHECK_KINDS if k in table]
     if len(kinds) != 1:
         raise _Bad(f"{where}: give exactly one of {', '.join(CHECK_KINDS)}")
-    _known(table, where, (*CHECK_KINDS, "weight", "description"))
+    _known(table, where, (*CHECK_KINDS, "weight", "description", "gate"))
     kind = kinds[0]
     value = table[kind]
     if kind in ("contains", "not_contains") and not isinstance(value, str):
@@ -302,7 +313,56 @@ def _check(table, where: str) -> Check:
                        f"{', '.join(sorted(EXIT_CODES))}")
     if kind == "exit_code" and (not isinstance(value, int) or isinstance(value, bool)):
         raise _Bad(f"{where}.exit_code: expected a whole number")
-    weight = _get(table, "weight", where, float, 1.0)
-    if weight <= 0:
-        raise _Bad(f"{where}.weight: must be positive")
-    return Check(kind, value, weight, _get(table, "description", where, str, ""))
+    gate = _get(table, "gate", where, bool, False)
+    weight = _get(table, "weight", where, float, 0.0 if gate else 1.0)
+    if weight < 0 or (weight == 0 and not gate):
+        raise _Bad(f"{where}.weight: must be positive (0 is allowed for a gate only)")
+    return Check(kind, value, weight, _get(table, "description", where, str, ""), gate)
+
+
+def parse_settings(text: str, allowed: list[str], where: str) -> dict:
+    """A submission's boot settings (its vmm.toml's [boot] table, or the staff's overrides for
+    it), checked against what the rubric allows; UsageError with one line otherwise."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise UsageError(f"{where} is not valid TOML: {e}") from None
+    try:
+        _known(data, where, ("boot",))
+        table = _get(data, "boot", where, dict, {})
+        return check_settings(table, allowed, f"{where} [boot]")
+    except _Bad as e:
+        raise UsageError(str(e)) from None
+
+
+def check_settings(table: dict, allowed: list[str], where: str) -> dict:
+    try:
+        for key in table:
+            if key not in SETTINGS:
+                raise _Bad(f"{where}: unknown setting {key!r} (known: {', '.join(SETTINGS)})")
+            if key not in allowed:
+                raise _Bad(f"{where}: the rubric does not let a submission set {key!r}"
+                           + (f" (it allows {', '.join(allowed)})" if allowed else ""))
+        out = {}
+        if "mode" in table:
+            mode = _get(table, "mode", where, str)
+            if mode not in MODES:
+                raise _Bad(f"{where}.mode: expected one of {', '.join(MODES)}, got {mode!r}")
+            out["mode"] = mode
+        for key in ("load", "stack"):
+            if key in table:
+                value = _get(table, key, where, int)
+                if not 0 <= value < 1 << 64:
+                    raise _Bad(f"{where}.{key}: out of range")
+                out[key] = value
+        if "entry" in table:
+            entry = table["entry"]
+            if entry != "reset" and not (isinstance(entry, int) and not isinstance(entry, bool)
+                                         and 0 <= entry < 1 << 64):
+                raise _Bad(f"{where}.entry: expected an address or \"reset\", got {entry!r}")
+            out["entry"] = entry
+        if "mem" in table:
+            out["mem"] = _size(_get(table, "mem", where, str), f"{where}.mem")
+        return out
+    except _Bad as e:
+        raise UsageError(str(e)) from None

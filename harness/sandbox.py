@@ -85,6 +85,7 @@ class BuildOutcome:
     log: bytes                         # what the build printed (capped at MAX_LOG)
     problem: str                       # one line; "" when the guest was built
     limit: str | None = None           # which limit ended the build, if one did
+    settings: str | dict | None = None  # the submission's vmm.toml: text, {"problem": ...}, None
 
 
 class SandboxUnavailable(UsageError):
@@ -387,6 +388,17 @@ def _outcome(log: bytes, raw: bytes, timed_out: bool, hits: set[str],
         limit = next(iter(sorted(hits)), None)
         why = f": stopped by {limits.describe(limit)}" if limit else ""
         return BuildOutcome(None, log, f"the build sandbox ended without a result{why}", limit)
+    outcome = _stage_outcome(log, result, rest, hits, limits)
+    settings = result.get("settings")
+    if isinstance(settings, str) and len(settings) <= 16 << 10:
+        outcome.settings = settings
+    elif isinstance(settings, dict) and isinstance(settings.get("problem"), str):
+        outcome.settings = {"problem": settings["problem"][:200]}
+    return outcome
+
+
+def _stage_outcome(log: bytes, result: dict, rest: bytes, hits: set[str],
+                   limits: BuildLimits) -> BuildOutcome:
     stage = result["stage"]
     if stage == "done":
         size = result.get("size")

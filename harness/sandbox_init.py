@@ -180,6 +180,22 @@ def take_guest(path, cap):
         os.close(fd)
 
 
+SETTINGS_FILE = "vmm.toml"
+MAX_SETTINGS = 16 << 10
+
+
+def read_settings(work):
+    """The submission's vmm.toml (its boot settings) as text, read before the build can change
+    it; None when there is none; a dict with a problem when it is not a small regular file."""
+    data, why = take_guest(os.path.join(work, SETTINGS_FILE), MAX_SETTINGS)
+    if data is None:
+        return None if why == "missing" else {"problem": "vmm.toml is %s" % why}
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return {"problem": "vmm.toml is not UTF-8 text"}
+
+
 def _not_dumpable():
     """Keep the build (same uid) out of this process: no ptrace, no /proc/<pid>/fd."""
     try:
@@ -194,8 +210,11 @@ def main():
     result = os.fdopen(config["result_fd"], "wb")
     _not_dumpable()
 
+    settings = None
+
     def finish(**fields):
         data = fields.pop("guest", None)
+        fields["settings"] = settings
         fields["size"] = len(data) if data is not None else None
         result.write(json.dumps(fields).encode() + b"\n")
         if data is not None:
@@ -213,6 +232,7 @@ def main():
     sys.stdin.close()
     os.close(0)
     work = work_directory(BUILD_DIR)
+    settings = read_settings(work)
     command = config["command"]
     if os.path.basename(command[0]) == "make" and \
             not any(os.path.isfile(os.path.join(work, m)) for m in MAKEFILES):

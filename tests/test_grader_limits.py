@@ -75,3 +75,84 @@ def test_limit_errors_are_one_line(tmp_path, vmm, text, message):
     r = vmm("grade", "--rubric", bad, "--out", tmp_path / "o", GUESTS / "echo.bin")
     assert r.returncode == 2, r
     assert message in r.stderr and len(r.stderr.splitlines()) == 1, r.stderr
+
+
+# --- gates and per-submission settings ------------------------------------------------------
+GATED = '''title = "gated"
+[boot]
+mode = "protected"       # wrong for echo.bin: a submission must say how it starts
+load = 0x1000
+mem = "16M"
+per_submission = ["mode", "load"]
+[build]
+guest = "echo.bin"
+[[scenario]]
+name = "echo"
+points = 10
+script = \'\'\'
+sendline "hi"
+wait 1200ms
+\'\'\'
+  [[scenario.check]]
+  end_reason = "script-end"
+  gate = true
+  description = "it did not crash"
+  [[scenario.check]]
+  contains = "hi"
+'''
+
+
+def echo_source(folder, vmm_toml: str | None = None):
+    import shutil
+    folder.mkdir(parents=True)
+    shutil.copy(ROOT / "guests" / "echo.s", folder / "echo.s")
+    shutil.copy(ROOT / "guests" / "include" / "ports.inc", folder / "ports.inc")
+    (folder / "Makefile").write_text(
+        "echo.bin: echo.s ports.inc\n\tas --32 -o echo.o echo.s\n"
+        "\tld -m elf_i386 -Ttext 0x1000 --oformat binary -o echo.bin echo.o\n")
+    if vmm_toml is not None:
+        (folder / "vmm.toml").write_text(vmm_toml)
+    return str(folder)
+
+
+def test_a_failed_gate_takes_every_point_of_its_scenario(tmp_path):
+    (tmp_path / "r.toml").write_text(GATED.replace('mode = "protected"', 'mode = "real"'))
+    report = grade([str(GUESTS / "echo.bin"), str(GUESTS / "mutants" / "echo-triple_fault.bin")],
+                   str(tmp_path / "r.toml"), str(tmp_path / "out"))
+    good, crash = report["submissions"]
+    assert good["score"] == 10
+    assert crash["score"] == 0
+    scenario = crash["scenarios"][0]
+    assert 'no points: the gate "it did not crash" failed' in scenario["reason"]
+    assert [c["score"] for c in scenario["checks"]] == [0, 0]
+
+
+def test_a_submission_carries_its_own_boot_settings_within_the_rubric(tmp_path, vmm):
+    (tmp_path / "r.toml").write_text(GATED)
+    subs = tmp_path / "subs"
+    right = echo_source(subs / "right", "[boot]\nmode = \"real\"\n")
+    plain = echo_source(subs / "plain")
+    greedy = echo_source(subs / "greedy", "[boot]\nmode = \"real\"\nmem = \"64M\"\n")
+    broken = echo_source(subs / "broken", "[boot\nload = 1\n")
+    report = grade([right, plain, greedy, broken], str(tmp_path / "r.toml"),
+                   str(tmp_path / "out"), overrides={"plain": {"mode": "real"}})
+    by_name = {s["name"]: s for s in report["submissions"]}
+    assert by_name["right"]["score"] == 10
+    assert by_name["right"]["settings"] == {"mode": "real", "load": "0x1000", "mem": 16 << 20}
+    assert by_name["plain"]["score"] == 10                 # the staff's override
+    assert by_name["greedy"]["score"] == 0
+    assert by_name["greedy"]["problem"] == ("vmm.toml [boot]: the rubric does not let a "
+                                            "submission set 'mem' (it allows mode, load)")
+    assert by_name["broken"]["score"] == 0
+    assert by_name["broken"]["problem"].startswith("vmm.toml is not valid TOML")
+    alone = grade([plain], str(tmp_path / "r.toml"), str(tmp_path / "alone"))
+    assert alone["submissions"][0]["score"] == 0           # started in protected mode: no echo
+    bad = tmp_path / "overrides.toml"
+    bad.write_text("[nobody]\nload = 4096\n")
+    r = vmm("grade", "--rubric", tmp_path / "r.toml", "--out", tmp_path / "o", "--overrides",
+            bad, plain)
+    assert r.returncode == 2 and "--overrides names 'nobody'" in r.stderr, r
+    bad.write_text("[plain]\nboard = 'pc9801'\n")
+    r = vmm("grade", "--rubric", tmp_path / "r.toml", "--out", tmp_path / "o", "--overrides",
+            bad, plain)
+    assert r.returncode == 2 and "unknown setting 'board'" in r.stderr, r

@@ -209,6 +209,9 @@ def build_parser() -> argparse.ArgumentParser:
     grade.add_argument("--shard", metavar="K/N",
                        help="grade only the K-th of N slices of the submissions (sorted by "
                             "name); combine the slices with `vmm grade merge`")
+    grade.add_argument("--overrides", metavar="FILE",
+                       help="boot settings per submission, over its own vmm.toml: a TOML "
+                            "table per submission name, e.g. [alice] mode = \"protected\"")
     grade.add_argument("--no-sandbox", action="store_true",
                        help="build source submissions as this user, outside the sandbox: for "
                             "trusted code only (e.g. where bubblewrap cannot run)")
@@ -294,9 +297,10 @@ def cmd_replay(args) -> int:
 
 
 def cmd_grade(args) -> int:
-    from harness.grader import grade
+    from harness.grader import grade, load_overrides
+    overrides = load_overrides(args.overrides) if args.overrides else None
     report = grade(args.submissions, args.rubric, args.out, jobs=args.jobs,
-                   shard_spec=args.shard, sandbox=not args.no_sandbox)
+                   shard_spec=args.shard, sandbox=not args.no_sandbox, overrides=overrides)
     _print_grade_summary(report, args.out)
     return 0
 
