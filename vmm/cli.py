@@ -228,6 +228,27 @@ def build_parser() -> argparse.ArgumentParser:
                        help="the --out directories of the shard runs")
     merge.set_defaults(func=cmd_grade_merge)
 
+    rubric = sub.add_parser(
+        "grade-rubric", help="(written `vmm grade rubric`) check a rubric; --public: without "
+                             "hidden scenarios",
+        description="Check a rubric and print it. With --public, print it without its "
+                    "scenarios that are not visible (hidden, after_due_date, after_published), "
+                    "for students: `vmm grade --rubric public.toml` then gives them the "
+                    "grader's scores for the visible scenarios.")
+    rubric.add_argument("rubric", metavar="RUBRIC", help="the rubric (TOML)")
+    rubric.add_argument("--public", action="store_true",
+                        help="leave out every scenario that is not visible")
+    rubric.set_defaults(func=cmd_grade_rubric)
+
+    diff = sub.add_parser(
+        "grade-diff", help="(written `vmm grade diff`) what changed between two gradings",
+        description="Compare two `vmm grade --out` folders: scores per submission and per "
+                    "scenario, submissions added or gone, a changed rubric.",
+        epilog="exit status: 0 the same scores, 1 something changed, 2 bad usage")
+    diff.add_argument("old", metavar="OLD_DIR")
+    diff.add_argument("new", metavar="NEW_DIR")
+    diff.set_defaults(func=cmd_grade_diff)
+
     inspect = sub.add_parser(
         "inspect", help="summarise a trace: guest, configuration, counts, timeline",
         description="Print a readable summary of a trace: the guest, the machine "
@@ -312,6 +333,31 @@ def cmd_grade_merge(args) -> int:
     return 0
 
 
+def cmd_grade_rubric(args) -> int:
+    from harness.rubric import load_rubric
+    from harness.rubric_tools import public_rubric
+    if args.public:
+        sys.stdout.write(public_rubric(args.rubric))
+        return 0
+    rubric = load_rubric(args.rubric)
+    print(f"{args.rubric}: {rubric.title!r}, {len(rubric.scenarios)} scenarios, "
+          f"{rubric.max_score:g} points")
+    for scenario in rubric.scenarios:
+        print(f"  {scenario.name}: {scenario.points:g} points, {scenario.visibility}, "
+              f"{len(scenario.checks)} checks")
+    return 0
+
+
+def cmd_grade_diff(args) -> int:
+    from harness.rubric_tools import diff_reports
+    lines = diff_reports(args.old, args.new)
+    for line in lines:
+        print(line)
+    if not lines:
+        print(f"vmm: the same scores in {args.old} and {args.new}", file=sys.stderr)
+    return 1 if lines else 0
+
+
 def _print_grade_summary(report: dict, out: str) -> None:
     for sub in report["submissions"]:
         note = f"  ({sub['problem']})" if sub["problem"] else ""
@@ -360,8 +406,8 @@ def main(argv=None) -> int:
     # trace close) runs; during a run the machine replaces this with an orderly stop.
     signal.signal(signal.SIGTERM, _terminated)
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:2] == ["grade", "merge"]:
-        argv = ["grade-merge"] + argv[2:]
+    if argv[:1] == ["grade"] and argv[1:2] in (["merge"], ["rubric"], ["diff"]):
+        argv = [f"grade-{argv[1]}"] + argv[2:]
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "backend", None) is not None:
