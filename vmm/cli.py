@@ -249,6 +249,18 @@ def build_parser() -> argparse.ArgumentParser:
     diff.add_argument("new", metavar="NEW_DIR")
     diff.set_defaults(func=cmd_grade_diff)
 
+    bundle = sub.add_parser(
+        "grade-bundle", help="(written `vmm grade bundle`) a Gradescope autograder zip",
+        description="Write a Gradescope autograder zip (setup.sh, run_autograder, the rubric "
+                    "and vmm's own wheel) that grades each submission with this rubric; see "
+                    "docs/grading.md.")
+    bundle.add_argument("--rubric", required=True, metavar="FILE", help="the rubric (TOML)")
+    bundle.add_argument("-o", "--output", required=True, metavar="ZIP",
+                        help="where to write the zip, e.g. autograder.zip")
+    bundle.add_argument("--leaderboard", action="store_true",
+                        help="also put each submission's score on Gradescope's leaderboard")
+    bundle.set_defaults(func=cmd_grade_bundle)
+
     inspect = sub.add_parser(
         "inspect", help="summarise a trace: guest, configuration, counts, timeline",
         description="Print a readable summary of a trace: the guest, the machine "
@@ -348,6 +360,13 @@ def cmd_grade_rubric(args) -> int:
     return 0
 
 
+def cmd_grade_bundle(args) -> int:
+    from harness.bundle import build_bundle
+    names = build_bundle(args.rubric, args.output, leaderboard=args.leaderboard)
+    print(f"vmm: wrote {args.output}: {', '.join(names)}", file=sys.stderr)
+    return 0
+
+
 def cmd_grade_diff(args) -> int:
     from harness.rubric_tools import diff_reports
     lines = diff_reports(args.old, args.new)
@@ -406,7 +425,8 @@ def main(argv=None) -> int:
     # trace close) runs; during a run the machine replaces this with an orderly stop.
     signal.signal(signal.SIGTERM, _terminated)
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["grade"] and argv[1:2] in (["merge"], ["rubric"], ["diff"]):
+    if argv[:1] == ["grade"] and argv[1:2] in (["merge"], ["rubric"], ["diff"],
+                                                           ["bundle"]):
         argv = [f"grade-{argv[1]}"] + argv[2:]
     parser = build_parser()
     args = parser.parse_args(argv)
