@@ -269,9 +269,31 @@ def _build_unsandboxed(source: Path, rubric: Rubric, folder: Path, cap: int):
 
 # --- one scenario -------------------------------------------------------------------------------
 def evaluate(check: Check, lines: list[str], output: str, end_reason: str,
-             exit_code: int | None) -> tuple[bool, str]:
-    """Does the run pass the check? (passed, one-line detail when it does not)."""
+             exit_code: int | None, stats: dict | None = None,
+             trace: str | None = None) -> tuple[bool, str]:
+    """Does the run pass the check? (passed, one-line detail when it does not). `stats` are
+    the run's (RunEnd.stats: exits, observations, each device's counters) and `trace` its
+    trace file, for the checks of what the guest did to its devices."""
     kind, value = check.kind, check.value
+    devices = (stats or {}).get("devices", {})
+    if kind == "timer_period_ms":
+        low, high = value
+        periods = devices.get("timer", {}).get("periods_ms", [])
+        if not periods:
+            return False, "the guest never programmed a timer period"
+        bad = [p for p in periods if not low <= p <= high]
+        return not bad, (f"it programmed {bad[0]} ms, outside {low}-{high} ms" if bad else "")
+    if kind == "keyboard_acked":
+        keyboard = devices.get("keyboard", {})
+        keys, acks = keyboard.get("keys", 0), keyboard.get("acks", 0)
+        ok = (acks >= keys) == value
+        return ok, "" if ok else (f"it acknowledged {acks} of the {keys} keys it was given"
+                                  if value else "it acknowledged every key")
+    if kind == "max_lost_firings":
+        lost = devices.get("timer", {}).get("lost", 0)
+        return lost <= value, "" if lost <= value else f"{lost} timer firings were lost"
+    if kind == "echo_per_tick":
+        return echo_per_tick(trace, value)
     if kind == "contains":
         return value in output, "" if value in output else f"{value!r} never appeared"
     if kind == "not_contains":
@@ -300,6 +322,45 @@ def evaluate(check: Check, lines: list[str], output: str, end_reason: str,
     if kind == "exit_code":
         return exit_code == value, "" if exit_code == value else f"exit status {exit_code}"
     raise AssertionError(kind)
+
+
+def echo_per_tick(trace: str | None, text: str) -> tuple[bool, str]:
+    """After `text` was entered (its Enter read by the guest), until the next line's Enter or
+    the end: one output line `text` per timer firing the guest saw, whatever the period, and
+    at least one firing. Read from the scenario's trace: key, timer and output records."""
+    from vmm.errors import TraceError
+    from vmm.trace import read_trace
+    try:
+        records = read_trace(trace).records if trace else []
+    except (TraceError, OSError):
+        return False, "the scenario's trace cannot be read"
+    typed, entered, window = bytearray(), False, None
+    firings = echoes = 0
+    for record in records:
+        kind = record.get("type")
+        if kind == "key":
+            byte = record.get("byte")
+            if byte in (10, 13):
+                line = typed.decode("latin-1")
+                typed.clear()
+                if window is not None:
+                    break                            # the next line ends the window
+                if line == text:
+                    window, entered = True, True
+            elif isinstance(byte, int):
+                typed.append(byte)
+        elif window and kind == "timer":
+            firings += 1                             # one firing seen (lost ones merged)
+        elif window and kind == "out" and record.get("text") == text:
+            echoes += 1
+    if not entered:
+        return False, f"{text!r} was never entered"
+    if not firings:
+        return False, f"the timer never fired after {text!r} was entered"
+    if echoes != firings:
+        return False, (f"{firings} timer firing{'s' * (firings != 1)} after {text!r} was "
+                       f"entered, {echoes} echo{'es' * (echoes != 1)} of it")
+    return True, ""
 
 
 def boot_for(guest: str, rubric: Rubric, settings: dict | None = None) -> BootOptions:
@@ -335,7 +396,8 @@ def run_scenario(guest: str, rubric: Rubric, scenario: Scenario, trace: Path,
     lines = [text for _, text, _ in result.output.lines]
     output = result.output.text
     total_weight = sum(c.weight for c in scenario.checks)
-    outcomes = [(check, *evaluate(check, lines, output, end.reason, end.exit_code))
+    outcomes = [(check, *evaluate(check, lines, output, end.reason, end.exit_code, end.stats,
+                                  str(trace)))
                 for check in scenario.checks]
     failed_gates = [check for check, passed, _ in outcomes if check.gate and not passed]
     checks, lost = [], []

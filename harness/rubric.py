@@ -26,7 +26,8 @@ DEFAULT_VMM_MEMORY = 1 << 30       # each scenario's VMM process: resident memor
 DEFAULT_VMM_CPU_S = 60             # ... and CPU seconds
 SETTINGS = ("mode", "load", "entry", "mem", "stack")    # what a submission's vmm.toml may set
 MAX_SETTINGS_FILE = 16 << 10
-CHECK_KINDS = ("contains", "not_contains", "regex_lines", "lines", "end_reason", "exit_code")
+CHECK_KINDS = ("contains", "not_contains", "regex_lines", "lines", "end_reason", "exit_code",
+               "echo_per_tick", "timer_period_ms", "keyboard_acked", "max_lost_firings")
 
 
 @dataclass
@@ -40,13 +41,23 @@ class Check:
     def describe(self) -> str:
         if self.description:
             return self.description
-        v = self.value
-        return {"contains": f"output contains {v!r}",
-                "not_contains": f"output does not contain {v!r}",
-                "regex_lines": f"lines match {', '.join(f'/{r}/' for r in v)} in order",
-                "lines": f"output is exactly {len(v)} lines" + (f": {v!r}" if len(v) <= 4 else ""),
-                "end_reason": "the run ends by " + " or ".join(v),
-                "exit_code": f"exit status {v}"}[self.kind]
+        return DESCRIPTIONS[self.kind](self.value)
+
+
+# How a check describes itself when the rubric gives no description (values are checked).
+DESCRIPTIONS = {
+    "contains": lambda v: f"output contains {v!r}",
+    "not_contains": lambda v: f"output does not contain {v!r}",
+    "regex_lines": lambda v: f"lines match {', '.join(f'/{r}/' for r in v)} in order",
+    "lines": lambda v: f"output is exactly {len(v)} lines" + (f": {v!r}" if len(v) <= 4 else ""),
+    "end_reason": lambda v: "the run ends by " + " or ".join(v),
+    "exit_code": lambda v: f"exit status {v}",
+    "echo_per_tick": lambda v: f"one echo of {v!r} per timer firing after it is entered",
+    "timer_period_ms": lambda v: f"the timer period is {v[0]}-{v[1]} ms",
+    "keyboard_acked": lambda v: ("every key is acknowledged" if v
+                                 else "not every key is acknowledged"),
+    "max_lost_firings": lambda v: f"at most {v} timer firings lost",
+}
 
 
 @dataclass
@@ -313,6 +324,19 @@ def _check(table, where: str) -> Check:
                        f"{', '.join(sorted(EXIT_CODES))}")
     if kind == "exit_code" and (not isinstance(value, int) or isinstance(value, bool)):
         raise _Bad(f"{where}.exit_code: expected a whole number")
+    if kind == "echo_per_tick" and (not isinstance(value, str) or not value or
+                                    "\n" in value or "\r" in value):
+        raise _Bad(f"{where}.echo_per_tick: expected the line's text (one line, not empty)")
+    if kind == "timer_period_ms" and not (
+            isinstance(value, list) and len(value) == 2 and
+            all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value)
+            and value[0] <= value[1]):
+        raise _Bad(f"{where}.timer_period_ms: expected [lowest, highest] in ms, e.g. [1, 10000]")
+    if kind == "keyboard_acked" and not isinstance(value, bool):
+        raise _Bad(f"{where}.keyboard_acked: expected true or false")
+    if kind == "max_lost_firings" and (not isinstance(value, int) or isinstance(value, bool)
+                                       or value < 0):
+        raise _Bad(f"{where}.max_lost_firings: expected a whole number >= 0")
     gate = _get(table, "gate", where, bool, False)
     weight = _get(table, "weight", where, float, 0.0 if gate else 1.0)
     if weight < 0 or (weight == 0 and not gate):

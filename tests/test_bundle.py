@@ -91,7 +91,7 @@ def test_a_source_submission_is_built_in_the_sandbox_and_scored(autograder):
     r = in_autograder(autograder["root"], "run_autograder")
     assert r.returncode == 0, r.stderr
     out = results(autograder)
-    assert out["score"] == 100 and len(out["tests"]) == 5
+    assert out["score"] == 100 and len(out["tests"]) == 6
     assert all(t["status"] == "passed" for t in out["tests"])
     assert out["leaderboard"] == [{"name": "score", "value": 100, "order": "desc"}]
     assert "Built without" not in out["output"]
@@ -109,7 +109,7 @@ def test_without_user_namespaces_it_builds_unsandboxed_and_says_so(autograder):
 def test_a_guest_binary_and_a_bad_hand_in(autograder):
     submit(autograder, {"kernel.bin": (GUESTS / "mutants" / "echo-one_line.bin").read_bytes()})
     assert in_autograder(autograder["root"], "run_autograder").returncode == 0
-    assert results(autograder)["score"] == 81.25
+    assert results(autograder)["score"] == 83.33
     submit(autograder, {"a.txt": b"x", "b.txt": b"y"})
     assert in_autograder(autograder["root"], "run_autograder").returncode == 0
     out = results(autograder)

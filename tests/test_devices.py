@@ -366,7 +366,9 @@ def test_keyboard_counts_keys():
     for _ in range(3):
         kbd.read(STATUS, 1)
         kbd.write(STATUS, 1, 0)
-    assert kbd.stats() == {"keys": 3}
+    assert kbd.stats() == {"keys": 3, "acks": 3}
+    kbd.write(STATUS, 1, 0)                      # an ack with nothing latched counts for nothing
+    assert kbd.stats() == {"keys": 3, "acks": 3}
 
 
 # --- IntervalTimer ------------------------------------------------------------------------------
@@ -501,7 +503,13 @@ def test_timer_lost_firing_counted_when_not_acked():
     inputs.clock = 20 * MS
     timer.read(CONTROL, 1)
     assert (timer.firings, timer.lost) == (2, 1)
-    assert timer.stats() == {"firings": 2, "lost": 1}
+    assert timer.stats() == {"firings": 2, "lost": 1, "acks": 0, "periods_ms": [10]}
+    timer.write(CONTROL, 1, ENABLE)              # ack: the fired bit clear, still enabled
+    timer.write(CONTROL, 1, ENABLE)              # nothing fired since: no second ack
+    timer.write(PERIOD, 2, 250)
+    timer.write(PERIOD, 2, 0)
+    timer.write(PERIOD, 2, 10)
+    assert timer.stats() == {"firings": 2, "lost": 1, "acks": 1, "periods_ms": [10, 250]}
 
 
 def test_timer_several_periods_elapsed_at_once_are_counted():

@@ -22,12 +22,14 @@ pytestmark = pytest.mark.kvm
 EXAMPLE_RUBRIC = ROOT / "examples" / "rubrics" / "echo.toml"
 MUTANTS = GUESTS / "mutants"
 
-# The reference guest gets full marks; every mutant of it loses exactly these points.
+# The reference guest, and correct guests with any timer period the spec allows, get full
+# marks; every mutant of it loses exactly these points.
 EXPECTED = {
     "echo.bin": 100, "echo.elf": 100,
-    "echo-no_ack.bin": 11.67, "echo-no_timer.bin": 32.5, "echo-echo_once.bin": 68.75,
-    "echo-drop_last.bin": 32.5, "echo-early_print.bin": 58.33, "echo-one_line.bin": 81.25,
-    "echo-spin.bin": 40, "echo-triple_fault.bin": 15,
+    "echo-no_ack.bin": 6.67, "echo-no_timer.bin": 10, "echo-echo_once.bin": 56.25,
+    "echo-drop_last.bin": 22.92, "echo-early_print.bin": 80, "echo-one_line.bin": 83.33,
+    "echo-spin.bin": 10, "echo-triple_fault.bin": 10,
+    "echo-127ms.bin": 100, "echo-200ms.bin": 100, "echo-5000ms.bin": 100,
 }
 
 
@@ -42,7 +44,8 @@ def rubric(tmp_path):
 
 def all_submissions() -> list[str]:
     return [str(GUESTS / "echo.bin"), str(GUESTS / "echo.elf")] + sorted(
-        str(p) for p in MUTANTS.glob("echo-*.bin"))
+        str(p) for p in MUTANTS.glob("echo-*.bin")) + sorted(
+        str(p) for p in (GUESTS / "periods").glob("echo-*.bin"))
 
 
 def scores(report: dict) -> dict:
@@ -75,7 +78,7 @@ def test_j1_and_j2_give_identical_reports_and_traces(tmp_path, rubric):
     two = grade(subs, str(rubric), str(tmp_path / "j2"), jobs=2)
     assert without_timing(one) == without_timing(two)
     traces = sorted(p.relative_to(tmp_path / "j1") for p in (tmp_path / "j1").rglob("*.trace"))
-    assert len(traces) == len(subs) * 5
+    assert len(traces) == len(subs) * 6
     for rel in traces:
         a, b = read_trace(str(tmp_path / "j1" / rel)), read_trace(str(tmp_path / "j2" / rel))
         strip = lambda t: [t.header | {"info": None}, *t.records, t.end | {"info": None}]  # noqa
@@ -170,7 +173,7 @@ def test_reports_gradescope_junit_json_markdown(tmp_path, rubric):
     out = tmp_path / "out"
     results = json.loads((out / "echo-one_line.bin" / "results.json").read_text())
     assert set(results) == {"score", "execution_time", "output", "tests"}
-    assert results["score"] == 81.25
+    assert results["score"] == 83.33
     for test in results["tests"]:
         assert set(test) == {"name", "score", "max_score", "status", "output", "visibility"}
         assert test["status"] in ("passed", "failed")
@@ -182,8 +185,8 @@ def test_reports_gradescope_junit_json_markdown(tmp_path, rubric):
     assert [s.get("name") for s in suites] == ["echo.bin", "echo-one_line.bin"]
     assert suites[1].get("failures") == "1" and suites[0].get("failures") == "0"
     summary = (out / "summary.md").read_text()
-    assert "| echo-one_line.bin | 81.25/100 |" in summary
-    assert "### echo-one_line.bin (81.25/100)" in summary
+    assert "| echo-one_line.bin | 83.33/100 |" in summary
+    assert "### echo-one_line.bin (83.33/100)" in summary
     report = json.loads((out / "report.json").read_text())
     assert report["format"] == "vmm-grade-report" and report["rubric"]["max_score"] == 100
 
@@ -208,7 +211,7 @@ def test_cli_prints_scores(tmp_path, rubric, vmm):
     r = vmm("grade", "--rubric", rubric, "--out", tmp_path / "out", GUESTS / "echo.bin",
             MUTANTS / "echo-no_timer.bin")
     assert r.returncode == 0, r
-    assert r.lines == ["echo.bin: 100/100", "echo-no_timer.bin: 32.5/100"]
+    assert r.lines == ["echo.bin: 100/100", "echo-no_timer.bin: 10/100"]
 
 
 @pytest.mark.parametrize("args, message", [
@@ -262,3 +265,52 @@ def test_progress_bar_on_a_terminal(tmp_path, rubric):
     child.expect(pexpect.EOF)
     child.close()
     assert child.exitstatus == 0
+
+
+# --- what the guest did to its devices ---------------------------------------------------------
+DEVICE_RUBRIC = '''title = "devices"
+[boot]
+mode = "real"
+load = 0x1000
+[limits]
+max_time = "60s"
+[[scenario]]
+name = "s"
+points = 40
+script = \'\'\'
+sendline "go"
+wait 3 ticks within 30s
+\'\'\'
+  [[scenario.check]]
+  timer_period_ms = [100, 1000]
+  [[scenario.check]]
+  keyboard_acked = true
+  [[scenario.check]]
+  echo_per_tick = "go"
+  [[scenario.check]]
+  max_lost_firings = 0
+'''
+
+
+def test_device_aware_checks(tmp_path):
+    (tmp_path / "r.toml").write_text(DEVICE_RUBRIC)
+    subs = [GUESTS / "echo.bin", GUESTS / "periods" / "echo-127ms.bin",
+            GUESTS / "periods" / "echo-5000ms.bin", MUTANTS / "echo-no_ack.bin",
+            MUTANTS / "echo-echo_once.bin"]
+    report = grade([str(s) for s in subs], str(tmp_path / "r.toml"), str(tmp_path / "out"))
+    details = {s["name"]: {c["description"]: (c["passed"], c["detail"])
+                           for c in s["scenarios"][0]["checks"]} for s in report["submissions"]}
+    period, acked, echo, lost = ("the timer period is 100-1000 ms", "every key is acknowledged",
+                                 "one echo of 'go' per timer firing after it is entered",
+                                 "at most 0 timer firings lost")
+    assert all(passed for passed, _ in details["echo.bin"].values())
+    assert details["echo-127ms.bin"][period] == (True, "")
+    assert details["echo-5000ms.bin"][period] == (False, "it programmed 5000 ms, outside "
+                                                         "100-1000 ms")
+    assert details["echo-5000ms.bin"][echo] == (True, "")          # 3 ticks of 5 s each
+    assert details["echo-no_ack.bin"][acked] == (False, "it acknowledged 0 of the 1 keys it "
+                                                        "was given")
+    assert details["echo-no_ack.bin"][echo] == (False, "'go' was never entered")
+    assert details["echo-echo_once.bin"][echo] == (
+        False, "4 timer firings after 'go' was entered, 1 echo of it")
+    assert details["echo-echo_once.bin"][lost] == (True, "")

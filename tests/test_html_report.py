@@ -72,7 +72,7 @@ def test_the_screenshot_shows_the_histogram(graded, tmp_path):
     assert bar_pixels > 2000, bar_pixels     # four submissions: bars of a few thousand pixels
     page = chromium("--dump-dom", (graded / "echo-one_line.bin" / "index.html").as_uri(),
                     profile=tmp_path / "profile")
-    assert console_messages(page.stderr) == [] and "81.25 / 100" in page.stdout
+    assert console_messages(page.stderr) == [] and "83.33 / 100" in page.stdout
 
 
 class _Links(html.parser.HTMLParser):
@@ -101,5 +101,5 @@ def test_every_link_resolves_and_nothing_is_fetched_from_outside(graded):
                 assert target.exists(), (page, link)
                 assert graded.resolve() in target.parents, (page, link)
                 checked += 1
-    assert checked >= 4 * 5 + 4 + 3                 # traces, logs, pages, reports
+    assert checked >= 4 * 6 + 4 + 3                 # traces, logs, pages, reports
     assert os.path.getsize(graded / "report.html") < 200_000

@@ -597,3 +597,29 @@ def test_runner_runs_a_parsed_script():
     h.advance(100 + 2 * S, idle=True)
     assert h.runner.finished
     assert [i for i, _ in h.done] == [0, 1, 2, 3]
+
+
+def test_wait_ticks_parses_with_and_without_a_limit():
+    from vmm.script import DEFAULT_TICKS_TIMEOUT_NS, parse_script, validate_steps
+    steps = parse_script("wait 4 ticks\nwait 1 tick within 2s\nwait 3s\n")
+    assert steps == [{"op": "ticks", "count": 4, "timeout_ns": DEFAULT_TICKS_TIMEOUT_NS},
+                     {"op": "ticks", "count": 1, "timeout_ns": 2_000_000_000},
+                     {"op": "wait", "ns": 3_000_000_000}]
+    assert validate_steps(steps) == steps
+    with pytest.raises(UsageError, match="1 to 1000000 ticks"):
+        parse_script("wait 0 ticks")
+    with pytest.raises(ValueError):
+        validate_steps([{"op": "ticks", "count": 0, "timeout_ns": 1}])
+
+
+def test_wait_ticks_waits_for_the_guests_own_timer_whatever_its_period(vmm):
+    from conftest import GUESTS
+    for guest, expected in (("echo.bin", 4), ("periods/echo-5000ms.bin", 4)):
+        r = vmm("run", GUESTS / guest, "--script", "/dev/stdin",
+                input=b'sendline "x"\nwait 4 ticks within 30s\n')
+        assert r.returncode == 0 and r.lines == ["x"] * expected, (guest, r)
+    r = vmm("run", GUESTS / "mutants" / "echo-no_timer.bin", "--script", "/dev/stdin",
+            input=b'sendline "x"\nwait 2 ticks within 3s\n')
+    assert r.returncode == 34, r
+    assert "waited for 2 timer firings within 3s of guest time; the guest's timer fired 0 " \
+           "times" in r.stderr

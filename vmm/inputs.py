@@ -165,6 +165,7 @@ class LiveInput(InputSource):
         self._events_at_idle = 0
         self._host = bytearray()              # virtual clock: read from the host, not released
         self.script = ScriptRunner(script, self._queue) if script is not None else None
+        self.timer_firings = 0                # every firing of the guest's timer (wait N ticks)
 
     def now(self) -> int:
         return self.clock.now()
@@ -186,6 +187,7 @@ class LiveInput(InputSource):
         if self.script is not None:
             self.script.unfinished = self.unfinished
             self.script.input_pending = lambda: bool(self.pending)
+            self.script.timer_firings = lambda: self.timer_firings
             self._advance_script(idle=False)
 
     def on_output(self, device: str, text: str, partial: bool) -> None:
@@ -222,6 +224,7 @@ class LiveInput(InputSource):
         if now < deadline:
             return 0
         count = (now - deadline) // period + 1
+        self.timer_firings += count
         if self.record is not None:
             self.record.timer(self.obs, now, count)
         return count

@@ -7,6 +7,8 @@
     expect /hel+o/ within 2s
                             wait for a regular expression (Python syntax)
     wait 500ms              let guest time pass
+    wait 4 ticks            wait for 4 firings of the guest's own timer, whatever its period
+    wait 4 ticks within 30s ... failing the run if they have not come in 30s (default: 60s)
     idle                    wait until the guest has consumed all input and waits for more
 
 Steps run under the virtual clock; every limit is guest time, so a loaded host cannot change a
@@ -23,6 +25,8 @@ from .errors import UsageError
 from .units import parse_duration
 
 DEFAULT_EXPECT_TIMEOUT_NS = 10_000_000_000
+DEFAULT_TICKS_TIMEOUT_NS = 60_000_000_000
+_TICKS = re.compile(r"(\d+)\s+ticks?\b(.*)$")
 _ESCAPES = {"n": "\n", "r": "\r", "t": "\t", "e": "\x1b", "0": "\0", "\\": "\\", '"': '"',
             "b": "\b"}
 
@@ -108,7 +112,16 @@ def parse_script(text: str, name: str = "script") -> list[dict]:
             step["timeout_ns"] = _within(tail, where)
             steps.append(step)
         elif op == "wait":
-            steps.append({"op": "wait", "ns": _duration(_strip_comment(rest), where)})
+            m = _TICKS.match(_strip_comment(rest).strip())
+            if m:
+                count = int(m.group(1))
+                if not 1 <= count <= 1_000_000:
+                    raise UsageError(f"{where}: wait N ticks takes 1 to 1000000 ticks")
+                timeout = (_within(m.group(2), where) if m.group(2).strip()
+                           else DEFAULT_TICKS_TIMEOUT_NS)
+                steps.append({"op": "ticks", "count": count, "timeout_ns": timeout})
+            else:
+                steps.append({"op": "wait", "ns": _duration(_strip_comment(rest), where)})
         elif op == "idle":
             _no_tail(rest, where)
             steps.append({"op": "idle"})
@@ -196,6 +209,9 @@ def validate_steps(steps) -> list[dict]:
             continue
         if op in ("wait", "at") and whole(step.get("ns")):
             continue
+        if op == "ticks" and whole(step.get("count")) and step["count"] >= 1 and \
+                whole(step.get("timeout_ns")):
+            continue
         if op == "idle":
             continue
         raise ValueError(f"bad script step {step!r}")
@@ -218,6 +234,8 @@ class ScriptRunner:
         self.step_done = None        # callback(index, now) for recorders
         self.unfinished = lambda: ""  # the devices' unfinished lines (a prompt has no newline)
         self.input_pending = lambda: False  # sent bytes the guest has not read yet
+        self.timer_firings = lambda: 0      # firings of the guest's timer so far
+        self._ticks_from = 0
 
     @property
     def finished(self) -> bool:
@@ -254,6 +272,19 @@ class ScriptRunner:
                         return (f"script step {self.index + 1}: expected {what} within "
                                 f"{step['timeout_ns'] / 1e9:g}s of guest time; the guest printed "
                                 f"{printed[-200:]!r} since the last match")
+                    return None
+                self._deadline = None
+            elif op == "ticks":
+                if self._deadline is None:
+                    self._deadline = now + step["timeout_ns"]
+                    self._ticks_from = self.timer_firings()
+                fired = self.timer_firings() - self._ticks_from
+                if fired < step["count"]:
+                    if now >= self._deadline:
+                        self._deadline = None
+                        return (f"script step {self.index + 1}: waited for {step['count']} "
+                                f"timer firings within {step['timeout_ns'] / 1e9:g}s of guest "
+                                f"time; the guest's timer fired {fired} times")
                     return None
                 self._deadline = None
             elif op == "idle":

@@ -22,6 +22,7 @@ class Keyboard(Device):
         self.data = 0
         self.latched = False
         self.keys = 0
+        self.acks = 0                                # latched bytes the guest acknowledged
 
     def read(self, offset: int, size: int) -> int:
         if offset == DATA:
@@ -38,7 +39,9 @@ class Keyboard(Device):
 
     def write(self, offset: int, size: int, value: int) -> None:
         if offset == STATUS and value & 1 == 0:
+            if self.latched:
+                self.acks += 1
             self.latched = False                     # ack
 
     def stats(self) -> dict:
-        return {"keys": self.keys}
+        return {"keys": self.keys, "acks": self.acks}
