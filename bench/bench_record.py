@@ -67,9 +67,15 @@ def replay_speed(runs: int, tmp: str) -> Row:
                unit="x real time", vmm=summary(speeds), compare="value", target=(">=", 100))
 
 
+# The two overhead rows hold a ratio near 1 against a target 3% above it, while a shared
+# machine moves single runs by 5-10%: they take more runs than the others (as exit dispatch
+# does), the input-heavy one most, since its runs are short.
+INPUT_RUNS, OUTPUT_RUNS = 15, 7
+
+
 def record_rows(runs: int, tmp: str) -> list[Row]:
-    return [record_overhead(runs, tmp), record_overhead_output(runs, tmp),
-            replay_speed(runs, tmp)]
+    return [record_overhead(max(runs, INPUT_RUNS), tmp),
+            record_overhead_output(max(runs, OUTPUT_RUNS), tmp), replay_speed(runs, tmp)]
 
 
 if __name__ == "__main__":
