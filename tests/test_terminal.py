@@ -70,6 +70,21 @@ def test_typed_keys_are_not_echoed_by_the_terminal(guests):
     assert rc == 0 and after == before
 
 
+def test_local_echo_shows_typed_keys_the_guest_does_not_echo(guests):
+    child, before = start("guests/build/longmode.elf --local-echo")
+    child.expect_exact("Hello from long mode!")
+    child.send("secret")
+    child.expect_exact("secret", timeout=5)        # shown by vmm as it is sent
+    child.send("\x7f")                             # a backspace rubs out on the screen too
+    child.expect_exact("\b \b")
+    child.send("\r")
+    child.expect_exact("you typed: secre\r\n")     # the guest got the same keys (its 0x7f too)
+    child.send("halt\r")
+    child.expect_exact("bye")
+    before, rc, after = settings_and_status(child, before)
+    assert rc == 0 and after == before
+
+
 def test_ctrl_c_ends_the_run_and_restores_the_terminal(guests):
     child, before = start("guests/build/echo.bin")
     child.send("\x03")

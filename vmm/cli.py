@@ -131,6 +131,9 @@ def add_clock_options(p: argparse.ArgumentParser) -> None:
                         "--script; piped stdin then gives one byte per idle point)")
     g.add_argument("--max-time", type=_positive_duration, metavar="DURATION",
                    help="virtual clock: stop when guest time passes this (default 60s)")
+    g.add_argument("--local-echo", action="store_true",
+                   help="on a terminal, show each typed key as it is sent, for guests that do "
+                        "not echo (the guest, and a recording, get the same keys either way)")
 
 
 def add_feeds_options(p: argparse.ArgumentParser) -> None:
@@ -360,6 +363,12 @@ def cmd_run(args) -> int:
     if args.output is not None:
         spec.checkpoint_every = args.checkpoint_every
     feed, terminal = (None, False) if args.script else _stdin_feed()
+    if args.local_echo:
+        if not terminal:
+            raise UsageError("--local-echo shows keys typed on a terminal, and stdin is not one"
+                             + (" (--script sends the keys)" if args.script else ""))
+        from .terminal import LocalEcho
+        feed = LocalEcho(feed)
     result = live_run(spec, feed=feed, terminal=terminal,
                       sink=OutputCollector(sys.stdout.buffer), log=_log)
     report_end(result.end, args.verbose)
