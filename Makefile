@@ -12,7 +12,8 @@ STAMP  := $(VENV)/.installed-stamp
 OLDEST_PYTHON ?= /usr/bin/python3
 OLD_VENV  := .venv-oldest
 OLD_BIN   := $(OLD_VENV)/bin
-OLD_STAMP := $(OLD_VENV)/.installed-stamp
+# (named after the interpreter: another OLDEST_PYTHON makes a new virtualenv)
+OLD_STAMP := $(OLD_VENV)/.installed-for$(subst /,_,$(OLDEST_PYTHON))
 OLD_LOG   := build/test-oldest-python.log
 
 # Quiet by default: `make V=1` shows every command of the guests' build.
@@ -63,6 +64,7 @@ $(OLD_STAMP): pyproject.toml | check-tools
 	@command -v $(OLDEST_PYTHON) >/dev/null || { echo "error: OLDEST_PYTHON=$(OLDEST_PYTHON) not found (OLDEST_PYTHON= runs the default Python only)"; exit 1; }
 	@$(OLDEST_PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "error: OLDEST_PYTHON=$(OLDEST_PYTHON) is older than 3.11, the oldest vmm supports"; exit 1; }
 	$(call check_venv,$(OLDEST_PYTHON))
+	rm -rf $(OLD_VENV)
 	$(OLDEST_PYTHON) -m venv $(OLD_VENV)
 	$(OLD_BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
 	touch $@
