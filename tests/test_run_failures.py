@@ -185,3 +185,14 @@ def test_help_documents_every_flag(vmm):
     for flag in ("--mode", "--load", "--entry", "--mem", "--stack", "--cpuid", "--timeout",
                  "--max-output", "--ignore-unknown-ports", "Ctrl-]", "exit status"):
         assert flag in r.stdout
+
+
+def test_negative_counts_are_refused_by_name(vmm, tmp_path):
+    r = vmm("inspect", tmp_path / "t.trace", "--limit", "-3")
+    assert r.returncode == 2
+    assert r.stderr.splitlines()[-1] == ("vmm inspect: error: argument --limit: expected a whole "
+                                         "number, 0 or more, not '-3'")
+    r = vmm("grade", "--rubric", "r.toml", "--out", tmp_path, "-j", "-1", "x.bin")
+    assert r.returncode == 2
+    assert r.stderr.splitlines()[-1] == ("vmm grade: error: argument -j/--jobs: expected a "
+                                         "positive whole number, not '-1'")

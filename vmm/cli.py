@@ -79,6 +79,16 @@ def _positive(text: str) -> int:
     return value
 
 
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number, 0 or more, not {text!r}")
+    return value
+
+
 def _entry(text: str):
     return "reset" if text == "reset" else _address(text)
 
@@ -242,7 +252,7 @@ def _add_grade_merge(merge: argparse.ArgumentParser) -> None:
 def _add_inspect(inspect: argparse.ArgumentParser) -> None:
     inspect.add_argument("trace", help="a trace written by vmm record")
     inspect.add_argument("--json", action="store_true", help="print the summary as JSON")
-    inspect.add_argument("--limit", type=int, default=40, metavar="N",
+    inspect.add_argument("--limit", type=_count, default=40, metavar="N",
                          help="timeline entries to show (default 40; 0 = all)")
     inspect.set_defaults(func=cmd_inspect)
 
