@@ -104,7 +104,7 @@ def test_a_guest_path_that_does_not_exist_fails_in_one_line_naming_the_rootdir(p
     (tests / "test_k.py").write_text(
         'def test_kernel(vm):\n    vm("kernel.bin")\n')
     project.chdir()
-    result = project.runpytest_subprocess("-p", "no:cacheprovider", "tests/test_k.py")
+    result = project.runpytest("-p", "no:cacheprovider", "tests/test_k.py")
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines([
         "*vm('kernel.bin'): no guest file at */kernel.bin: a relative guest path is relative "
