@@ -35,7 +35,7 @@ def record_overhead(runs: int, tmp: str) -> Row:
     return Row(id="record-overhead-input", group="4. record and replay",
                name="record vs run: 4 KiB typed into echo (virtual clock)", unit="ms",
                vmm=summary(recorded), baseline=summary(plain), baseline_name="vmm run",
-               compare="ratio", target=("<=", 1.03))
+               compare="ratio", target=("<=", 1.03), note=f"{runs} runs of each, interleaved")
 
 
 def record_overhead_output(runs: int, tmp: str) -> Row:
@@ -48,7 +48,7 @@ def record_overhead_output(runs: int, tmp: str) -> Row:
     return Row(id="record-overhead-output", group="4. record and replay",
                name="record vs run: flood guest, 1 MiB of console output", unit="ms",
                vmm=summary(recorded), baseline=summary(plain), baseline_name="vmm run",
-               compare="ratio", target=("<=", 1.03))
+               compare="ratio", target=("<=", 1.03), note=f"{runs} runs of each, interleaved")
 
 
 def replay_speed(runs: int, tmp: str) -> Row:
@@ -67,9 +67,15 @@ def replay_speed(runs: int, tmp: str) -> Row:
                unit="x real time", vmm=summary(speeds), compare="value", target=(">=", 100))
 
 
+# The two overhead rows hold a ratio near 1 against a target 3% above it, while a shared
+# machine moves single runs by 5-10%: they take more runs than the others (as exit dispatch
+# does), the input-heavy one most, since its runs are short.
+INPUT_RUNS, OUTPUT_RUNS = 15, 7
+
+
 def record_rows(runs: int, tmp: str) -> list[Row]:
-    return [record_overhead(runs, tmp), record_overhead_output(runs, tmp),
-            replay_speed(runs, tmp)]
+    return [record_overhead(max(runs, INPUT_RUNS), tmp),
+            record_overhead_output(max(runs, OUTPUT_RUNS), tmp), replay_speed(runs, tmp)]
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 
@@ -74,10 +75,12 @@ def grading_throughput(runs: int, tmp: str) -> list[Row]:
     rates, spins = [], []
     for i in range(runs):
         out = os.path.join(tmp, f"grade-{i}")
-        rates.append(len(working) / timed(lambda: grade(working, str(RUBRIC), out, jobs=1)))
+        rates.append(len(working) / timed(lambda: grade(working, str(RUBRIC), out, jobs=1,
+                                                        progress_stream=io.StringIO())))
         if spinning:
             out = os.path.join(tmp, f"grade-spin-{i}")
-            spins.append(timed(lambda: grade(spinning, str(RUBRIC), out, jobs=1)))
+            spins.append(timed(lambda: grade(spinning, str(RUBRIC), out, jobs=1,
+                                             progress_stream=io.StringIO())))
     rows = [Row(id="grading", group="4. suites",
                 name=f"{name}: echo.bin and {len(working) - 1} mutants that do I/O",
                 unit="subs/s", vmm=summary(rates), compare="value",

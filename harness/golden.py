@@ -48,7 +48,8 @@ class Comparison:
     first: int | None = None               # index of the first differing line
     notes: list[str] = field(default_factory=list)
 
-    def explain(self) -> list[str]:
+    def summary(self) -> list[str]:
+        """What differs, and the first difference."""
         if self.ok:
             return [f"the session matches the golden trace {self.golden_path}"]
         out = [f"console output differs from the golden trace {self.golden_path}"]
@@ -57,9 +58,17 @@ class Comparison:
             got = self.actual[self.first] if self.first < len(self.actual) else "(nothing more)"
             out += [f"first difference at line {self.first + 1}:",
                     f"  expected: {want}", f"  actual:   {got}"]
-        out += list(difflib.unified_diff(self.expected, self.actual, fromfile="golden",
-                                         tofile="actual", lineterm="", n=2))
-        return out + self.notes
+        return out
+
+    def details(self) -> list[str]:
+        """The whole unified diff, and any notes."""
+        if self.ok:
+            return []
+        return list(difflib.unified_diff(self.expected, self.actual, fromfile="golden",
+                                         tofile="actual", lineterm="", n=2)) + self.notes
+
+    def explain(self) -> list[str]:
+        return self.summary() + self.details()
 
 
 def compare(expected: list[str], actual: list[str], golden_path: str) -> Comparison:

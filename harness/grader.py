@@ -607,18 +607,25 @@ def _shown_settings(guest, rubric: Rubric, settings: dict) -> dict:
 
 # --- the whole class ----------------------------------------------------------------------------
 class Progress:
-    """A one-line progress bar with time left, on a terminal only."""
+    """Progress of a grading run: on a terminal, a one-line bar with time left; elsewhere (a CI
+    log, a pipe) one line per graded submission, on stderr unless a stream is given, so that
+    stdout keeps only the scores."""
 
     def __init__(self, total: int, stream=None):
         self.total, self.done, self.started = total, 0, time.monotonic()
         self.stream = stream or sys.stdout
-        self.enabled = self.stream.isatty() and total > 0
+        self.bar = self.stream.isatty() and total > 0
+        if not self.bar and stream is None:
+            self.stream = sys.stderr
 
     def step(self, name: str) -> None:
         self.done += 1
-        if not self.enabled:
-            return
         elapsed = time.monotonic() - self.started
+        if not self.bar:
+            self.stream.write(f"vmm: graded {self.done}/{self.total} {name} "
+                              f"({elapsed:.1f}s)\n")
+            self.stream.flush()
+            return
         left = elapsed / self.done * (self.total - self.done)
         width = 30
         filled = width * self.done // self.total

@@ -18,7 +18,13 @@ import shutil
 import tempfile
 from pathlib import Path
 
-import pytest
+try:
+    import pytest
+except ImportError:
+    raise ImportError("harness.pytest_plugin is vmm's pytest plugin, and pytest is not "
+                      "installed: pip install 'vmm[pytest]'") from None
+
+from vmm.errors import VmmError
 
 from .golden import compare_with_golden, safe_name, write_golden
 
@@ -147,19 +153,34 @@ def vm(request, vm_guest, vm_options):
         path = Path(guest)
         if not path.is_absolute():
             path = state.root / path
+        if not path.is_file():
+            pytest.fail(_guest_not_found(guest, path, request.config), pytrace=False)
         try:
             relative = str(path.resolve().relative_to(state.root.resolve()))
         except ValueError:
             relative = None
         trace = state.scratch / f"{safe_name(request.node.nodeid)}-{len(sessions)}.trace"
-        session = GuestSession(str(path), trace=str(trace), guest_path=relative,
-                               **{**vm_options, **options})
+        try:
+            session = GuestSession(str(path), trace=str(trace), guest_path=relative,
+                                   **{**vm_options, **options})
+        except VmmError as e:                # a guest that cannot boot, a bad option: one line
+            pytest.fail(f"vm({str(guest)!r}): {e}", pytrace=False)
         sessions.append(session)
         return session
 
     yield start
     for session in sessions:
         session.close()
+
+
+def _guest_not_found(guest, path: Path, config) -> str:
+    where = (f"the directory of {config.inipath.name}" if config.inipath is not None else
+             "no pytest configuration file was found, so it is where pytest was started or "
+             "the common directory of its arguments")
+    return (f"vm({str(guest)!r}): no guest file at {path}: a relative guest path is relative to "
+            f"pytest's rootdir, {config.rootpath} ({where}). Give an absolute path, or put a "
+            "pytest configuration file (pytest.ini, or [tool.pytest.ini_options] in "
+            "pyproject.toml) at the top of your repository")
 
 
 class Golden:
@@ -197,15 +218,14 @@ class Golden:
         except ValueError:
             return str(path)
 
-    def explain(self, full: bool = True) -> list[str]:
-        """Why the session differs. The assertion message shows the start (pytest truncates
-        long ones); the whole diff goes to the report's 'vmm golden' section."""
-        lines = [self.problem] if self.problem else self.comparison.explain()
-        if not full and len(lines) > 5:
-            lines = lines[:4] + ["(the whole diff is in the 'vmm golden' section below)"]
-        lines.append(f"actual trace: {self._shown(self.artifact)} (kept because the test "
-                     f"failed; reproduce with: vmm replay {self._shown(self.artifact)})")
-        return lines
+    def summary(self) -> list[str]:
+        """What the assertion message says: what differs, and the first difference."""
+        return [self.problem] if self.problem else self.comparison.summary()
+
+    def details(self) -> list[str]:
+        """The report's 'vmm golden' section: the whole diff (pytest truncates long assertion
+        messages); the summary is not repeated there, nor the kept trace (the 'vmm' section)."""
+        return [] if self.problem else self.comparison.details()
 
     @property
     def failed(self) -> bool:
@@ -232,7 +252,9 @@ def golden(request):
 def pytest_assertrepr_compare(config, op, left, right):
     for side in (left, right):
         if op == "==" and isinstance(side, Golden):
-            return [f"session == {side!r}"] + side.explain(full=False)
+            return [f"session == {side!r}"] + side.summary() + (
+                ["(the whole diff is in the 'vmm golden' section below)"] if side.details()
+                else [])
     return None
 
 
@@ -252,8 +274,8 @@ def pytest_runtest_makereport(item, call):
     state = _state(item.config)
     if report.failed:
         fixture = item.stash.get(_GOLDEN, None)
-        if fixture is not None and fixture.failed:
-            report.sections.append(("vmm golden", "\n".join(fixture.explain())))
+        if fixture is not None and fixture.failed and fixture.details():
+            report.sections.append(("vmm golden", "\n".join(fixture.details())))
         state.artifacts.mkdir(parents=True, exist_ok=True)
         for index, session in enumerate(sessions):
             session.close()
@@ -261,8 +283,9 @@ def pytest_runtest_makereport(item, call):
             target = state.artifacts / name
             shutil.copyfile(session.trace_path, target)
             state.saved_artifacts.append(str(target))
-            report.sections.append(("vmm", f"actual trace kept: {target}  "
-                                           f"(reproduce with: vmm replay {target})"))
+            shown = _relative(target, state.root)
+            report.sections.append(("vmm", f"actual trace kept: {shown}  "
+                                           f"(reproduce with: vmm replay {shown})"))
 
 
 # --- trace files are tests by themselves ---------------------------------------------------------
@@ -272,6 +295,23 @@ def pytest_collect_file(file_path, parent):
     if file_path.name.endswith((".trace", ".trace.gz")):
         return TraceFile.from_parent(parent, path=file_path)
     return None
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """A golden trace is checked once: by the test that compares with it, when that test is
+    collected too, and not again as a trace test of its own (`pytest traces/` still re-drives
+    every trace). The trace tests left out are reported as deselected."""
+    state = _state(config)
+    owned = {str(state.golden_path(item)) for item in items
+             if not isinstance(item, TraceItem) and "golden" in getattr(item, "fixturenames", ())}
+    if not owned:
+        return
+    keep, dropped = [], []
+    for item in items:
+        (dropped if isinstance(item, TraceItem) and str(item.path) in owned else keep).append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = keep
 
 
 class TraceMismatch(Exception):

@@ -22,6 +22,7 @@ import signal
 import tempfile
 import threading
 import time
+import weakref
 
 import pexpect
 from greenlet import greenlet, getcurrent
@@ -51,6 +52,13 @@ def _seconds_ns(value) -> int:
     if isinstance(value, str):
         return parse_duration(value)
     return int(round(float(value) * NS))
+
+
+def _remove_file(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
 
 
 class _Outbox:
@@ -152,11 +160,6 @@ class GuestSession(SpawnBase):
         self.wall_timeout = wall_timeout
         self._closing = False
         self._budget = 0
-        self._owned_trace = trace is None
-        if trace is None:
-            fd, trace = tempfile.mkstemp(prefix="vmm-session-", suffix=".trace")
-            os.close(fd)
-        self.trace_path = trace
         boot = BootOptions(mode=mode, load=load, entry=entry,
                            mem=parse_size(mem) if isinstance(mem, str) else mem, stack=stack)
         image = load_guest(guest, boot)
@@ -167,9 +170,19 @@ class GuestSession(SpawnBase):
         fetcher = Fetcher(feeds_config, offline=offline)
         self._outbox = _Outbox(self)
         self.output_lines = OutputCollector(self._outbox)
-        self._recorder = TraceRecorder(trace)
+        # Without trace=, the trace is a temporary file, removed when the session is garbage
+        # collected or Python exits (it stays readable as long as the session object lives):
+        # a script that wants to keep it names a file with trace=.
+        self._owned_trace = trace is None
+        if trace is None:
+            fd, trace = tempfile.mkstemp(prefix="vmm-session-", suffix=".trace")
+            os.close(fd)
+            self._remove_trace = weakref.finalize(self, _remove_file, trace)
+        self.trace_path = trace
         self._backend = None
+        self._recorder = None
         try:
+            self._recorder = TraceRecorder(trace)
             self._backend = create_backend(backend, image.mem_size)
             table = cpuid_table(cpuid, self._backend.supported_cpuid())
             max_time_ns = _seconds_ns(max_time)
@@ -185,6 +198,8 @@ class GuestSession(SpawnBase):
                                         feeds=feeds_config.describe(offline))
         except BaseException:
             self._release()
+            if self._owned_trace:
+                self._remove_trace()
             raise
         self._parent = None
         self._vm = greenlet(self._machine_main)
@@ -222,7 +237,8 @@ class GuestSession(SpawnBase):
         self._release()
 
     def _release(self) -> None:
-        self._recorder.close()
+        if self._recorder is not None:
+            self._recorder.close()
         if self._backend is not None:
             self._backend.close()
             self._backend = None

@@ -15,7 +15,11 @@ GuestSession; `to_script` turns them into the text of a `--script` file.
 
 from __future__ import annotations
 
-from hypothesis import strategies as st
+try:
+    from hypothesis import strategies as st
+except ImportError:
+    raise ImportError("harness.strategies needs Hypothesis, which is not installed: "
+                      "pip install 'vmm[pytest]' (or pip install hypothesis)") from None
 
 PRINTABLE = "".join(chr(c) for c in range(0x20, 0x7F))
 BACKSPACES = ("\x08", "\x7f")

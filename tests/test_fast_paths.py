@@ -18,8 +18,9 @@ def test_hand_formatted_output_records_are_the_bytes_encode_writes(tmp_path_fact
                                                                     text, partial):
     recorder = TraceRecorder(str(tmp_path_factory.mktemp("rec") / "t.trace"))
     lines = []
-    recorder.writer.write_line = lines.append
+    recorder.writer.write_lines = lines.extend
     recorder.on_output(n, device, text, partial)
+    recorder.tick()                                    # hand the batch over
     record = {"type": "out", "n": n, "dev": device, "text": text}
     if partial:
         record["partial"] = True

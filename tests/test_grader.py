@@ -7,7 +7,6 @@ import shutil
 import socket
 import subprocess
 import tarfile
-import threading
 import xml.etree.ElementTree as ET
 
 import pexpect
@@ -151,17 +150,20 @@ def test_a_path_that_does_not_exist_is_refused_before_grading(tmp_path, rubric, 
 def test_builds_have_no_network(tmp_path, rubric):
     if subprocess.run(["unshare", "-n", "true"], capture_output=True).returncode != 0:
         pytest.skip("this host cannot make network namespaces (unshare -n)")
+    # A listening socket completes a connection in the kernel, without accept(): no thread
+    # is needed (one blocked in accept() outlived this test and failed in a later one).
     server = socket.create_server(("127.0.0.1", 0))
     port = server.getsockname()[1]
-    threading.Thread(target=lambda: server.accept(), daemon=True).start()
     probe = (f"python3 -c \"import socket; socket.create_connection(('127.0.0.1', {port}), 2)\""
              " && echo NETWORK-REACHED || echo NETWORK-BLOCKED")
     src = make_source_submission(tmp_path / "frank")
     (src / "Makefile").write_text((src / "Makefile").read_text().replace(
         "echo.bin: echo.s ports.inc\n", f"echo.bin: echo.s ports.inc\n\t{probe}\n"))
-    grade([str(src)], str(rubric), str(tmp_path / "out"))
+    try:
+        grade([str(src)], str(rubric), str(tmp_path / "out"))
+    finally:
+        server.close()
     log = (tmp_path / "out" / "frank" / "build.log").read_text()
-    server.close()
     lines = log.splitlines()                      # (make echoes the command line itself)
     assert "NETWORK-BLOCKED" in lines and "NETWORK-REACHED" not in lines
 
@@ -212,6 +214,18 @@ def test_cli_prints_scores(tmp_path, rubric, vmm):
             MUTANTS / "echo-no_timer.bin")
     assert r.returncode == 0, r
     assert r.lines == ["echo.bin: 100/100", "echo-no_timer.bin: 10/100"]
+    # Not on a terminal: a line per submission on stderr as each is graded, then the total.
+    progress = [line for line in r.stderr.splitlines() if line.startswith("vmm: graded ")]
+    assert [line.split(" (")[0] for line in progress] == [
+        "vmm: graded 1/2 echo.bin", "vmm: graded 2/2 echo-no_timer.bin",
+        f"vmm: graded 2 submissions; reports in {tmp_path / 'out' / 'summary.md'}, report.json, "
+        "junit.xml"]
+
+
+def test_cli_says_one_submission(tmp_path, rubric, vmm):
+    r = vmm("grade", "--rubric", rubric, "--out", tmp_path / "out", GUESTS / "echo.bin")
+    assert r.returncode == 0, r
+    assert r.stderr.splitlines()[-1].startswith("vmm: graded 1 submission; reports in")
 
 
 @pytest.mark.parametrize("args, message", [

@@ -96,6 +96,60 @@ def test_image_larger_than_ram(vmm, tmp_path):
     assert r.returncode == 10 and "does not fit" in r.stderr and "--mem" in r.stderr
 
 
+def test_a_guest_larger_than_any_ram_is_refused_by_its_size(vmm, tmp_path):
+    huge = tmp_path / "huge.bin"
+    with open(huge, "wb") as f:                   # sparse: 3 GiB of nothing on disk
+        f.truncate(3 << 30)
+    r = vmm("run", huge)
+    assert r.returncode == 10, r
+    assert r.stderr.splitlines() == [
+        f"vmm: error: guest file {huge} is 3G: larger than the most RAM a guest can have "
+        "(2G, --mem 2G)"]
+
+
+def test_advice_for_an_image_that_does_not_fit_names_a_mem_that_fits(vmm, tmp_path):
+    (tmp_path / "big.bin").write_bytes(b"\x90" * 70_000)
+    r = vmm("run", tmp_path / "big.bin", "--mem", "64K", "--mode", "protected")
+    assert r.returncode == 10, r
+    assert r.stderr.splitlines()[-1].endswith("of RAM: give at least --mem 1M"), r
+
+
+def test_at_the_most_ram_there_is_no_more_mem_to_advise(vmm, tmp_path):
+    (tmp_path / "top.bin").write_bytes(b"\x90" * 8192)
+    r = vmm("run", tmp_path / "top.bin", "--mem", "2G", "--mode", "protected",
+            "--load", hex((2 << 30) - 4096))
+    assert r.returncode == 10, r
+    assert "it cannot fit: a guest has at most 2G of RAM" in r.stderr, r
+    assert "give at least" not in r.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--mem", "1"], "vmm: error: --mem of 1 byte is out of range: give between 64K and 2G"),
+    (["--timeout", "-1s"], "vmm run: error: argument --timeout: bad duration '-1s': a duration "
+                           "cannot be negative"),
+    (["--timeout", "0s"], "vmm run: error: argument --timeout: '0s' is no time at all: give a "
+                          "duration above zero, e.g. 500ms, 10s"),
+    (["--clock", "virtual", "--max-time", "0ms"], "vmm run: error: argument --max-time: '0ms' "
+                                                  "is no time at all: give a duration above "
+                                                  "zero, e.g. 500ms, 10s"),
+    (["--max-output", "-5"], "vmm run: error: argument --max-output: bad size '-5': a size "
+                             "cannot be negative"),
+])
+def test_the_last_line_of_a_refused_flag_says_what_is_wrong(vmm, guests, args, message):
+    r = vmm("run", guests / "echo.bin", *args)
+    assert r.returncode == 2, r
+    assert r.stderr.splitlines()[-1] == message
+
+
+def test_run_help_lists_every_exit_status_a_run_can_end_with(vmm):
+    from vmm.errors import EXIT_CODES
+    text = vmm("run", "--help").stdout
+    replay_only = {"diverged", "redrive-differs", "truncated-end"}
+    for reason, code in EXIT_CODES.items():
+        if reason not in replay_only:
+            assert f" {code} " in text.replace("\n", " "), (reason, code)
+
+
 @pytest.mark.parametrize("args, needle", [
     (["--mem", "lots"], "bad size"),
     (["--mode", "unreal"], "invalid choice"),
@@ -131,3 +185,14 @@ def test_help_documents_every_flag(vmm):
     for flag in ("--mode", "--load", "--entry", "--mem", "--stack", "--cpuid", "--timeout",
                  "--max-output", "--ignore-unknown-ports", "Ctrl-]", "exit status"):
         assert flag in r.stdout
+
+
+def test_negative_counts_are_refused_by_name(vmm, tmp_path):
+    r = vmm("inspect", tmp_path / "t.trace", "--limit", "-3")
+    assert r.returncode == 2
+    assert r.stderr.splitlines()[-1] == ("vmm inspect: error: argument --limit: expected a whole "
+                                         "number, 0 or more, not '-3'")
+    r = vmm("grade", "--rubric", "r.toml", "--out", tmp_path, "-j", "-1", "x.bin")
+    assert r.returncode == 2
+    assert r.stderr.splitlines()[-1] == ("vmm grade: error: argument -j/--jobs: expected a "
+                                         "positive whole number, not '-1'")

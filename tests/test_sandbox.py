@@ -40,6 +40,9 @@ def _cgroups() -> bool:
 
 
 CGROUPS = _cgroups()
+# Sleep durations unique to this test process, so that a run of the suite on another Python
+# beside this one never shows this run a process of its own.
+S = 10_000 + (os.getpid() % 10_000) * 10
 SECRET = "RUBRIC-SECRET-7f3a"           # in the rubric: no build may ever see it
 OTHER_SECRET = "OTHER-STUDENT-SECRET-91c2"  # in another student's source
 
@@ -215,24 +218,25 @@ def test_a_guest_binary_that_is_a_symlink_is_refused(world):
 def test_no_process_of_a_build_outlives_it(world):
     out = world["out"]
     attack = source(world["tmp"] / "subs" / "lingerer", f"""
-sleep 4241 &
-setsid sleep 4242 &
-nohup sleep 4243 >/dev/null 2>&1 &
-( (sleep 4244 &) & )
+sleep {S + 1} &
+setsid sleep {S + 2} &
+nohup sleep {S + 3} >/dev/null 2>&1 &
+( (sleep {S + 4} &) & )
 ( while true; do echo 0 > {out}/lingerer/results.json 2>/dev/null; sleep 0.1; done ) &
 """)
     by_name = run(world, attack)
     assert by_name["lingerer"]["score"] == 100
     time.sleep(0.3)
-    for marker in ("sleep\x004241", "sleep\x004242", "sleep\x004243", "sleep\x004244"):
-        assert no_process_with(marker), marker
+    for i in range(1, 5):
+        assert no_process_with(f"sleep\x00{S + i}"), i
     assert json.loads((out / "lingerer" / "results.json").read_text())["score"] == 100
 
 
 def test_a_fork_bomb_is_bounded_and_reported(world):
     attack = source(world["tmp"] / "subs" / "bomb")
-    (attack / "bomb.sh").write_text("b() { b | b & }; b\nsleep 30\n")
-    (attack / "Makefile").write_text("echo.bin:\n\tsh bomb.sh\n")
+    bomb = f"bomb-{os.getpid()}.sh"
+    (attack / bomb).write_text("b() { b | b & }; b\nsleep 30\n")
+    (attack / "Makefile").write_text(f"echo.bin:\n\tsh {bomb}\n")
     world["rubric"].write_text(RUBRIC.replace('timeout = "20s"', 'timeout = "3s"'))
     started = time.monotonic()
     by_name = run(world, attack)
@@ -243,7 +247,7 @@ def test_a_fork_bomb_is_bounded_and_reported(world):
     else:
         assert by_name["bomb"]["build_limit"] in ("processes", "time"), by_name["bomb"]
     assert time.monotonic() - started < 30
-    assert no_process_with("bomb.sh")
+    assert no_process_with(bomb)
 
 
 def test_memory_exhaustion_is_bounded_and_reported(world):
@@ -459,13 +463,13 @@ def test_names_of_guests_handed_in_as_folder_slash_guest():
 # --- the grader itself -------------------------------------------------------------------------
 @pytest.mark.parametrize("jobs", ["1", "2"])
 def test_interrupting_vmm_grade_ends_every_build_process(world, jobs):
-    attack = source(world["tmp"] / "subs" / "slow", "sleep 4247 & sleep 4248")
+    attack = source(world["tmp"] / "subs" / "slow", f"sleep {S + 7} & sleep {S + 8}")
     child = subprocess.Popen(vmm_command("grade", "--rubric", str(world["rubric"]), "--out",
                                          str(world["out"]), "-j", jobs, str(attack),
                                          str(world["honest"])),
                              cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     for _ in range(200):
-        if not no_process_with("sleep\x004248"):
+        if not no_process_with(f"sleep\x00{S + 8}"):
             break
         time.sleep(0.05)
     else:
@@ -475,7 +479,7 @@ def test_interrupting_vmm_grade_ends_every_build_process(world, jobs):
     _, err = child.communicate(timeout=30)
     assert child.returncode == 143 and err.decode().splitlines() == ["vmm: error: terminated (SIGTERM)"]
     time.sleep(0.3)
-    assert no_process_with("sleep\x004247") and no_process_with("sleep\x004248")
+    assert no_process_with(f"sleep\x00{S + 7}") and no_process_with(f"sleep\x00{S + 8}")
 
 
 def test_without_bubblewrap_source_submissions_are_refused(world, tmp_path, vmm):

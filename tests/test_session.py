@@ -1,5 +1,6 @@
 """harness.GuestSession: pexpect's API over the VM console, in guest time."""
 
+import os
 import re
 
 import pexpect
@@ -114,3 +115,38 @@ def test_bad_guest_is_a_clear_error():
     from vmm.errors import GuestImageError
     with pytest.raises(GuestImageError, match="guest file not found"):
         GuestSession("no/such/guest.bin")
+
+
+def test_a_session_without_trace_leaves_no_file_behind():
+    import gc
+    s = GuestSession(ECHO)
+    s.sendline("kept while the session lives")
+    s.expect("kept")
+    s.close()
+    path = s.trace_path
+    assert os.path.exists(path) and replay_trace(path).exit_code == 0
+    del s
+    gc.collect()
+    assert not os.path.exists(path)
+
+
+def test_a_session_that_cannot_start_leaves_no_file_behind(tmp_path, monkeypatch):
+    import tempfile
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "empty.bin").write_bytes(b"")
+    with pytest.raises(Exception, match="empty"):
+        GuestSession(str(tmp_path / "empty.bin"))
+    with pytest.raises(Exception):
+        GuestSession(ECHO, mem="1")                       # out of range, after the guest loads
+    assert os.listdir(tmp_path / "tmp") == []
+
+
+def test_a_named_trace_is_kept(tmp_path):
+    import gc
+    path = tmp_path / "mine.trace"
+    s = GuestSession(ECHO, trace=str(path))
+    s.close()
+    del s
+    gc.collect()
+    assert path.exists()

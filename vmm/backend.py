@@ -9,12 +9,11 @@ trace replays identically on either.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass, field
+from .record_type import Record, factory
 
 
 # --- the entry state: what a CPU looks like when the guest's first instruction runs ---------
-@dataclass(frozen=True)
-class Segment:
+class Segment(Record, frozen=True):
     """A segment register with its hidden descriptor cache (the architectural fields)."""
     selector: int
     base: int
@@ -31,8 +30,7 @@ class Segment:
         return dict(self.__dict__)
 
 
-@dataclass(frozen=True)
-class EntryState:
+class EntryState(Record, frozen=True):
     """Registers at the first instruction. General-purpose registers not listed are zero."""
     mode: str                       # "real" | "protected" | "long"
     rip: int
@@ -66,8 +64,7 @@ _RFLAGS_INDEX = GPR_NAMES.index("rflags")
 DIGEST_RFLAGS_IGNORED = 0x8D5 | (1 << 16)
 
 
-@dataclass
-class CpuState:
+class CpuState(Record):
     """General registers plus the control state a report needs."""
     regs: dict[str, int]
     cs_base: int = 0
@@ -77,7 +74,7 @@ class CpuState:
     cr3: int = 0
     cr4: int = 0
     efer: int = 0
-    extra: dict[str, int] = field(default_factory=dict)
+    extra: dict[str, int] = factory(dict)
 
     @property
     def rip(self) -> int:

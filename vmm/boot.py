@@ -20,7 +20,7 @@ from __future__ import annotations
 import io
 import os
 import struct
-from dataclasses import dataclass, field
+from .record_type import Record, factory
 
 from .backend import EntryState, Segment
 from .errors import GuestImageError, UsageError
@@ -60,8 +60,7 @@ EXCEPTION_NAMES = {
 ERROR_CODE_VECTORS = frozenset({8, 10, 11, 12, 13, 14, 17, 21, 29, 30})
 
 
-@dataclass
-class BootOptions:
+class BootOptions(Record):
     mode: str | None = None          # None: real for raw binaries, from the ELF class otherwise
     load: int | None = None          # raw binaries only
     entry: int | str | None = None   # an address, "reset", or None for the default
@@ -72,16 +71,15 @@ class BootOptions:
         return dict(self.__dict__)
 
 
-@dataclass
-class BootImage:
+class BootImage(Record):
     """Everything needed to start the machine: RAM contents, entry state, and a load map."""
     guest_name: str
     guest_bytes: bytes
     kind: str                        # "raw" | "elf32" | "elf64"
     mem_size: int
     entry: EntryState
-    chunks: list[tuple[int, bytes]] = field(default_factory=list)
-    load_map: list[dict] = field(default_factory=list)
+    chunks: list[tuple[int, bytes]] = factory(list)
+    load_map: list[dict] = factory(list)
 
     def add(self, address: int, data: bytes, what: str) -> None:
         self.chunks.append((address, data))
@@ -96,9 +94,17 @@ def read_guest_file(path: str) -> bytes:
         raise GuestImageError(f"guest path is a directory, not a file: {path}")
     try:
         with open(path, "rb") as f:
-            data = f.read(MAX_MEM + 1)
+            size = os.fstat(f.fileno()).st_size     # checked before reading: never read 2 GiB
+            if size > MAX_MEM:                       # only to refuse them
+                raise GuestImageError(
+                    f"guest file {path} is {_size(size)}: larger than the most RAM a guest can "
+                    f"have ({_size(MAX_MEM)}, --mem {_size(MAX_MEM)})")
+            data = f.read(MAX_MEM + 1)               # (a pipe or a device has no st_size)
     except OSError as e:
         raise GuestImageError(f"cannot read guest file {path}: {e.strerror}") from None
+    if len(data) > MAX_MEM:
+        raise GuestImageError(f"guest file {path} is larger than the most RAM a guest can have "
+                              f"({_size(MAX_MEM)}, --mem {_size(MAX_MEM)})")
     if not data:
         raise GuestImageError(f"guest file is empty: {path}")
     return data
@@ -120,8 +126,8 @@ def build_boot_image(name: str, data: bytes, opts: BootOptions) -> BootImage:
         end = address + len(chunk)
         if end > opts.mem:
             raise GuestImageError(
-                f"{what} ({len(chunk)} bytes at {address:#x}-{end - 1:#x}) does not fit in "
-                f"{_size(opts.mem)} of RAM: give more with --mem")
+                f"{what} ({_size(len(chunk))} at {address:#x}-{end - 1:#x}) does not fit in "
+                f"{_size(opts.mem)} of RAM: {_more_mem(end)}")
         for start, stop, label in reserved:
             if address < stop and start < max(end, address + 1):
                 raise GuestImageError(
@@ -136,7 +142,7 @@ def _check_options(opts: BootOptions) -> None:
     if opts.mode is not None and opts.mode not in MODES:
         raise UsageError(f"bad --mode {opts.mode!r}: choose one of {', '.join(MODES)}")
     if not MIN_MEM <= opts.mem <= MAX_MEM:
-        raise UsageError(f"--mem {_size(opts.mem)} is out of range: "
+        raise UsageError(f"--mem of {_size(opts.mem)} is out of range: "
                          f"give between {_size(MIN_MEM)} and {_size(MAX_MEM)}")
     if opts.mem % PAGE:
         raise UsageError(f"--mem must be a multiple of 4 KiB, not {opts.mem} bytes")
@@ -194,8 +200,9 @@ def _elf_layout(name: str, data: bytes, opts: BootOptions):
                                       "its memory size")
             if seg["p_paddr"] + seg["p_memsz"] > opts.mem:
                 raise GuestImageError(
-                    f"ELF segment at {seg['p_paddr']:#x} ({seg['p_memsz']} bytes in memory) does "
-                    f"not fit in {_size(opts.mem)} of RAM: give more with --mem")
+                    f"ELF segment at {seg['p_paddr']:#x} ({_size(seg['p_memsz'])} in memory) does "
+                    f"not fit in {_size(opts.mem)} of RAM: "
+                    f"{_more_mem(seg['p_paddr'] + seg['p_memsz'])}")
             body = seg.data()
             if len(body) != seg["p_filesz"]:
                 raise GuestImageError(f"malformed ELF {name}: a segment runs past the end of "
@@ -308,10 +315,22 @@ def _descriptor(base: int, limit: int, access: int, flags: int) -> int:
 
 
 def _size(n: int) -> str:
+    """16M, 64K, 3G; or, when not a whole number of those, e.g. 1 byte, 2.0G (2147483649 bytes)."""
     for unit, factor in (("G", GiB), ("M", MiB), ("K", KiB)):
         if n >= factor and n % factor == 0:
             return f"{n // factor}{unit}"
-    return f"{n} bytes"
+    for unit, factor in (("G", GiB), ("M", MiB), ("K", KiB)):
+        if n >= factor:
+            return f"{n / factor:.1f}{unit} ({n} bytes)"
+    return "1 byte" if n == 1 else f"{n} bytes"
+
+
+def _more_mem(end: int) -> str:
+    """Advice for what does not fit below `end`: the --mem that holds it, if there is one."""
+    need = -(-end // MiB) * MiB
+    if need > MAX_MEM:
+        return f"it cannot fit: a guest has at most {_size(MAX_MEM)} of RAM (--mem {_size(MAX_MEM)})"
+    return f"give at least --mem {_size(need)}"
 
 
 def stub_vector(linear_rip_after_hlt: int) -> int | None:

@@ -14,15 +14,17 @@ from .units import parse_address, parse_duration, parse_size
 
 EPILOG_EXIT_CODES = """\
 exit status:
-  0          the guest halted (HLT), or the quit key was pressed
+  0          the guest halted (HLT), or went idle with nothing more to come (virtual clock)
   (v<<1)|1   the guest wrote v to the exit device at port 0xf4 (as QEMU's isa-debug-exit)
   2          bad command-line usage
   10         the guest file cannot be booted (missing, empty, malformed, does not fit)
   12         no usable CPU backend (/dev/kvm with --backend kvm, or the emulator)
   20         triple fault            22  unhandled guest exception / BIOS call
   24         memory outside RAM      26  unknown port
-  28         --timeout ran out       30  output past --max-output
-  32         KVM/emulator error      130 interrupted (Ctrl-C)   143 terminated (SIGTERM)
+  28         --timeout or --max-time ran out                30  output past --max-output
+  32         KVM/emulator error      34  a --script expect step's text did not come
+  36         the quit key (Ctrl-]) was pressed
+  130        interrupted (Ctrl-C)    143 terminated (SIGTERM)
 """
 
 
@@ -40,6 +42,33 @@ def _argument(parse):
 _duration, _size, _address = (_argument(p) for p in (parse_duration, parse_size, parse_address))
 
 
+def _positive_duration(text: str) -> int:
+    value = _duration(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is no time at all: give a duration above "
+                                         "zero, e.g. 500ms, 10s")
+    return value
+
+
+_positive_duration.__name__ = "duration"
+# Options whose value may look like an option to argparse ("--timeout -1s"): given so, the
+# value is passed on as "--timeout=-1s", for the option's own parser to refuse it by name.
+_NUMERIC_OPTIONS = frozenset({"--timeout", "--max-time", "--mem", "--max-output", "--load",
+                              "--entry", "--stack", "--checkpoint-every", "-j", "--jobs",
+                              "--limit"})
+
+
+def _join_negative_values(argv: list[str]) -> list[str]:
+    out: list[str] = []
+    for word in argv:
+        if (out and out[-1] in _NUMERIC_OPTIONS and word[:1] == "-" and len(word) > 1
+                and (word[1].isdigit() or word[1] == ".")):
+            out[-1] = f"{out[-1]}={word}"
+        else:
+            out.append(word)
+    return out
+
+
 def _positive(text: str) -> int:
     try:
         value = int(text)
@@ -47,6 +76,16 @@ def _positive(text: str) -> int:
         value = 0
     if value <= 0:
         raise argparse.ArgumentTypeError(f"expected a positive whole number, not {text!r}")
+    return value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number, 0 or more, not {text!r}")
     return value
 
 
@@ -81,7 +120,7 @@ def add_machine_options(p: argparse.ArgumentParser) -> None:
                         "host's")
     add_backend_option(g)
     r = p.add_argument_group("limits")
-    r.add_argument("--timeout", type=_duration, metavar="DURATION",
+    r.add_argument("--timeout", type=_positive_duration, metavar="DURATION",
                    help="stop the run after this much wall-clock time, e.g. 10s, 500ms, 2m")
     r.add_argument("--max-output", type=_size, default="10M", metavar="SIZE",
                    help="stop the run when the guest has printed more than this (default 10M; "
@@ -100,8 +139,11 @@ def add_clock_options(p: argparse.ArgumentParser) -> None:
                    help="real: timers follow the host clock (default); virtual: guest time "
                         "stands still while it computes and jumps at idle points (default with "
                         "--script; piped stdin then gives one byte per idle point)")
-    g.add_argument("--max-time", type=_duration, metavar="DURATION",
+    g.add_argument("--max-time", type=_positive_duration, metavar="DURATION",
                    help="virtual clock: stop when guest time passes this (default 60s)")
+    g.add_argument("--local-echo", action="store_true",
+                   help="on a terminal, show each typed key as it is sent, for guests that do "
+                        "not echo (the guest, and a recording, get the same keys either way)")
 
 
 def add_feeds_options(p: argparse.ArgumentParser) -> None:
@@ -115,22 +157,33 @@ def add_feeds_options(p: argparse.ArgumentParser) -> None:
                         "'<kind> unavailable: offline'")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="vmm", description="A deterministic record-and-replay micro VMM for small x86 "
-                                "guest kernels, on Linux KVM.")
-    parser.add_argument("--version", action="version", version=f"vmm {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    sub.required = True
-    fmt = argparse.RawDescriptionHelpFormatter
-    run = sub.add_parser(
-        "run", help="run a guest live: console on stdout, keyboard from stdin",
-        description="Run a guest live. Its console output goes to stdout, diagnostics to "
-                    "stderr. On a terminal, keys go to the guest one at a time; press Ctrl-] "
-                    "to quit (Ctrl-C also stops the run). From a pipe or file, bytes are fed as "
-                    "the guest consumes them, and at end of input the guest keeps running until "
-                    "it halts or times out.",
-        epilog=EPILOG_EXIT_CODES, formatter_class=fmt)
+def _terminal_columns() -> int:
+    """shutil.get_terminal_size().columns, as argparse's HelpFormatter asks it, without
+    importing shutil (and the compression modules it loads: ~3 ms of `vmm run`'s start-up):
+    argparse makes a formatter for every add_argument, and almost no run prints help."""
+    try:
+        columns = int(os.environ["COLUMNS"])
+    except (KeyError, ValueError):
+        columns = 0
+    if columns <= 0:
+        try:
+            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns
+        except (AttributeError, ValueError, OSError):
+            columns = 0
+    return columns or 80
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    def __init__(self, prog, indent_increment=2, max_help_position=24, width=None):
+        super().__init__(prog, indent_increment, max_help_position,
+                         _terminal_columns() - 2 if width is None else width)
+
+
+class _RawHelpFormatter(_HelpFormatter, argparse.RawDescriptionHelpFormatter):
+    pass
+
+
+def _add_run(run: argparse.ArgumentParser) -> None:
     run.add_argument("guest", help="raw binary or ELF file")
     add_machine_options(run)
     add_clock_options(run)
@@ -139,15 +192,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="report how the run ended and its counters on stderr")
     run.set_defaults(func=cmd_run, output=None)
 
-    record = sub.add_parser(
-        "record", help="run a guest live and write every input to a trace file",
-        description="Run a guest exactly as `vmm run` does, and write every nondeterministic "
-                    "input it is given (keys, timer firings, fetched web data), its output, "
-                    "register checkpoints and its end to a trace file, as they happen: a "
-                    "recording cut short by "
-                    "Ctrl-C, SIGTERM, a guest crash or a timeout is still a valid trace. "
-                    "`vmm replay` re-executes it.",
-        epilog=EPILOG_EXIT_CODES, formatter_class=fmt)
+
+def _add_record(record: argparse.ArgumentParser) -> None:
     record.add_argument("guest", help="raw binary or ELF file")
     record.add_argument("-o", "--output", required=True, metavar="TRACE",
                         help="trace file to write (gzip-compressed if it ends in .gz)")
@@ -161,23 +207,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help="report how the run ended and its counters on stderr")
     record.set_defaults(func=cmd_run)
 
-    replay = sub.add_parser(
-        "replay", help="re-execute a trace and prove it does exactly the same thing",
-        description="Exact replay: rebuild the machine from the trace alone, give the guest "
-                    "every recorded input at the same observation, and compare output, register "
-                    "checkpoints and the final state. No terminal, clock or network is used. "
-                    "With --guest, re-drive: feed the recorded inputs to another guest binary "
-                    "under the virtual clock and diff its console output against the recording.",
-        epilog="exit status: 0 identical, 40 diverged (a report names the first difference), "
-               "41 re-driven output differs, 42 the trace is truncated and its prefix replayed "
-               "identically, 14 unreadable or malformed trace, 10 bad --guest file, 12 no KVM",
-        formatter_class=fmt)
+
+def _add_replay(replay: argparse.ArgumentParser) -> None:
     replay.add_argument("trace", help="a trace written by vmm record")
     replay.add_argument("--guest", metavar="FILE",
                         help="re-drive: run this guest binary on the recorded inputs instead")
     replay.add_argument("-q", "--quiet", action="store_true",
                         help="do not print the guest's output, only the verdict")
-    replay.add_argument("--timeout", type=_duration, metavar="DURATION",
+    replay.add_argument("--timeout", type=_positive_duration, metavar="DURATION",
                         help="wall-clock bound on the replay (default: twice the recording's "
                              "wall time plus 10s)")
     add_backend_option(replay)
@@ -188,18 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--entry", type=_entry, metavar="ADDR|reset")
     replay.set_defaults(func=cmd_replay)
 
-    grade = sub.add_parser(
-        "grade", help="score student guests against a rubric; reports and traces to --out",
-        description="Grade submissions against a rubric (docs/grading.md). A submission is a "
-                    "guest binary, a directory with a Makefile (unpacked and built in a bubblewrap "
-                    "sandbox with no network, no view of the grader's files and limits on "
-                    "time, memory, processes and disk; its log kept), or a tarball of one. Every scenario runs under the "
-                    "virtual clock, so scores do not depend on machine load, and its trace is "
-                    "kept for `vmm replay`. Writes report.json, junit.xml, summary.md and, per "
-                    "submission, a Gradescope results.json. `vmm grade merge --out DIR "
-                    "SHARD_DIR...` combines the reports of --shard runs.",
-        epilog="exit status: 0 when every submission was graded (whatever the scores), "
-               "2 bad usage or rubric", formatter_class=fmt)
+
+def _add_grade(grade: argparse.ArgumentParser) -> None:
     grade.add_argument("--rubric", required=True, metavar="FILE", help="the rubric (TOML)")
     grade.add_argument("--out", required=True, metavar="DIR",
                        help="where reports and traces go")
@@ -220,40 +247,28 @@ def build_parser() -> argparse.ArgumentParser:
     add_backend_option(grade)
     grade.set_defaults(func=cmd_grade)
 
-    merge = sub.add_parser(
-        "grade-merge", help="(written `vmm grade merge`) combine the reports of --shard runs",
-        description="Combine the reports of `vmm grade --shard K/N` runs into one class report.")
+
+def _add_grade_merge(merge: argparse.ArgumentParser) -> None:
     merge.add_argument("--out", required=True, metavar="DIR", help="where the merged reports go")
     merge.add_argument("shards", nargs="+", metavar="SHARD_DIR",
                        help="the --out directories of the shard runs")
     merge.set_defaults(func=cmd_grade_merge)
 
-    rubric = sub.add_parser(
-        "grade-rubric", help="(written `vmm grade rubric`) check a rubric; --public: without "
-                             "hidden scenarios",
-        description="Check a rubric and print it. With --public, print it without its "
-                    "scenarios that are not visible (hidden, after_due_date, after_published), "
-                    "for students: `vmm grade --rubric public.toml` then gives them the "
-                    "grader's scores for the visible scenarios.")
+
+def _add_grade_rubric(rubric: argparse.ArgumentParser) -> None:
     rubric.add_argument("rubric", metavar="RUBRIC", help="the rubric (TOML)")
     rubric.add_argument("--public", action="store_true",
                         help="leave out every scenario that is not visible")
     rubric.set_defaults(func=cmd_grade_rubric)
 
-    diff = sub.add_parser(
-        "grade-diff", help="(written `vmm grade diff`) what changed between two gradings",
-        description="Compare two `vmm grade --out` folders: scores per submission and per "
-                    "scenario, submissions added or gone, a changed rubric.",
-        epilog="exit status: 0 the same scores, 1 something changed, 2 bad usage")
+
+def _add_grade_diff(diff: argparse.ArgumentParser) -> None:
     diff.add_argument("old", metavar="OLD_DIR")
     diff.add_argument("new", metavar="NEW_DIR")
     diff.set_defaults(func=cmd_grade_diff)
 
-    bundle = sub.add_parser(
-        "grade-bundle", help="(written `vmm grade bundle`) a Gradescope autograder zip",
-        description="Write a Gradescope autograder zip (setup.sh, run_autograder, the rubric "
-                    "and vmm's own wheel) that grades each submission with this rubric; see "
-                    "docs/grading.md.")
+
+def _add_grade_bundle(bundle: argparse.ArgumentParser) -> None:
     bundle.add_argument("--rubric", required=True, metavar="FILE", help="the rubric (TOML)")
     bundle.add_argument("-o", "--output", required=True, metavar="ZIP",
                         help="where to write the zip, e.g. autograder.zip")
@@ -261,17 +276,113 @@ def build_parser() -> argparse.ArgumentParser:
                         help="also put each submission's score on Gradescope's leaderboard")
     bundle.set_defaults(func=cmd_grade_bundle)
 
-    inspect = sub.add_parser(
-        "inspect", help="summarise a trace: guest, configuration, counts, timeline",
-        description="Print a readable summary of a trace: the guest, the machine "
-                    "configuration, durations (guest and wall clock), counts, and a timeline of "
-                    "inputs and output.")
+
+def _add_inspect(inspect: argparse.ArgumentParser) -> None:
     inspect.add_argument("trace", help="a trace written by vmm record")
     inspect.add_argument("--json", action="store_true", help="print the summary as JSON")
-    inspect.add_argument("--limit", type=int, default=40, metavar="N",
+    inspect.add_argument("--limit", type=_count, default=40, metavar="N",
                          help="timeline entries to show (default 40; 0 = all)")
     inspect.set_defaults(func=cmd_inspect)
+
+
+# Each subcommand: what `vmm --help` lists and its own --help says, and what adds its
+# arguments. Only the subcommand given is built (start-up: argparse is slow to build parsers).
+COMMANDS = {
+    "run": (_add_run, dict(
+        help="run a guest live: console on stdout, keyboard from stdin",
+        description="Run a guest live. Its console output goes to stdout, diagnostics to "
+                    "stderr. On a terminal, keys go to the guest one at a time; press Ctrl-] "
+                    "to quit (Ctrl-C also stops the run). From a pipe or file, bytes are fed as "
+                    "the guest consumes them, and at end of input the guest keeps running until "
+                    "it halts or times out.",
+        epilog=EPILOG_EXIT_CODES, formatter_class=_RawHelpFormatter)),
+    "record": (_add_record, dict(
+        help="run a guest live and write every input to a trace file",
+        description="Run a guest exactly as `vmm run` does, and write every nondeterministic "
+                    "input it is given (keys, timer firings, fetched web data), its output, "
+                    "register checkpoints and its end to a trace file, as they happen: a "
+                    "recording cut short by "
+                    "Ctrl-C, SIGTERM, a guest crash or a timeout is still a valid trace. "
+                    "`vmm replay` re-executes it.",
+        epilog=EPILOG_EXIT_CODES, formatter_class=_RawHelpFormatter)),
+    "replay": (_add_replay, dict(
+        help="re-execute a trace and prove it does exactly the same thing",
+        description="Exact replay: rebuild the machine from the trace alone, give the guest "
+                    "every recorded input at the same observation, and compare output, register "
+                    "checkpoints and the final state. No terminal, clock or network is used. "
+                    "With --guest, re-drive: feed the recorded inputs to another guest binary "
+                    "under the virtual clock and diff its console output against the recording.",
+        epilog="exit status: 0 identical, 40 diverged (a report names the first difference), "
+               "41 re-driven output differs, 42 the trace is truncated and its prefix replayed "
+               "identically, 14 unreadable or malformed trace, 10 bad --guest file, 12 no KVM",
+        formatter_class=_RawHelpFormatter)),
+    "grade": (_add_grade, dict(
+        help="score student guests against a rubric; reports and traces to --out",
+        description="Grade submissions against a rubric (docs/grading.md). A submission is a "
+                    "guest binary, a directory with a Makefile (unpacked and built in a "
+                    "bubblewrap sandbox with no network, no view of the grader's files and "
+                    "limits on time, memory, processes and disk; its log kept), or a tarball of "
+                    "one. Every scenario runs under the virtual clock, so scores do not depend "
+                    "on machine load, and its trace is kept for `vmm replay`. Writes "
+                    "report.json, report.html, junit.xml, summary.md and, per submission, a "
+                    "Gradescope results.json. Also: `vmm grade merge`, `vmm grade rubric`, "
+                    "`vmm grade diff`, `vmm grade bundle` (see their --help).",
+        epilog="exit status: 0 when every submission was graded (whatever the scores), "
+               "2 bad usage or rubric", formatter_class=_RawHelpFormatter)),
+    "grade-merge": (_add_grade_merge, dict(
+        help="(written `vmm grade merge`) combine the reports of --shard runs",
+        description="Combine the reports of `vmm grade --shard K/N` runs into one class "
+                    "report.", formatter_class=_HelpFormatter)),
+    "grade-rubric": (_add_grade_rubric, dict(
+        help="(written `vmm grade rubric`) check a rubric; --public: without hidden scenarios",
+        description="Check a rubric and print it. With --public, print it without its "
+                    "scenarios that are not visible (hidden, after_due_date, after_published), "
+                    "for students: `vmm grade --rubric public.toml` then gives them the "
+                    "grader's scores for the visible scenarios.", formatter_class=_HelpFormatter)),
+    "grade-diff": (_add_grade_diff, dict(
+        help="(written `vmm grade diff`) what changed between two gradings",
+        description="Compare two `vmm grade --out` folders: scores per submission and per "
+                    "scenario, submissions added or gone, a changed rubric.",
+        epilog="exit status: 0 the same scores, 1 something changed, 2 bad usage",
+        formatter_class=_HelpFormatter)),
+    "grade-bundle": (_add_grade_bundle, dict(
+        help="(written `vmm grade bundle`) a Gradescope autograder zip",
+        description="Write a Gradescope autograder zip (setup.sh, run_autograder, the rubric "
+                    "and vmm's own wheel) that grades each submission with this rubric; see "
+                    "docs/grading.md.", formatter_class=_HelpFormatter)),
+    "inspect": (_add_inspect, dict(
+        help="summarise a trace: guest, configuration, counts, timeline",
+        description="Print a readable summary of a trace: the guest, the machine "
+                    "configuration, durations (guest and wall clock), counts, and a timeline of "
+                    "inputs and output.", formatter_class=_HelpFormatter)),
+}
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The whole parser, or (with `command`) one whose only populated subcommand is that one:
+    every subcommand is listed, so `vmm --help` and a wrong name read the same either way."""
+    parser = argparse.ArgumentParser(
+        prog="vmm", description="A deterministic record-and-replay micro VMM for small x86 "
+                                "guest kernels, on Linux KVM.", formatter_class=_HelpFormatter)
+    parser.add_argument("--version", action="version", version=f"vmm {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name, (populate, kwargs) in COMMANDS.items():
+        p = sub.add_parser(name, **kwargs)
+        if command is None or command == name:
+            populate(p)
     return parser
+
+
+def _command_in(argv: list[str]) -> str | None:
+    """The subcommand argparse will see: the first word that is not an option (vmm's own
+    options, -h and --version, take no value)."""
+    for word in argv:
+        if word == "--":
+            return None
+        if not word.startswith("-"):
+            return word
+    return None
 
 
 def boot_options(args):
@@ -309,6 +420,12 @@ def cmd_run(args) -> int:
     if args.output is not None:
         spec.checkpoint_every = args.checkpoint_every
     feed, terminal = (None, False) if args.script else _stdin_feed()
+    if args.local_echo:
+        if not terminal:
+            raise UsageError("--local-echo shows keys typed on a terminal, and stdin is not one"
+                             + (" (--script sends the keys)" if args.script else ""))
+        from .terminal import LocalEcho
+        feed = LocalEcho(feed)
     result = live_run(spec, feed=feed, terminal=terminal,
                       sink=OutputCollector(sys.stdout.buffer), log=_log)
     report_end(result.end, args.verbose)
@@ -381,7 +498,8 @@ def _print_grade_summary(report: dict, out: str) -> None:
     for sub in report["submissions"]:
         note = f"  ({sub['problem']})" if sub["problem"] else ""
         print(f"{sub['name']}: {sub['score']:g}/{sub['max_score']:g}{note}")
-    print(f"vmm: graded {len(report['submissions'])} submissions; reports in "
+    count = len(report["submissions"])
+    print(f"vmm: graded {count} submission{'' if count == 1 else 's'}; reports in "
           f"{os.path.join(out, 'summary.md')}, report.json, junit.xml", file=sys.stderr)
 
 
@@ -403,7 +521,7 @@ def report_end(end, verbose: bool) -> None:
         print(f"vmm: {end.message}", file=sys.stderr)
         if end.cpu is not None and end.reason not in ("interrupted", "terminated", "timeout"):
             print(end.cpu.format(), file=sys.stderr)
-    elif verbose or end.reason == "exit-device":
+    elif verbose or end.reason in ("exit-device", "quit"):
         print(f"vmm: {end.message}", file=sys.stderr)
     if verbose:
         s = end.stats
@@ -428,7 +546,8 @@ def main(argv=None) -> int:
     if argv[:1] == ["grade"] and argv[1:2] in (["merge"], ["rubric"], ["diff"],
                                                            ["bundle"]):
         argv = [f"grade-{argv[1]}"] + argv[2:]
-    parser = build_parser()
+    argv = _join_negative_values(argv)
+    parser = build_parser(_command_in(argv))
     args = parser.parse_args(argv)
     if getattr(args, "backend", None) is not None:
         from .runner import BACKEND_ENV

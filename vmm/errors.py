@@ -45,7 +45,7 @@ class Terminated(VmmError):
 EXIT_CODES = {
     "halt": 0,             # the guest executed HLT
     "idle": 0,             # virtual clock: the guest waits for input and nothing is scheduled
-    "quit": 0,             # the user pressed the quit key (Ctrl-])
+    "quit": 36,            # the user pressed the quit key (Ctrl-]); or stdout was closed: 0
     # "exit-device": (v << 1) | 1, computed from the value written to port 0xf4
     "triple-fault": 20,
     "guest-exception": 22,  # an exception or software interrupt reached vmm's default handlers

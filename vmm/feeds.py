@@ -181,8 +181,14 @@ def default_feeds_bytes() -> bytes:
     return resources.files("vmm").joinpath(DEFAULT_FEEDS).read_bytes()
 
 
+_builtin: FeedsConfig | None = None     # load_feeds(None), made once: it is only ever read
+
+
 def load_feeds(path: str | None = None) -> FeedsConfig:
     """The built-in feeds, with the feeds file at `path` (if any) laid over them."""
+    global _builtin
+    if path is None and _builtin is not None:
+        return _builtin             # (a process that records many runs parses the TOML once)
     default_raw = default_feeds_bytes()
     data = _parse_toml(default_raw, "the built-in feeds file")
     raw, base_dir, name = default_raw, ".", "the built-in feeds file"
@@ -196,9 +202,12 @@ def load_feeds(path: str | None = None) -> FeedsConfig:
                 data[key] = value
         base_dir, name = os.path.dirname(os.path.abspath(path)), path
     try:
-        return _build(data, path, hashlib.sha256(raw).hexdigest(), base_dir)
+        feeds = _build(data, path, hashlib.sha256(raw).hexdigest(), base_dir)
     except _Bad as e:
         raise UsageError(f"feeds file {name}: {e}") from None
+    if path is None:
+        _builtin = feeds
+    return feeds
 
 
 def _read_file(path: str) -> bytes:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import signal
 import time
-from dataclasses import dataclass
+from .record_type import Record
 
 from . import boot
 from .backend import (CpuBackend, FailEntry, Halt, InternalError, Interrupted, IoIn, IoOut, Mmio,
@@ -63,8 +63,7 @@ NO_CHECKPOINT = -1
 _SIZE_MASK = {1: 0xFF, 2: 0xFFFF, 4: 0xFFFFFFFF}   # an IN's value, cut to its size
 
 
-@dataclass
-class RunConfig:
+class RunConfig(Record):
     timeout_ns: int | None = None        # wall-clock bound on the whole run
     max_output: int | None = 10 << 20    # bytes of guest output before the run is stopped
     ignore_unknown_ports: bool = False

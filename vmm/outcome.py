@@ -3,7 +3,7 @@ signal check) and becomes the `RunEnd` that `Machine.run()` returns."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from .record_type import Record, factory
 
 from .backend import CpuState
 from .errors import EXIT_CODES
@@ -19,13 +19,12 @@ class StopRun(Exception):
         self.exit_code = EXIT_CODES[reason] if exit_code is None else exit_code
 
 
-@dataclass
-class RunEnd:
+class RunEnd(Record):
     reason: str
     message: str
     exit_code: int
     cpu: CpuState | None = None
-    stats: dict = field(default_factory=dict)
+    stats: dict = factory(dict)
     observation: int = 0         # the observation counter when the run ended
     at_read: bool = False        # ended during read number `observation`, before answering it
 

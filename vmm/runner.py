@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from dataclasses import dataclass, field
+from .record_type import Record, factory
 
 from .boot import BootOptions, build_boot_image, load_guest, read_guest_file
 from .errors import UsageError
@@ -97,20 +97,19 @@ class OutputCollector:
             self.stream.write(text.encode("ascii"))
             self.stream.flush()
         except BrokenPipeError:
-            raise StopRun("quit", "stdout was closed") from None
+            raise StopRun("quit", "stdout was closed", exit_code=0) from None
 
     @property
     def text(self) -> str:
         return "".join(t if p else t + "\n" for _, t, p in self.lines)
 
 
-@dataclass
-class LiveRun:
+class LiveRun(Record):
     """What to run and how. `guest` is a path, or `guest_bytes` with `guest_name` is given."""
     guest: str | None = None
     guest_bytes: bytes | None = None
     guest_name: str = "guest"
-    boot: BootOptions = field(default_factory=BootOptions)
+    boot: BootOptions = factory(BootOptions)
     script: list[dict] | None = None
     clock: str | None = None            # None: virtual with a script, else real
     max_time_ns: int | None = None      # virtual clock only; None: DEFAULT_MAX_TIME_NS
@@ -144,8 +143,7 @@ class _FetcherOnDemand:
         return self._fetcher.fetch(device, poll=poll)
 
 
-@dataclass
-class RunResult:
+class RunResult(Record):
     end: RunEnd
     output: OutputCollector
     trace_path: str | None = None
@@ -222,8 +220,7 @@ def live_run(spec: LiveRun, *, feed=None, terminal: bool = False, sink=None,
     return RunResult(end, output, spec.trace_path)
 
 
-@dataclass
-class ReplayResult:
+class ReplayResult(Record):
     exit_code: int
     report: list[str]
     end: RunEnd

@@ -99,6 +99,13 @@ class TraceWriter:
         if time.monotonic_ns() - self._last_flush >= FLUSH_INTERVAL_NS:
             self.flush()
 
+    def write_lines(self, lines: list[bytes]) -> None:
+        """Already-encoded records, in order (a recorder's batch: one time check for all)."""
+        self._pending.extend(lines)
+        self.records += len(lines)
+        if time.monotonic_ns() - self._last_flush >= FLUSH_INTERVAL_NS:
+            self.flush()
+
     def flush(self) -> None:
         if not self._pending:
             return

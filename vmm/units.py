@@ -16,6 +16,8 @@ _SIZE_MULT = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
 def parse_duration(text: str) -> int:
     """'500ms', '10s', '2m', '1.5s' -> nanoseconds. A unit is required."""
     m = _DURATION.match(str(text))
+    if not m and str(text).strip().startswith("-"):
+        raise UsageError(f"bad duration {text!r}: a duration cannot be negative")
     if not m:
         raise UsageError(f"bad duration {text!r}: write a number with a unit, e.g. 500ms, 10s, 2m")
     return int(round(float(m.group(1)) * _NS_PER[m.group(2)]))
@@ -24,6 +26,8 @@ def parse_duration(text: str) -> int:
 def parse_size(text: str) -> int:
     """'16M', '64KiB', '1G', '4096' -> bytes."""
     m = _SIZE.match(str(text))
+    if not m and str(text).strip().startswith("-"):
+        raise UsageError(f"bad size {text!r}: a size cannot be negative")
     if not m:
         raise UsageError(f"bad size {text!r}: write e.g. 16M, 512K, 1G or a number of bytes")
     unit = (m.group(2) or "").upper()[:1]

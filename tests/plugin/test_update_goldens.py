@@ -24,7 +24,7 @@ def test_update_goldens_writes_them_and_the_next_run_compares(project):
     golden = project.path / "traces" / "test_echo" / "test_echo.trace"
     assert golden.exists()
     project.runpytest("test_echo.py").assert_outcomes(passed=1)
-    project.runpytest().assert_outcomes(passed=2)      # the golden is also a trace test
+    project.runpytest().assert_outcomes(passed=1, deselected=1)   # checked once, by its test
 
 
 def test_a_different_session_fails_with_a_diff(project):
@@ -42,8 +42,21 @@ def test_a_different_session_fails_with_a_diff(project):
         "*+++ actual",
         "*-console: hello",
         "*+console: hallo",
-        "*actual trace: .vmm-artifacts/test_echo.py__test_echo.trace*vmm replay*",
+        "*actual trace kept: .vmm-artifacts/test_echo.py__test_echo.trace*vmm replay*",
     ])
+    text = result.stdout.str()             # each part of the report once
+    assert text.count("first difference at line") == 1
+    assert text.count("--- golden") == 1
+    assert text.count(".vmm-artifacts/test_echo.py__test_echo.trace") == 2   # kept; replay it
+
+
+def test_a_golden_is_checked_once_when_its_test_runs_too(project):
+    project.makepyfile(test_echo=ECHO_TEST)
+    project.runpytest("--update-goldens").assert_outcomes(passed=1)
+    project.makepyfile(test_echo=ECHO_TEST.replace('"hello"', '"hallo"'))
+    result = project.runpytest()                 # collects test_echo.py and traces/
+    result.assert_outcomes(failed=1, deselected=1)
+    project.runpytest("traces").assert_outcomes(passed=1)   # on its own, the trace is a test
 
 
 def test_the_guest_binary_may_change_if_it_behaves_the_same(project):
@@ -51,7 +64,8 @@ def test_the_guest_binary_may_change_if_it_behaves_the_same(project):
     project.runpytest("--update-goldens").assert_outcomes(passed=1)
     # next week's build: the ELF build of the same guest, in place of the raw one
     (project.path / "guests" / "echo.bin").write_bytes((ROOT / "guests/build/echo.elf").read_bytes())
-    project.runpytest().assert_outcomes(passed=2)      # the session test and the re-drive
+    project.runpytest().assert_outcomes(passed=1, deselected=1)
+    project.runpytest("traces").assert_outcomes(passed=1)        # the re-drive
 
 
 def test_parametrized_tests_get_one_golden_each(project):

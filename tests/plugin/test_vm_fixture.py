@@ -96,3 +96,26 @@ def test_without_kvm_tests_skip_with_a_reason_and_the_summary_counts_them(projec
     result.assert_outcomes(passed=1, skipped=2)
     result.stdout.fnmatch_lines(["vmm: 2 tests skipped because /dev/kvm is not usable on this host"])
     result.stdout.fnmatch_lines(["SKIPPED*needs a usable /dev/kvm*"])
+
+
+def test_a_guest_path_that_does_not_exist_fails_in_one_line_naming_the_rootdir(project):
+    (project.path / "tox.ini").unlink()                  # a user's repository without one
+    tests = project.mkdir("tests")
+    (tests / "test_k.py").write_text(
+        'def test_kernel(vm):\n    vm("kernel.bin")\n')
+    project.chdir()
+    result = project.runpytest("-p", "no:cacheprovider", "tests/test_k.py")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines([
+        "*vm('kernel.bin'): no guest file at */kernel.bin: a relative guest path is relative "
+        "to pytest's rootdir, * (no pytest configuration file was found*"])
+    assert "Traceback" not in result.stdout.str() and "site-packages" not in result.stdout.str()
+
+
+def test_a_guest_that_cannot_boot_fails_in_one_line(project):
+    (project.path / "guests" / "empty.bin").write_bytes(b"")
+    project.makepyfile('def test_it(vm):\n    vm("guests/empty.bin")\n')
+    result = project.runpytest()
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*vm('guests/empty.bin'): guest file is empty: *empty.bin"])
+    assert "site-packages" not in result.stdout.str()
