@@ -23,11 +23,17 @@
 #   echo_once     echoes a line only once        drop_last   drops the last character
 #   early_print   prints before Enter            one_line    ignores a second line
 #   spin          spins forever after an echo    triple_fault  triple-faults at Enter
+# and correct guests with other timer periods (build/periods/echo-<N>ms.bin, --defsym
+# PERIOD_MS=N), which a fair rubric must give full marks.
 
         .include "ports.inc"
 
         .set LINE_CAP,  200             # input buffer capacity in bytes
+.ifdef PERIOD_MS                        # --defsym PERIOD_MS=N: any period the spec allows
+        .set TIMER_MS,  PERIOD_MS
+.else
         .set TIMER_MS,  500             # timer period in milliseconds
+.endif
         .set STACK_SIZE, 512
 
         .code16
