@@ -137,6 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_feeds_options(run)
     run.add_argument("-v", "--verbose", action="store_true",
                      help="report how the run ended and its counters on stderr")
+    run.add_argument("--gdb", metavar="[HOST:]PORT",
+                     help="wait for gdb on this port (host 127.0.0.1 unless given) before the "
+                          "first instruction, and run under its control (docs/debugging.md)")
     run.set_defaults(func=cmd_run, output=None)
 
     record = sub.add_parser(
@@ -181,6 +184,13 @@ def build_parser() -> argparse.ArgumentParser:
                         help="wall-clock bound on the replay (default: twice the recording's "
                              "wall time plus 10s)")
     add_backend_option(replay)
+    d = replay.add_argument_group("debugging (docs/debugging.md)")
+    d.add_argument("--gdb", metavar="[HOST:]PORT",
+                   help="wait for gdb on this port (host 127.0.0.1 unless given) before the "
+                        "first instruction; gdb can then also run the replay backwards")
+    d.add_argument("--stop-at", type=int, metavar="N",
+                   help="replay to observation N (just after its read) and print the registers, "
+                        "the screen, the device state and the next input events")
     g = replay.add_argument_group("re-drive boot options (default: the recording's, or the "
                                   "other guest's own for an ELF file)")
     g.add_argument("--mode", choices=("real", "protected", "long"))
@@ -269,6 +279,14 @@ def cmd_run(args) -> int:
     if args.output is not None:
         spec.checkpoint_every = args.checkpoint_every
     feed, terminal = (None, False) if args.script else _stdin_feed()
+    if getattr(args, "gdb", None) is not None:
+        from .gdb.session import live_spec, serve
+        from .inputs import NullFeed
+        if terminal:
+            feed = NullFeed()     # the terminal is the user's; keys come from a pipe or --script
+        spec.timeout_ns = None
+        out = OutputCollector(sys.stdout.buffer)
+        return serve(live_spec(spec, feed or NullFeed(), _log), args.gdb, out, _log)
     result = live_run(spec, feed=feed, terminal=terminal,
                       sink=OutputCollector(sys.stdout.buffer), log=_log)
     report_end(result.end, args.verbose)
@@ -277,6 +295,19 @@ def cmd_run(args) -> int:
 
 def cmd_replay(args) -> int:
     from .runner import OutputCollector, replay_trace
+    if args.gdb is not None or args.stop_at is not None:
+        if args.guest is not None:
+            raise UsageError("--gdb and --stop-at debug an exact replay: drop --guest")
+        if args.gdb is not None and args.stop_at is not None:
+            raise UsageError("use either --gdb or --stop-at (in gdb: monitor seek N)")
+        from .gdb.session import replay_spec, serve, stop_at
+        spec, trace = replay_spec(args.trace, args.backend, _log)
+        if args.stop_at is not None:
+            if args.stop_at < 0:
+                raise UsageError("--stop-at N: N is an observation count, 0 or more")
+            return stop_at(spec, args.stop_at)
+        out = OutputCollector(None if args.quiet else sys.stdout.buffer)
+        return serve(spec, args.gdb, out, _log, guest_bytes=trace.guest_bytes)
     override = None
     if args.mode or args.load is not None or args.entry is not None:
         override = dict(mode=args.mode, load=args.load, entry=args.entry)

@@ -61,6 +61,8 @@ EXIT_CODES = {
     "diverged": 40,        # vmm replay: the guest did something other than the recording
     "redrive-differs": 41,  # vmm replay --guest: console output differs from the recording
     "truncated-end": 42,   # vmm replay: a truncated trace's prefix replayed identically
+    "debugger": 44,        # vmm replay --gdb: gdb wrote into the replay, which left its trace
+    "stop-at-unreached": 46,  # vmm replay --stop-at N: the run ended before observation N
     "interrupted": 130,    # SIGINT / Ctrl-C
     "terminated": 143,     # SIGTERM
 }

@@ -133,6 +133,15 @@ class kvm_run(ctypes.Structure):
                 ("flags", u16), ("cr8", u64), ("apic_base", u64), ("u", kvm_run_exit_union)]
 
 
+class kvm_guest_debug(ctypes.Structure):
+    """struct kvm_guest_debug with x86's kvm_guest_debug_arch (debugreg[8])."""
+    _fields_ = [("control", u32), ("pad", u32), ("debugreg", u64 * 8)]
+
+
+class kvm_debug_exit_arch(ctypes.Structure):
+    _fields_ = [("exception", u32), ("pad", u32), ("pc", u64), ("dr6", u64), ("dr7", u64)]
+
+
 # --- request numbers ---------------------------------------------------------------------------
 KVM_GET_API_VERSION = _IO(0x00)
 KVM_CREATE_VM = _IO(0x01)
@@ -150,6 +159,11 @@ KVM_SET_REGS = _IOW(0x82, kvm_regs)
 KVM_GET_SREGS = _IOR(0x83, kvm_sregs)
 KVM_SET_SREGS = _IOW(0x84, kvm_sregs)
 KVM_SET_CPUID2 = _IOW(0x90, kvm_cpuid2)
+KVM_SET_GUEST_DEBUG = _IOW(0x9B, kvm_guest_debug)
+
+# KVM_SET_GUEST_DEBUG control bits (KVM_GUESTDBG_*).
+KVM_GUESTDBG_ENABLE = 0x1
+KVM_GUESTDBG_SINGLESTEP = 0x2
 
 KVM_API_VERSION = 12
 
@@ -163,6 +177,7 @@ KVM_COALESCED_MMIO_PAGE_OFFSET = 2
 KVM_EXIT_UNKNOWN = 0
 KVM_EXIT_EXCEPTION = 1
 KVM_EXIT_IO = 2
+KVM_EXIT_DEBUG = 4
 KVM_EXIT_HLT = 5
 KVM_EXIT_MMIO = 6
 KVM_EXIT_SHUTDOWN = 8
@@ -200,7 +215,7 @@ _REQUEST_NAMES = {value: name for name, value in globals().items() if name in (
     "KVM_GET_SUPPORTED_CPUID", "KVM_CREATE_VCPU", "KVM_SET_USER_MEMORY_REGION",
     "KVM_SET_TSS_ADDR", "KVM_REGISTER_COALESCED_MMIO", "KVM_UNREGISTER_COALESCED_MMIO",
     "KVM_RUN", "KVM_GET_REGS", "KVM_SET_REGS", "KVM_GET_SREGS", "KVM_SET_SREGS",
-    "KVM_SET_CPUID2")}
+    "KVM_SET_CPUID2", "KVM_SET_GUEST_DEBUG")}
 
 
 def _ioctl(fd: int, request: int, arg=0):
@@ -324,6 +339,12 @@ class Vcpu:
 
     def set_cpuid2(self, entries) -> None:
         _ioctl(self.fd, KVM_SET_CPUID2, _cpuid2_buffer(entries))
+
+    def set_guest_debug(self, control: int, debugreg=None) -> None:
+        dbg = kvm_guest_debug(control=control)
+        for i, value in enumerate(debugreg or ()):
+            dbg.debugreg[i] = value
+        _ioctl(self.fd, KVM_SET_GUEST_DEBUG, bytes(dbg))
 
     def close(self) -> None:
         if self.fd >= 0:

@@ -18,8 +18,9 @@ import mmap
 import struct
 
 from . import coalesced, kvm
-from .backend import (HALT, INTERRUPTED, SHUTDOWN, CpuBackend, CpuState, EntryState, FailEntry,
-                      InternalError, IoIn, IoOut, Mmio, Segment, UnknownExit, GPR_NAMES)
+from .backend import (DEBUG_STOP, HALT, INTERRUPTED, SHUTDOWN, CpuBackend, CpuState, DebugState,
+                      EntryState, FailEntry, InternalError, IoIn, IoOut, Mmio, Segment,
+                      UnknownExit, GPR_NAMES)
 from .errors import BackendUnavailable
 
 _io_info = struct.Struct("<BBHIQ").unpack_from          # direction, size, port, count, data_offset
@@ -181,6 +182,83 @@ class KvmBackend(CpuBackend):
         # Async-signal safe: one byte store. If KVM_RUN is in progress the signal itself
         # interrupts it; if it is about to start, immediate_exit makes it return at once.
         self._run_area[kvm.RUN_IMMEDIATE_EXIT] = 1
+
+    # --- debugging (vmm.gdb): single-stepping, so that every instruction is counted ---------
+    def debug_begin(self) -> DebugState:
+        """Debug mode: KVM_RUN single-steps (KVM_GUESTDBG_SINGLESTEP) whenever the debugger
+        needs every step (a step count to reach, breakpoints, watchpoints), so breakpoints are
+        never written into guest memory. `run` becomes `_debug_run` for this backend only: the
+        hot path of runs without a debugger is unchanged."""
+        if self.debug is None:
+            self.debug = DebugState()
+            self.debug.memory = self.memory
+            self._debug_pending = False     # an I/O exit completed its instruction: check it
+            self._debug_stepping = None     # the KVM_SET_GUEST_DEBUG state now in force
+            self._debug_rip = None
+            self.run = self._debug_run
+        return self.debug
+
+    def _debug_run(self):
+        debug = self.debug
+        if self._debug_pending:
+            self._debug_pending = False
+            if debug.completed(self._linear_rip()):
+                return DEBUG_STOP
+        every = debug.needs_every_step
+        if every != self._debug_stepping:
+            self._vcpu.set_guest_debug(kvm.KVM_GUESTDBG_ENABLE | kvm.KVM_GUESTDBG_SINGLESTEP
+                                       if every else 0)
+            self._debug_stepping = every
+        if not every:
+            self._debug_rip = None          # not counted: a live run that needs no positions
+            return KvmBackend.run(self)
+        area = self._run_area
+        if self._debug_rip is None:
+            self._debug_rip = self._linear_rip()
+        while True:
+            rip_before = self._debug_rip
+            exit_ = KvmBackend.run(self)
+            if _u32(area, _RUN_EXIT_REASON)[0] == kvm.KVM_EXIT_DEBUG:
+                info = kvm.kvm_debug_exit_arch.from_buffer_copy(
+                    area[kvm.RUN_EXIT_INFO:kvm.RUN_EXIT_INFO + ctypes.sizeof(
+                        kvm.kvm_debug_exit_arch)])
+                self._debug_rip = info.pc
+                if debug.completed(info.pc):
+                    return DEBUG_STOP
+                continue
+            if type(exit_) in (IoOut, IoIn):
+                # An I/O exit either completed its instruction already (RIP moved on, as for
+                # OUT on some hypervisors) or completes it at the next entry (a debug exit
+                # follows). Either way each instruction is counted exactly once.
+                rip = self._linear_rip()
+                if rip_before is not None and rip != rip_before:
+                    self._debug_rip = rip
+                    self._debug_pending = True
+            return exit_
+
+    def _linear_rip(self) -> int:
+        sregs = self._vcpu.get_sregs()
+        return (sregs.cs.base + self._vcpu.get_regs().rip) & 0xFFFFFFFFFFFFFFFF
+
+    def debug_registers(self) -> dict[str, int]:
+        regs = self._vcpu.get_regs()
+        sregs = self._vcpu.get_sregs()
+        out = {name: getattr(regs, name) for name in GPR_NAMES}
+        for name in ("cs", "ss", "ds", "es", "fs", "gs"):
+            out[name] = getattr(sregs, name).selector
+        out["cs_base"] = sregs.cs.base
+        out["fs_base"], out["gs_base"] = sregs.fs.base, sregs.gs.base
+        out.update(cr0=sregs.cr0, cr2=sregs.cr2, cr3=sregs.cr3, cr4=sregs.cr4, efer=sregs.efer)
+        return out
+
+    def set_debug_registers(self, values: dict[str, int]) -> None:
+        regs = self._vcpu.get_regs()
+        for name in GPR_NAMES:
+            if name in values:
+                setattr(regs, name, values[name] & 0xFFFFFFFFFFFFFFFF)
+        self._vcpu.set_regs(regs)
+        if "rip" in values:
+            self._debug_rip = None
 
     # --- inspection --------------------------------------------------------------------------
     def memory_digest(self) -> str:
