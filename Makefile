@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: all run test bench guests check-tools clean help
+.PHONY: all run test bench guests check-tools check-test-tools clean help
 
 all: $(STAMP) guests
 
@@ -23,6 +23,15 @@ check-tools:
 	done
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "error: Python 3.11 or newer is needed ($(PYTHON))"; exit 1; }
 
+# System packages the suite drives for real (COMMAND:DEBIAN_PACKAGE): gdb for tests/test_gdb.py.
+TEST_SYSTEM_PACKAGES := gdb:gdb
+
+check-test-tools:
+	@for pair in $(TEST_SYSTEM_PACKAGES); do \
+	  cmd=$${pair%%:*}; pkg=$${pair#*:}; \
+	  command -v $$cmd >/dev/null || { echo "error: '$$cmd' not found: install it (apt-get install $$pkg); the tests drive it for real"; exit 1; }; \
+	done
+
 $(STAMP): pyproject.toml | check-tools
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
@@ -36,7 +45,7 @@ run: $(STAMP) guests
 	printf '1h' | $(BIN)/vmm record guests/build/monitor.bin -o build/monitor.trace --timeout 30s
 	$(BIN)/vmm replay --quiet build/monitor.trace
 
-test: $(STAMP) guests
+test: $(STAMP) guests check-test-tools
 	rm -rf .coverage
 	$(BIN)/python -m coverage run -m pytest $(PYTEST_ARGS)
 	$(BIN)/python -m coverage combine --quiet

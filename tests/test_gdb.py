@@ -1,0 +1,236 @@
+"""vmm under real gdb (Debian's gdb, `gdb -batch`): registers in every CPU mode, breakpoints at
+ELF symbols, stepping, watchpoints, running to the end, reverse-stepi and reverse-continue on
+replays, monitor commands; on both backends, and a KVM-recorded trace debugged under the
+emulator. Each session is a short gdb script against a vmm subprocess listening on a free port."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import socket
+import subprocess
+
+import pytest
+
+from conftest import ROOT, kvm_usable, test_backends, vmm_command
+
+GDB = shutil.which("gdb")
+pytestmark = [pytest.mark.kvm,
+              pytest.mark.skipif(GDB is None, reason="gdb is not installed (make checks it: "
+                                                     "apt-get install gdb)")]
+BACKENDS = test_backends()
+SCRIPT = ROOT / "examples" / "echo.script"
+
+
+class Debugged:
+    """vmm ARGS --gdb 0 in the background, then one gdb -batch session against it."""
+
+    def __init__(self, *args, gdb_flag="--gdb"):
+        self.proc = subprocess.Popen(vmm_command(*map(str, args), gdb_flag, "0"), cwd=ROOT,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.banner = []
+        for line in self.proc.stderr:
+            line = line.decode()
+            self.banner.append(line)
+            found = re.search(r"waiting for gdb on 127\.0\.0\.1:(\d+)", line)
+            if found:
+                self.port = int(found.group(1))
+                break
+        else:
+            out, err = self.proc.communicate(timeout=30)
+            raise AssertionError("vmm did not listen: " + "".join(self.banner) + err.decode())
+
+    def gdb(self, commands: str, elf=None, timeout=120) -> str:
+        lines = ["set pagination off", "set confirm off",
+                 f"target remote 127.0.0.1:{self.port}"] + commands.strip().splitlines()
+        argv = [GDB, "-batch", "-nx"]
+        for line in lines:
+            argv += ["-ex", line.strip()]
+        if elf is not None:
+            argv.append(str(elf))
+        gdb = subprocess.run(argv, capture_output=True, timeout=timeout, cwd=ROOT)
+        out, err = self.proc.communicate(timeout=timeout)
+        self.stdout, self.stderr = out.decode(), "".join(self.banner) + err.decode()
+        self.returncode = self.proc.returncode
+        text = gdb.stdout.decode() + gdb.stderr.decode()
+        assert "Traceback" not in self.stderr, self.stderr
+        assert "Remote 'g' packet reply is too long" not in text, text
+        return text
+
+
+def register(text: str, name: str) -> int:
+    return int(re.findall(rf"^{name}\s+(0x[0-9a-f]+)", text, re.M)[-1], 16)
+
+
+@pytest.fixture(scope="module")
+def echo_trace(tmp_path_factory, guests):
+    """The C echo guest recorded with its script (on KVM where there is one)."""
+    path = tmp_path_factory.mktemp("gdb") / "echo.trace"
+    subprocess.run(vmm_command("record", str(guests / "echo.elf"), "--script", str(SCRIPT),
+                               "-o", str(path)), check=True, capture_output=True, cwd=ROOT)
+    return path
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_live_elf_break_step_watch_to_the_end(backend, guests):
+    """A live run of the C guest: break at a symbol, step, watch a variable, run to the end."""
+    run = Debugged("run", guests / "echo.elf", "--script", SCRIPT, "--backend", backend)
+    text = run.gdb("""
+        info registers eip cs
+        break main
+        continue
+        stepi
+        info registers eip
+        watch *(char*)&line
+        continue
+        print/c *(char*)&line
+        delete
+        continue
+        """, elf=guests / "echo.elf")
+    assert "0x00100000 in _start ()" in text                 # stopped at the first instruction
+    assert "Breakpoint 1, 0x00100020 in main ()" in text
+    assert "eip            0x100021" in text                # stepi: one instruction on
+    assert "New value = 104 'h'" in text                     # the line buffer got the first key
+    assert "$1 = 104 'h'" in text
+    assert "exited normally" in text
+    assert run.returncode == 0
+    assert run.stdout.count("hello") == 5                   # the guest's output, once
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_replay_reverse_stepi_and_continue(backend, guests, echo_trace):
+    """On a replay: reverse-stepi restores the previous registers and memory; reverse-continue
+    goes back to the last breakpoint hit, and to the write a watchpoint catches; monitor
+    obs and seek move by observations."""
+    run = Debugged("replay", echo_trace, "--backend", backend)
+    text = run.gdb("""
+        break main
+        continue
+        delete
+        watch *(char*)&line
+        continue
+        info registers eip esp
+        print/c *(char*)&line
+        reverse-stepi
+        info registers eip esp
+        print/c *(char*)&line
+        stepi
+        print/c *(char*)&line
+        delete
+        break main
+        continue
+        reverse-continue
+        monitor obs
+        delete
+        monitor seek 17
+        maint flush register-cache
+        monitor obs
+        monitor trace
+        reverse-continue
+        continue
+        """, elf=guests / "echo.elf")
+    hit = text.index("New value = 104 'h'")
+    after = text[hit:]
+    eips = re.findall(r"^eip\s+(0x[0-9a-f]+)", after, re.M)
+    assert len(eips) == 2 and int(eips[1], 16) < int(eips[0], 16)      # one instruction back
+    assert re.findall(r"^\$\d+ = (.*)$", after, re.M)[:3] == ["104 'h'", "0 '\\000'", "104 'h'"]
+    assert "No more reverse-execution history." in text                # the end, then back
+    assert "Breakpoint 3, 0x00100020 in main ()" in text               # reverse-continue
+    assert re.search(r"observation 0 \+ \d+ instructions", text)
+    assert re.search(r"observation 17 \+ 0 instructions", text)
+    assert "observation 18: timer fires" in text
+    assert run.returncode == 0
+    assert "replay identical" in run.stderr
+
+
+@pytest.mark.skipif(not kvm_usable() or "emu" not in BACKENDS, reason="needs KVM and the emulator")
+def test_kvm_trace_debugged_backwards_on_the_emulator(guests, echo_trace):
+    run = Debugged("replay", echo_trace, "--backend", "emu")
+    text = run.gdb("""
+        watch *(char*)&line
+        continue
+        continue
+        reverse-continue
+        monitor obs
+        """, elf=guests / "echo.elf")
+    assert text.count("Hardware watchpoint 1") >= 2
+    assert re.search(r"observation 1[0-9] \+ \d+ instructions", text)
+    assert run.returncode == 0
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_registers_in_real_and_long_mode(backend, guests):
+    """Real mode gets the i8086 description (16-bit disassembly), long mode the x86-64 one
+    with 64-bit registers; neither 'g' reply is too long for gdb."""
+    real = Debugged("run", guests / "echo.bin", "--script", SCRIPT, "--backend", backend)
+    text = real.gdb("""
+        show architecture
+        info registers eip cs
+        x/2i $pc
+        stepi
+        info registers eip
+        kill
+        """)
+    assert "i8086" in text
+    assert register(text, "eip") == 0x1001
+    assert "cld" in text and "xor    %ax,%ax" in text            # 16-bit code, decoded so
+    long = Debugged("run", guests / "longmode.elf", "--script", SCRIPT, "--backend", backend)
+    text = long.gdb("""
+        info registers rip rsp cs
+        stepi
+        info registers rip
+        detach
+        """, elf=guests / "longmode.elf")
+    assert "i386:x86-64" in text or "rip" in text
+    assert register(text, "rip") > 0
+    assert long.returncode == 0
+
+
+def test_port_in_use_is_one_line(vmm, guests):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(1)
+        port = sock.getsockname()[1]
+        result = vmm("run", guests / "echo.bin", "--gdb", str(port), "--backend", "emu")
+    assert result.returncode == 16, result
+    assert result.stderr.strip() == (f"vmm: error: cannot listen for gdb on 127.0.0.1:{port}: "
+                                     "the port is in use")
+
+
+def test_bad_gdb_address(vmm, guests):
+    result = vmm("run", guests / "echo.bin", "--gdb", "localhost:http", "--backend", "emu")
+    assert result.returncode == 2 and "bad --gdb" in result.stderr
+
+
+def test_garbage_then_disconnect_then_gdb_again(guests, echo_trace):
+    """A client that sends garbage and an oversized packet and drops the connection leaves
+    the replay stopped; gdb connects again, writes a register, detaches, and the end is
+    reported as diverged by the debugger."""
+    run = Debugged("replay", echo_trace, "--backend", "emu")
+    with socket.create_connection(("127.0.0.1", run.port)) as raw:
+        raw.sendall(b"+$qSupported#37$zz#00garbage$" + b"A" * 100_000 + b"#00$?#3f")
+        raw.settimeout(10)
+        seen = b""
+        while b"T05" not in seen:
+            seen += raw.recv(4096)
+        assert b"PacketSize=" in seen and b"ReverseStep+" in seen
+    text = run.gdb("""
+        set $eax = 42
+        detach
+        """)
+    assert "Detaching" in text or "detached" in text
+    assert "connect again" in run.stderr
+    assert "diverged by the debugger" in run.stderr
+    assert run.returncode == 44
+
+
+def test_stop_at_prints_the_state(vmm, echo_trace):
+    result = vmm("replay", echo_trace, "--stop-at", "17", "--backend", "emu")
+    assert result.returncode == 0, result
+    out = result.stdout
+    assert "observation 17 + 0 instructions" in out
+    assert "registers (i386):" in out and "eip=0x" in out
+    assert "keyboard" in out and "timer" in out
+    assert "observation 18: timer fires" in out
+    past = vmm("replay", echo_trace, "--stop-at", "100000", "--backend", "emu")
+    assert past.returncode == 46 and "ended before observation 100000" in past.stdout
