@@ -12,9 +12,12 @@ recorded once per backend, so its trace has READS + 1 observations. Rows, each p
   replay from its start under instruction counting, against a plain `vmm replay` of it.
 - gdb-replay: the replay run to its end under the debugger (every instruction counted), against
   a plain replay: the price of being able to go back.
+- gdb-snapshot (emulator): one snapshot of CPU, memory and devices, against copying all of
+  guest RAM once.
+- gdb-replay-snapshots (emulator): the debugged replay to its end with snapshots on (the
+  default interval) against off.
 
-vmm has no snapshots yet: going back always re-executes from the start, so reverse-stepi
-costs about one debugged replay (docs/debugging.md).
+On KVM there are no snapshots (vmm.gdb.snapshot): going back re-executes from the start.
 """
 
 from __future__ import annotations
@@ -95,7 +98,7 @@ def gdb_rows(runs: int, tmp: str, backends=None) -> list[Row]:
     for backend in backends or _usable_backends():
         trace = f"{tmp}/reads-{backend}.trace"
         _record(guest, trace, backend)
-        step, regs, back, plain, debugged = [], [], [], [], []
+        step, regs, back, plain, debugged, nosnap, snap, copy = [], [], [], [], [], [], [], []
         for _ in range(runs):
             target = _target(trace, backend)
             ours, theirs = socket.socketpair()
@@ -107,11 +110,23 @@ def gdb_rows(runs: int, tmp: str, backends=None) -> list[Row]:
                             / STEPS * 1e6)
                 debugged.append(timed(lambda: target.resume("continue", _Quiet())))
                 back.append(timed(target.step_back))
+                if target.ex.store is not None:
+                    from vmm.gdb import snapshot
+                    ex = target.ex
+                    snap.append(timed(lambda: snapshot.take(ex, None)) * 1e6)
+                    copy.append(timed(lambda: bytes(ex.backend.memory)) * 1e6)
             finally:
                 target.ex.close()
                 ours.close()
                 theirs.close()
             plain.append(timed(lambda: replay_trace(trace, backend=backend)))
+            if snap:
+                off = _target(trace, backend)
+                off.snapshots.every = 1 << 62
+                try:
+                    nosnap.append(timed(lambda: off.resume("continue", _Quiet())))
+                finally:
+                    off.ex.close()
         rows.append(Row(id=f"gdb-step-{backend}", group=GROUP,
                         name=f"stepi under gdb, {backend} (vs a register read)", unit="us",
                         vmm=summary(step), baseline=summary(regs),
@@ -125,6 +140,15 @@ def gdb_rows(runs: int, tmp: str, backends=None) -> list[Row]:
                         name=f"replay to the end under gdb (every instruction counted), "
                              f"{backend}", unit="s", vmm=summary(debugged),
                         baseline=summary(plain), baseline_name="plain `vmm replay`"))
+        if snap:
+            rows.append(Row(id=f"gdb-snapshot-{backend}", group=GROUP,
+                            name=f"one snapshot (CPU, memory, devices), {backend}", unit="us",
+                            vmm=summary(snap), baseline=summary(copy),
+                            baseline_name="copying all guest RAM once"))
+            rows.append(Row(id=f"gdb-replay-snapshots-{backend}", group=GROUP,
+                            name=f"debugged replay to the end, snapshots on vs off, {backend}",
+                            unit="s", vmm=summary(debugged), baseline=summary(nosnap),
+                            baseline_name="snapshots off"))
     return rows
 
 

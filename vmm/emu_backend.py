@@ -718,6 +718,30 @@ class EmuBackend(CpuBackend):
     def debug_write_memory(self, physical: int, data: bytes) -> None:
         self._write_physical(physical, data)
 
+    def debug_save(self) -> dict:
+        """The CPU between two instructions, for a snapshot (vmm.gdb.snapshot): Unicorn's
+        whole CPU context (hidden segment parts, TB flags and lazy flags included) and what
+        vmm keeps beside it (the RDTSC event count, a string IN's pending elements)."""
+        return {"context": bytes(self._save()), "events": self._events,
+                "in_rest": list(self._in_rest), "ins_continues": self._ins_continues,
+                "rf_set": self._rf_set, "steps": self.debug.steps}
+
+    def debug_restore(self, saved: dict) -> None:
+        """Load what debug_save() returned, before this backend has run (memory is the
+        caller's: vmm.gdb.snapshot restores it)."""
+        self._ctx_buf[:] = saved["context"]
+        self._restore()
+        self._events = saved["events"]
+        self._in_rest = deque(saved["in_rest"])
+        self._ins_continues, self._rf_set = saved["ins_continues"], saved["rf_set"]
+        self.debug.steps = saved["steps"]
+        self._dbg_in_insn = False
+        self._uc.ctl_flush_tb()
+
+    def resident_pages(self) -> bytes | None:
+        from .kvm_backend import _resident_pages
+        return _resident_pages(self._ram)
+
     # --- the slicer: a guest that never exits must still see signals -----------------------------
     def _start_slicer(self) -> None:
         if self._slicer is None:

@@ -31,16 +31,18 @@ class Device:
     _STATE_TYPES = (bool, int, str, bytes, type(None))
 
     def state(self) -> dict:
-        """The device's state as a plain record: its public fields of plain types (bytes-like
-        and deque fields as bytes or lists), for snapshots, `monitor devices` and reports."""
+        """The device's state as a plain record: its fields of plain types (bytes-like and
+        deque fields as bytes or lists; private ones too, which a snapshot needs), for
+        snapshots, `monitor devices` and reports. References to other objects (the input
+        source, sinks) are not state and are left out."""
         out = {}
         for name, value in vars(self).items():
-            if name.startswith("_"):
-                continue
             if isinstance(value, self._STATE_TYPES):
                 out[name] = value
             elif isinstance(value, (bytearray, memoryview)):
                 out[name] = bytes(value)
+            elif isinstance(value, Device):         # a part of this device (COM1's line output)
+                out[name] = value.state()
             elif isinstance(value, dict):
                 if all(isinstance(v, self._STATE_TYPES) for v in value.values()):
                     out[name] = dict(value)
@@ -53,7 +55,9 @@ class Device:
         """Restore what state() returned (fields keep their container types)."""
         for name, value in state.items():
             current = getattr(self, name, None)
-            if isinstance(current, bytearray):
+            if isinstance(current, Device):
+                current.from_state(value)
+            elif isinstance(current, bytearray):
                 current[:] = value
             elif type(current).__name__ == "deque":
                 current.clear()

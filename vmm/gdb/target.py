@@ -20,19 +20,23 @@ forgets the writes.
 
 from __future__ import annotations
 
+import bisect
 import signal
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from greenlet import GreenletExit, getcurrent, greenlet
 
 from ..backend import DebugStop, Interrupted, IoIn
-from . import paging
+from . import paging, snapshot
 from .arch import arch_for
 from .stub import SIGINT, SIGTRAP, Stop
 
 INTERRUPT_POLL_S = 0.05        # while the guest runs, look for gdb's Ctrl-C this often
 MONITOR_EVENTS = 10            # `monitor trace`: this many upcoming input events
 SCREEN_LINES = 25              # `monitor screen` without a screen device: the last output lines
+SNAPSHOT_EVERY = 20_000        # instructions between snapshots (taken at the next read)
+MAX_SNAPSHOTS = 512            # more: every other one is dropped (the interval doubles)
+STOP_SNAPSHOT_FRACTION = 16    # where gdb stops, a snapshot if none is within SNAPSHOT_EVERY/16
 
 
 @dataclass
@@ -96,6 +100,12 @@ class _Proxy:
             exit_ = inner.run()
             kind = type(exit_)
             if kind is DebugStop:
+                if ex.snap_target is not None and inner.debug.steps >= ex.snap_target:
+                    ex.snapshot_here()
+                    user = ex.user_target
+                    if inner.debug.reason[0] == "step" and (user is None
+                                                            or inner.debug.steps < user):
+                        continue            # a snapshot point only: the user's run goes on
                 ex.pause(inner.debug.reason)
                 continue
             if kind is IoIn:
@@ -109,7 +119,7 @@ class _Proxy:
 class _Execution:
     """One execution of the run, from its first instruction, in its own greenlet."""
 
-    def __init__(self, spec: RunSpec, sink: _Sink):
+    def __init__(self, spec: RunSpec, sink: _Sink, store=None, start=None):
         self.sink = sink.for_execution()
         self.machine = spec.build(self.sink)
         self.backend = self.machine.backend
@@ -118,6 +128,11 @@ class _Execution:
         self.machine.backend = _Proxy(self.backend, self)
         self.reads = [0]                # reads[n]: the step count when read n had completed
         self.seek_read: int | None = None
+        self.user_target: int | None = None     # where the debugger wants to stop
+        self.snap_target: int | None = None     # where the next snapshot is due
+        self.store = store if spec.replay and snapshot.can_snapshot(self.backend) else None
+        if start is not None:
+            snapshot.restore(self, start)
         self.end = None
         self.poll = None                # poll() -> bool: gdb asked to interrupt
         self.controller = getcurrent()
@@ -130,10 +145,29 @@ class _Execution:
     def pause(self, reason: tuple) -> None:
         self.controller.switch(("stop", reason))
 
+    def set_target(self, steps: int | None) -> None:
+        self.user_target = steps
+        self._retarget()
+
+    def _retarget(self) -> None:
+        targets = [t for t in (self.user_target, self.snap_target) if t is not None]
+        self.debug.target = min(targets) if targets else None
+
     def note_read(self) -> None:
-        self.reads.append(self.debug.steps + 1)     # the IN completes with the next step
+        steps = self.debug.steps + 1                # the IN completes with the next step
+        self.reads.append(steps)
         if self.seek_read is not None and len(self.reads) - 1 == self.seek_read:
-            self.debug.target = self.debug.steps + 1
+            self.set_target(steps)
+        if self.store is not None and self.snap_target is None \
+                and self.store.due(steps):
+            self.snap_target = steps
+            self._retarget()
+
+    def snapshot_here(self) -> None:
+        self.snap_target = None
+        self._retarget()
+        if self.store is not None:
+            self.store.add(self)
 
     def interrupt_requested(self) -> bool:
         return self.poll is not None and self.poll()
@@ -157,12 +191,58 @@ class _Execution:
         return n, steps - self.reads[n]
 
     def close(self) -> None:
-        if not self.glet.dead:
+        if not self.glet.dead and self.glet:
             try:
                 self.glet.throw(GreenletExit)
             except GreenletExit:
                 pass
         self.backend.close()
+
+
+class SnapshotStore:
+    """The snapshots of a replay, by step count, shared by all its executions."""
+
+    def __init__(self, every: int = SNAPSHOT_EVERY, limit: int = MAX_SNAPSHOTS):
+        self.every, self.limit = every, limit
+        self.steps: list[int] = []
+        self.snaps: dict[int, snapshot.Snapshot] = {}
+        self.taken = 0
+        self.bytes = 0
+
+    def due(self, steps: int, gap: int | None = None) -> bool:
+        """Whether a snapshot at `steps` would be at least `gap` (default: the interval)
+        from its neighbours."""
+        gap = self.every if gap is None else gap
+        i = bisect.bisect_right(self.steps, steps)
+        before = self.steps[i - 1] if i else 0
+        after = self.steps[i] if i < len(self.steps) else None
+        return steps - before >= gap and (after is None or after - steps >= gap)
+
+    def add(self, execution) -> None:
+        steps = execution.debug.steps
+        if steps in self.snaps or steps == 0:
+            return
+        i = bisect.bisect_left(self.steps, steps)
+        previous = self.snaps[self.steps[i - 1]] if i else None
+        snap = snapshot.take(execution, previous)
+        self.steps.insert(i, steps)
+        self.snaps[steps] = snap
+        self.taken += 1
+        self.bytes += snap.size
+        if len(self.steps) > self.limit:
+            for dropped in self.steps[1::2]:
+                del self.snaps[dropped]
+            self.steps = self.steps[0::2]
+            self.every *= 2
+
+    def before(self, steps: int) -> snapshot.Snapshot | None:
+        """The latest snapshot at or before `steps` (None: start from the beginning)."""
+        i = bisect.bisect_right(self.steps, steps)
+        return self.snaps[self.steps[i - 1]] if i else None
+
+    def starts_before(self, steps: int) -> list[int]:
+        """Segment starts (0 and every snapshot) below `steps`, latest first."""
+        return [s for s in reversed([0] + self.steps) if s < steps]
 
 
 @dataclass
@@ -183,7 +263,8 @@ class MachineTarget:
         self.diverged = False          # gdb wrote registers or memory into a replay
         self.last_stop = Stop(signal=SIGTRAP)
         self.finished: list[str] | None = None      # the end's report, once the run ended
-        self.ex = _Execution(spec, self.sink)
+        self.snapshots = SnapshotStore()
+        self.ex = _Execution(spec, self.sink, self.snapshots)
 
     # --- base: registers and memory ----------------------------------------------------------------
     def arch(self):
@@ -237,11 +318,15 @@ class MachineTarget:
         if self.ex.end is not None:
             return self._ended_stop()
         debug = self.ex.debug
-        debug.target = debug.steps + 1 if how == "step" else None
+        self.ex.set_target(debug.steps + 1 if how == "step" else None)
         self._arm(self.ex)
         self.ex.poll = stub.interrupt_requested
         result = self._run(self.ex, interrupts=how != "step")
         self.last_stop = self._stop_for(result, stub)
+        store = self.snapshots
+        if result[0] == "stop" and self.ex.store is not None and \
+                store.due(self.ex.debug.steps, store.every // STOP_SNAPSHOT_FRACTION):
+            store.add(self.ex)              # where the user stopped: a cheap way back
         return self.last_stop
 
     def _arm(self, ex: _Execution, points=None) -> None:
@@ -319,7 +404,7 @@ class MachineTarget:
         ex = self.ex
         ex.poll = None
         while ex.end is None:
-            ex.debug.target = None
+            ex.set_target(None)
             self._arm(ex)
             result = ex.run()
             if result[0] == "end":
@@ -357,14 +442,15 @@ class MachineTarget:
         return self.spec.exec_path
 
     # --- reverse execution -------------------------------------------------------------------------
-    def _fresh(self) -> _Execution:
-        return _Execution(self.spec, self.sink)
+    def _fresh(self, start=None) -> _Execution:
+        return _Execution(self.spec, self.sink, self.snapshots, start)
 
     def go_to(self, steps: int) -> _Execution:
-        """Re-execute the run from its start to `steps` completed instructions."""
-        ex = self._fresh()
-        if steps > 0:
-            ex.debug.target = steps
+        """Re-execute the run to `steps` completed instructions, from the latest snapshot
+        before it (or from the start)."""
+        ex = self._fresh(self.snapshots.before(steps))
+        if steps > ex.debug.steps:
+            ex.set_target(steps)
             ex.debug.breakpoints = frozenset()
             result = ex.run()
             while result[0] == "stop" and ex.debug.steps < steps:
@@ -398,25 +484,12 @@ class MachineTarget:
         here = self._here()
         ended = self.ex.end is not None
         hits: list[tuple[int, tuple]] = []
-        if self.points and here > 0:
-            ex = self._fresh()
-            try:
-                self._arm(ex)
-                ex.debug.target = here
-                while True:
-                    result = ex.run()
-                    if result[0] == "end":
-                        break
-                    reason, steps = result[1], ex.debug.steps
-                    if reason[0] == "break" and (steps < here or ended and steps == here):
-                        hits.append((steps, reason))
-                    elif reason[0] == "watch" and steps <= here:
-                        hits.append((steps - 1, reason))
-                    if steps >= here:
-                        break
-                    ex.debug.target = here
-            finally:
-                ex.close()
+        end = here
+        for start in (self.snapshots.starts_before(here) if self.points else []):
+            hits = self._hits_between(start, end, inclusive=end != here or ended)
+            if hits:
+                break
+            end = start
         if not hits:
             self.go_to(0)
             self.last_stop = Stop(kind="replay-begin")
@@ -425,6 +498,28 @@ class MachineTarget:
         self.go_to(steps)
         self.last_stop = self._stop_for(("stop", reason))
         return self.last_stop
+
+    def _hits_between(self, start: int, end: int, inclusive: bool) -> list[tuple[int, tuple]]:
+        """Re-execute from the snapshot at `start` to `end`, noting the positions to stop at
+        for every breakpoint hit (the breakpoint's instruction next) and watchpoint hit (the
+        writing instruction next)."""
+        hits = []
+        ex = self._fresh(self.snapshots.snaps.get(start))
+        try:
+            self._arm(ex)
+            ex.set_target(end)
+            while ex.debug.steps < end:
+                result = ex.run()
+                if result[0] == "end":
+                    break
+                reason, steps = result[1], ex.debug.steps
+                if reason[0] == "break" and (steps < end or inclusive and steps == end):
+                    hits.append((steps, reason))
+                elif reason[0] == "watch" and steps <= end:
+                    hits.append((steps - 1, reason))
+        finally:
+            ex.close()
+        return hits
 
     # --- monitor commands --------------------------------------------------------------------------
     def command(self, text: str) -> str:
@@ -457,7 +552,7 @@ class MachineTarget:
             self.go_to(ex.reads[n])
         else:
             ex.seek_read = n
-            ex.debug.target = None
+            ex.set_target(None)
             self._arm(ex, points=[])
             try:
                 result = ex.run()
@@ -475,7 +570,8 @@ class MachineTarget:
         for base, length, device in sorted(self.ex.machine.bus.devices, key=lambda t: t[0]):
             ports = f"{base:#x}" + (f"-{base + length - 1:#x}" if length > 1 else "")
             state = device.state()
-            fields = " ".join(f"{k}={_short(v)}" for k, v in state.items())
+            fields = " ".join(f"{k}={_short(v)}" for k, v in state.items()
+                              if not k.startswith("_") and k != "name")
             lines.append(f"{device.name:<10} {ports:<12} {fields}")
         return "\n".join(lines) + "\n"
 

@@ -1,0 +1,114 @@
+"""Snapshots and positions on the emulator: going to a position through a snapshot gives the
+same registers, memory and devices as re-executing from the start; a replay continued from a
+snapshot still ends identical to its recording; device state records round-trip."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from conftest import ROOT, emu_usable, vmm_command
+
+pytestmark = [pytest.mark.kvm,
+              pytest.mark.skipif(not emu_usable(), reason="needs the emulator (unicorn)")]
+
+
+class _Quiet:
+    def interrupt_requested(self) -> bool:
+        return False
+
+    def console(self, text: str) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def trace(tmp_path_factory, guests):
+    path = tmp_path_factory.mktemp("snap") / "echo.trace"
+    subprocess.run(vmm_command("record", str(guests / "echo.elf"), "--script",
+                               str(ROOT / "examples" / "echo.script"), "-o", str(path),
+                               "--backend", "emu"), check=True, capture_output=True, cwd=ROOT)
+    return str(path)
+
+
+def target(trace: str, every: int):
+    from vmm.gdb.session import replay_spec
+    from vmm.gdb.target import MachineTarget
+    spec, _ = replay_spec(trace, "emu", lambda text: None)
+    t = MachineTarget(spec)
+    t.snapshots.every = every
+    return t
+
+
+def state(t) -> tuple:
+    ex = t.ex
+    devices = [d.state() for _, _, d in ex.machine.bus.devices]
+    return (ex.debug.steps, ex.position, t.read_registers(), ex.backend.memory_digest(),
+            devices, ex.machine.inputs.obs, ex.machine.inputs.index)
+
+
+def test_positions_through_snapshots_equal_re_execution(trace):
+    snapped, plain = target(trace, 300), target(trace, 1 << 62)
+    try:
+        snapped.resume("continue", _Quiet())
+        assert snapped.ended and snapped.snapshots.taken >= 2     # at reads, 300 steps apart
+        end_steps = snapped.ex.debug.steps
+        for goal in (end_steps - 1, end_steps - 150, 16_900, 16_000, 1):
+            snapped.go_to(goal)
+            plain.go_to(goal)
+            assert snapped.ex.debug.steps == goal
+            assert state(snapped) == state(plain)
+        # from a snapshot to the end: the replay is still identical to its recording
+        snapped.go_to(end_steps - 150)
+        snapped.resume("continue", _Quiet())
+        assert any("replay identical" in line for line in snapped.finished)
+    finally:
+        snapped.ex.close()
+        plain.ex.close()
+
+
+def test_reverse_continue_across_snapshots(trace):
+    t = target(trace, 200)
+    try:
+        t.insert(0, 0x100020, 1)                       # main: hit once, early
+        t.resume("continue", _Quiet())
+        t.remove(0, 0x100020, 1)
+        first = t.ex.debug.steps
+        t.resume("continue", _Quiet())                 # to the end, snapshots on the way
+        t.insert(0, 0x100020, 1)
+        stop = t.continue_back()
+        assert stop.breakpoint == "sw" and t.ex.debug.steps == first
+        assert t.read_registers()["rip"] == 0x100020
+    finally:
+        t.ex.close()
+
+
+def test_device_state_round_trips():
+    from vmm.devices import IntervalTimer, Serial16550
+
+    class Inputs:
+        def now(self):
+            return 0
+
+        def key(self, device):
+            return None
+
+        def timer_fired(self, deadline, period):
+            return 0
+
+    lines = []
+    serial = Serial16550(Inputs(), lambda *a: lines.append(a))
+    serial.write(3, 1, 0x80)
+    serial.write(0, 1, 0x34)
+    serial.write(3, 1, 0x03)
+    serial.write(0, 1, ord("x"))                       # a partial line in the transmitter
+    saved = serial.state()
+    other = Serial16550(Inputs(), lambda *a: None)
+    other.from_state(saved)
+    assert other.state() == saved and other.divisor == 0x34
+    timer = IntervalTimer(Inputs())
+    timer.write(0, 4, 500)
+    timer.write(1, 1, 1)
+    again = IntervalTimer(Inputs())
+    again.from_state(timer.state())
+    assert again.state() == timer.state() and again.period_ms == 500
