@@ -159,31 +159,58 @@ def test_kvm_trace_debugged_backwards_on_the_emulator(guests, echo_trace):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_registers_in_real_and_long_mode(backend, guests):
-    """Real mode gets the i8086 description (16-bit disassembly), long mode the x86-64 one
-    with 64-bit registers; neither 'g' reply is too long for gdb."""
-    real = Debugged("run", guests / "echo.bin", "--script", SCRIPT, "--backend", backend)
-    text = real.gdb("""
+def test_registers_across_real_protected_and_long_mode(backend, guests):
+    """A guest that goes from real to protected to long mode: gdb gets the i8086, i386 and
+    x86-64 descriptions (one per connection: vmm tells gdb to reconnect after a switch), the
+    registers read right in each mode, and no 'g' reply is ever too long for gdb."""
+    run = Debugged("run", guests / "modeswitch.bin", "--backend", backend)
+    text = run.gdb("""
         show architecture
         info registers eip cs
         x/2i $pc
-        stepi
-        info registers eip
-        kill
-        """)
-    assert "i8086" in text
-    assert register(text, "eip") == 0x1001
-    assert "cld" in text and "xor    %ax,%ax" in text            # 16-bit code, decoded so
-    long = Debugged("run", guests / "longmode.elf", "--script", SCRIPT, "--backend", backend)
-    text = long.gdb("""
-        info registers rip rsp cs
+        hbreak *0x1042
+        hbreak *0x10c7
+        continue
+        info registers eip cs
+        disconnect
+        target remote 127.0.0.1:{port}
+        show architecture
+        info registers eip cs
+        continue
+        disconnect
+        target remote 127.0.0.1:{port}
+        show architecture
+        stepi 11
+        p/x $rax
+        info registers rip cs
+        x/i $pc
+        continue
+        """.replace("{port}", str(run.port)))
+    modes = re.findall(r'currently "([^"]+)"', text)
+    assert modes == ["i8086", "i386", "i386:x86-64"], text
+    assert "cli" in text                                    # 16-bit code at 0x1000
+    assert "the guest switched to i386 mode" in text
+    assert "the guest switched to x86-64 mode" in text
+    assert re.findall(r"^cs\s+(0x[0-9a-f]+)", text, re.M) == ["0x0", "0x8", "0x8", "0x18"]
+    assert "$1 = 0x123456789" in text                      # a 64-bit register, whole
+    assert "hlt" in text and "exited normally" in text
+    assert run.stdout.splitlines() == ["real", "protected", "long"]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_long_mode_elf(backend, guests):
+    run = Debugged("run", guests / "longmode.elf", "--script", SCRIPT, "--backend", backend)
+    text = run.gdb("""
+        show architecture
+        info registers rip
         stepi
         info registers rip
         detach
         """, elf=guests / "longmode.elf")
-    assert "i386:x86-64" in text or "rip" in text
-    assert register(text, "rip") > 0
-    assert long.returncode == 0
+    assert 'currently "i386:x86-64"' in text
+    rips = re.findall(r"^rip\s+(0x[0-9a-f]+)", text, re.M)
+    assert len(rips) == 2 and int(rips[1], 16) != int(rips[0], 16)
+    assert run.returncode == 0
 
 
 def test_port_in_use_is_one_line(vmm, guests):

@@ -255,7 +255,8 @@ class GdbStub:
             self.mode_noted = now.name
             self.console(f"vmm: the guest switched to {now.name} mode; gdb still shows "
                          f"{self.arch.name} registers. For the {now.name} ones, reconnect "
-                         "(the guest stays stopped): disconnect, then target remote again\n")
+                         "(the guest stays stopped): disconnect, then target remote again; "
+                         "with a 32-bit ELF file loaded gdb stays i386 (docs/debugging.md)\n")
 
     def _v_packet(self, body: bytes):
         if body == b"vCont?":
