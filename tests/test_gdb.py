@@ -40,7 +40,7 @@ class Debugged:
             out, err = self.proc.communicate(timeout=30)
             raise AssertionError("vmm did not listen: " + "".join(self.banner) + err.decode())
 
-    def gdb(self, commands: str, elf=None, timeout=120) -> str:
+    def gdb(self, commands: str, elf=None, timeout=120, cwd=ROOT) -> str:
         lines = ["set pagination off", "set confirm off",
                  f"target remote 127.0.0.1:{self.port}"] + commands.strip().splitlines()
         argv = [GDB, "-batch", "-nx"]
@@ -48,7 +48,7 @@ class Debugged:
             argv += ["-ex", line.strip()]
         if elf is not None:
             argv.append(str(elf))
-        gdb = subprocess.run(argv, capture_output=True, timeout=timeout, cwd=ROOT)
+        gdb = subprocess.run(argv, capture_output=True, timeout=timeout, cwd=cwd)
         out, err = self.proc.communicate(timeout=timeout)
         self.stdout, self.stderr = out.decode(), "".join(self.banner) + err.decode()
         self.returncode = self.proc.returncode
@@ -141,6 +141,49 @@ def test_replay_reverse_stepi_and_continue(backend, guests, echo_trace):
     assert "observation 18: timer fires" in text
     assert run.returncode == 0
     assert "replay identical" in run.stderr
+
+
+@pytest.fixture(scope="module")
+def average_trace(tmp_path_factory, guests):
+    """The buggy C guest (guests/elf/average.c) recorded: it dies of a divide error."""
+    path = tmp_path_factory.mktemp("gdb") / "average.trace"
+    subprocess.run(vmm_command("record", str(guests / "average.elf"), "-o", str(path)),
+                   capture_output=True, cwd=ROOT)
+    return path
+
+
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b == "emu"])
+def test_walkthrough_back_from_the_crash_to_the_write(backend, average_trace):
+    """docs/debugging.md's walkthrough: run to the crash, step back to the faulting
+    instruction, watch the divisor and run back to the write that zeroed it, then
+    reverse-finish out of that function and reverse-next over the line before."""
+    run = Debugged("replay", average_trace, "--backend", backend)
+    text = run.gdb("""
+        continue
+        reverse-stepi
+        reverse-stepi
+        x/i $pc
+        print stats.divisor
+        watch stats.divisor
+        reverse-continue
+        backtrace
+        print i
+        reverse-finish
+        reverse-next
+        info line *$pc
+        next
+        """, cwd=ROOT / "guests")
+    assert "divide error" in text
+    assert re.search(r"=> 0x[0-9a-f]+ <average\+\d+>:\s+div", text)
+    assert "$1 = 0" in text
+    back = text.index("Old value = 0\nNew value = 8")
+    assert "in fill (count=8) at elf/average.c:36" in text[back:]
+    assert "#1  0x" in text and "in main () at elf/average.c:50" in text
+    assert "$2 = 8" in text                                  # i: one past the table
+    after = text[text.index("$2 = 8"):]
+    assert re.search(r"in main \(\) at elf/average.c:50\n50\t    fill\(NUM_SAMPLES\);", after)
+    assert "Old value = 8\nNew value = 0" in text           # forwards again: the write
+    assert run.returncode == 0 and "replay identical" in run.stderr
 
 
 @pytest.mark.skipif(not kvm_usable() or "emu" not in BACKENDS, reason="needs KVM and the emulator")

@@ -30,6 +30,7 @@ _exit_io = struct.Struct("<I20xBBHIQ").unpack_from
 _mmio_info = struct.Struct("<Q8sIB").unpack_from         # phys_addr, data, len, is_write
 _u32 = struct.Struct("<I").unpack_from
 _internal_info = struct.Struct("<II").unpack_from
+_HLT = 0xF4
 
 
 # The hot path's names, bound once. KVM_RUN goes straight to fcntl.ioctl with two arguments
@@ -223,6 +224,11 @@ class KvmBackend(CpuBackend):
                     area[kvm.RUN_EXIT_INFO:kvm.RUN_EXIT_INFO + ctypes.sizeof(
                         kvm.kvm_debug_exit_arch)])
                 self._debug_rip = info.pc
+                if rip_before is not None and info.pc == rip_before + 1 and \
+                        self._debug_byte(rip_before) == _HLT:
+                    # Single-stepped, HLT traps like any instruction (no KVM_EXIT_HLT on some
+                    # hypervisors): report it as the HLT exit it is, as without a debugger.
+                    return HALT
                 if debug.completed(info.pc):
                     return DEBUG_STOP
                 continue
@@ -235,6 +241,16 @@ class KvmBackend(CpuBackend):
                     self._debug_rip = rip
                     self._debug_pending = True
             return exit_
+
+    def _debug_byte(self, linear: int) -> int | None:
+        from .gdb.paging import Unmapped, translate
+        sregs = self._vcpu.get_sregs()
+        try:
+            physical = translate(self.memory, linear, sregs.cr0, sregs.cr3, sregs.cr4,
+                                 sregs.efer)
+        except Unmapped:
+            return None
+        return self.memory[physical] if physical < len(self.memory) else None
 
     def _linear_rip(self) -> int:
         sregs = self._vcpu.get_sregs()

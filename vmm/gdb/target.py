@@ -378,6 +378,10 @@ class MachineTarget:
         if self.finished is not None:
             return
         lines = [f"vmm: the run ended: {end.message}"]
+        if "(vector 1)" in end.message and self.ex.backend.name == "kvm":
+            lines.append("vmm: note: single-stepping on KVM can hand the guest a debug trap "
+                         "(#DB) where an instruction faults (this host's KVM does); debug "
+                         "this run with --backend emu")
         if self.spec.finish is not None:
             lines += self.spec.finish(self.ex.machine, end, self.diverged)
         self.finished = lines
