@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import sys
 import tempfile
 
@@ -144,7 +145,8 @@ def serve(spec: RunSpec, where: str, output, log, guest_bytes: bytes | None = No
         how = "disconnect"
         while how == "disconnect":
             try:
-                conn = accept(sock)
+                with _interruptible():
+                    conn = accept(sock)
             except OSError as e:
                 raise GdbSetupError(f"cannot accept gdb's connection: {e}") from None
             log("vmm: gdb connected")
@@ -168,6 +170,24 @@ def serve(spec: RunSpec, where: str, output, log, guest_bytes: bytes | None = No
             log("vmm: gdb detached; the run goes on to its end")
             target.run_to_end()
         return spec.finish.exit_code
+
+
+@contextlib.contextmanager
+def _interruptible():
+    """While vmm waits for gdb, Ctrl-C and SIGTERM end the session (a run that has started
+    has its own handlers installed, which would only note the request)."""
+    from ..errors import Terminated
+
+    def terminated(signum, frame):
+        raise Terminated("terminated (SIGTERM)")
+
+    saved = {signal.SIGINT: signal.signal(signal.SIGINT, signal.default_int_handler),
+             signal.SIGTERM: signal.signal(signal.SIGTERM, terminated)}
+    try:
+        yield
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
 
 
 def stop_at(spec: RunSpec, n: int, out=sys.stdout) -> int:
