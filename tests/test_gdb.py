@@ -304,3 +304,22 @@ def test_stop_at_prints_the_state(vmm, echo_trace):
     assert "observation 18: timer fires" in out
     past = vmm("replay", echo_trace, "--stop-at", "100000", "--backend", "emu")
     assert past.returncode == 46 and "ended before observation 100000" in past.stdout
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_ctrl_c_stops_a_guest_that_never_exits(backend, guests):
+    """gdb's Ctrl-C (a 0x03 byte while the guest runs) stops even a guest in `jmp .` with no
+    exit at all (gdb -batch cannot wait for that stop, so the client here is a raw socket)."""
+    run = Debugged("run", guests / "faults" / "spin.bin", "--backend", backend)
+    with socket.create_connection(("127.0.0.1", run.port)) as raw:
+        raw.settimeout(10)
+        raw.sendall(b"$c#63")
+        assert raw.recv(1) == b"+"
+        raw.sendall(b"\x03")
+        seen = b""
+        while b"#" not in seen:
+            seen += raw.recv(4096)
+        assert seen.startswith(b"$T02thread:1;")
+        raw.sendall(b"$k#6b")
+    out, err = run.proc.communicate(timeout=30)
+    assert run.proc.returncode == 130 and b"gdb killed the run" in err

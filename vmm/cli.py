@@ -19,6 +19,7 @@ exit status:
   2          bad command-line usage
   10         the guest file cannot be booted (missing, empty, malformed, does not fit)
   12         no usable CPU backend (/dev/kvm with --backend kvm, or the emulator)
+  16         --gdb: cannot listen for gdb (the port is in use, a bad address)
   20         triple fault            22  unhandled guest exception / BIOS call
   24         memory outside RAM      26  unknown port
   28         --timeout ran out       30  output past --max-output
@@ -173,7 +174,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "under the virtual clock and diff its console output against the recording.",
         epilog="exit status: 0 identical, 40 diverged (a report names the first difference), "
                "41 re-driven output differs, 42 the trace is truncated and its prefix replayed "
-               "identically, 14 unreadable or malformed trace, 10 bad --guest file, 12 no KVM",
+               "identically, 14 unreadable or malformed trace, 10 bad --guest file, 12 no KVM; "
+               "with --gdb: 44 gdb wrote into the replay (diverged by the debugger), 16 cannot "
+               "listen (port in use); --stop-at: 46 the run ended before observation N",
         formatter_class=fmt)
     replay.add_argument("trace", help="a trace written by vmm record")
     replay.add_argument("--guest", metavar="FILE",
