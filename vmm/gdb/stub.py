@@ -74,6 +74,8 @@ class GdbStub:
         self.arch = None             # the target description gdb was given (None: not yet)
         self.bad_packets = 0
         self.mode_noted = None
+        if hasattr(target, "client"):
+            target.client = self
 
     # --- transport -------------------------------------------------------------------------------
     def _send(self, payload: bytes) -> None:

@@ -36,6 +36,7 @@ MONITOR_EVENTS = 10            # `monitor trace`: this many upcoming input event
 SCREEN_LINES = 25              # `monitor screen` without a screen device: the last output lines
 SNAPSHOT_EVERY = 20_000        # instructions between snapshots (taken at the next read)
 MAX_SNAPSHOTS = 512            # more: every other one is dropped (the interval doubles)
+MAX_POINTS = 1024              # breakpoints and watchpoints at once (gdb's input is untrusted)
 STOP_SNAPSHOT_FRACTION = 16    # where gdb stops, a snapshot if none is within SNAPSHOT_EVERY/16
 
 
@@ -264,6 +265,7 @@ class MachineTarget:
         self.last_stop = Stop(signal=SIGTRAP)
         self.finished: list[str] | None = None      # the end's report, once the run ended
         self.snapshots = SnapshotStore()
+        self.client = None             # the GdbStub serving us (for Ctrl-C during a seek)
         self.ex = _Execution(spec, self.sink, self.snapshots)
 
     # --- base: registers and memory ----------------------------------------------------------------
@@ -423,6 +425,8 @@ class MachineTarget:
             return None              # read-only watchpoints: not supported (awatch is)
         point = _Point(kind, address, length)
         if point not in self.points:
+            if len(self.points) >= MAX_POINTS:
+                return False
             self.points.append(point)
         if kind >= 2:
             self._refresh_watches()
@@ -558,10 +562,14 @@ class MachineTarget:
             ex.seek_read = n
             ex.set_target(None)
             self._arm(ex, points=[])
+            client = self.client
+            ex.poll = client.interrupt_requested if client is not None else None
             try:
-                result = ex.run()
+                result = self._run(ex, interrupts=client is not None)
             finally:
                 ex.seek_read = None
+            if result[0] == "stop" and result[1][0] == "interrupt":
+                return "vmm: seek interrupted\n" + self._m_obs([])
             if result[0] == "end":
                 self._finish(result[1], None)
                 return (f"vmm: the run ended before observation {n}: {result[1].message}\n" +
