@@ -206,31 +206,54 @@ class KvmBackend(CpuBackend):
             if debug.completed(self._linear_rip()):
                 return DEBUG_STOP
         every = debug.needs_every_step
-        if every != self._debug_stepping:
-            self._vcpu.set_guest_debug(kvm.KVM_GUESTDBG_ENABLE | kvm.KVM_GUESTDBG_SINGLESTEP
-                                       if every else 0)
-            self._debug_stepping = every
-        if not every:
-            self._debug_rip = None          # not counted: a live run that needs no positions
-            return KvmBackend.run(self)
+        slots = None
+        if every and not debug.count and debug.target is None:
+            slots = _hw_slots(debug)        # a live run: breakpoints in the debug registers
+        if slots is not None and self._linear_rip() in debug.breakpoints:
+            slots = None                    # on a breakpoint: step off it first
+        mode = ("off",) if not every else ("step",) if slots is None else ("hw",) + slots
+        if mode != self._debug_stepping:
+            if mode[0] == "hw":
+                dr7 = 0
+                for i, (_, rw, length) in enumerate(slots):
+                    dr7 |= (1 << (2 * i)) | (rw << (16 + 4 * i)) | (length << (18 + 4 * i))
+                self._vcpu.set_guest_debug(kvm.KVM_GUESTDBG_ENABLE | kvm.KVM_GUESTDBG_USE_HW_BP,
+                                           [a for a, _, _ in slots] + [0] * (7 - len(slots))
+                                           + [dr7])
+            else:
+                self._vcpu.set_guest_debug(kvm.KVM_GUESTDBG_ENABLE | kvm.KVM_GUESTDBG_SINGLESTEP
+                                           if every else 0)
+            self._debug_stepping = mode
+        if mode[0] != "step":
+            # Not single-stepped: a live run that needs no positions (breakpoints, if any, are
+            # in the debug registers, which the guest's memory never sees).
+            self._debug_rip = None
+            exit_ = KvmBackend.run(self)
+            if _u32(self._run_area, _RUN_EXIT_REASON)[0] == kvm.KVM_EXIT_DEBUG \
+                    and type(exit_) is UnknownExit:
+                if debug.completed(self._debug_exit_pc()):
+                    return DEBUG_STOP
+                return INTERRUPTED          # a write that changed nothing: go on
+            return exit_
         area = self._run_area
         if self._debug_rip is None:
             self._debug_rip = self._linear_rip()
         while True:
             rip_before = self._debug_rip
             exit_ = KvmBackend.run(self)
-            if _u32(area, _RUN_EXIT_REASON)[0] == kvm.KVM_EXIT_DEBUG:
-                info = kvm.kvm_debug_exit_arch.from_buffer_copy(
-                    area[kvm.RUN_EXIT_INFO:kvm.RUN_EXIT_INFO + ctypes.sizeof(
-                        kvm.kvm_debug_exit_arch)])
-                self._debug_rip = info.pc
-                if rip_before is not None and info.pc == rip_before + 1 and \
+            if type(exit_) is UnknownExit and \
+                    _u32(area, _RUN_EXIT_REASON)[0] == kvm.KVM_EXIT_DEBUG:
+                pc = self._debug_rip = self._debug_exit_pc()
+                if rip_before is not None and pc == rip_before + 1 and \
                         self._debug_byte(rip_before) == _HLT:
                     # Single-stepped, HLT traps like any instruction (no KVM_EXIT_HLT on some
                     # hypervisors): report it as the HLT exit it is, as without a debugger.
                     return HALT
-                if debug.completed(info.pc):
+                if debug.completed(pc):
                     return DEBUG_STOP
+                if slots is None and not debug.count and debug.target is None \
+                        and _hw_slots(debug) is not None:
+                    return INTERRUPTED      # stepped off a breakpoint: on in hardware mode
                 continue
             if type(exit_) in (IoOut, IoIn):
                 # An I/O exit either completed its instruction already (RIP moved on, as for
@@ -241,6 +264,11 @@ class KvmBackend(CpuBackend):
                     self._debug_rip = rip
                     self._debug_pending = True
             return exit_
+
+    def _debug_exit_pc(self) -> int:
+        area = self._run_area
+        return kvm.kvm_debug_exit_arch.from_buffer_copy(
+            area[kvm.RUN_EXIT_INFO:kvm.RUN_EXIT_INFO + ctypes.sizeof(kvm.kvm_debug_exit_arch)]).pc
 
     def _debug_byte(self, linear: int) -> int | None:
         from .gdb.paging import Unmapped, translate
@@ -331,6 +359,19 @@ def _resident_pages(ram: mmap.mmap) -> bytes | None:
         return bytes(vec) if rc == 0 else None
     except (OSError, AttributeError, TypeError):
         return None
+
+
+_DR_EXEC = 0b00              # DR7 R/Wn for an instruction breakpoint (Intel SDM 3B 17.2.4)
+
+
+def _hw_slots(debug: DebugState) -> tuple | None:
+    """The breakpoints as debug-register slots (address, R/W, LEN), or None when they do not
+    fit the four registers or watchpoints are set (then every instruction is single-stepped
+    and watched locations are compared after each). Data breakpoints (R/W = write) are not
+    used: on nested hypervisors they may never fire, as on this project's CI host."""
+    if debug.watches or len(debug.breakpoints) > 4:
+        return None
+    return tuple((address, _DR_EXEC, 0) for address in sorted(debug.breakpoints))
 
 
 def _fill_segment(target: kvm.kvm_segment, seg: Segment) -> None:
