@@ -112,3 +112,28 @@ def test_device_state_round_trips():
     again = IntervalTimer(Inputs())
     again.from_state(timer.state())
     assert again.state() == timer.state() and again.period_ms == 500
+
+
+@pytest.mark.skipif(not __import__("conftest").kvm_usable(), reason="needs /dev/kvm")
+def test_kvm_live_breakpoints_use_the_debug_registers(guests):
+    """A live run on KVM with a breakpoint runs at full speed to it (the debug registers),
+    instead of single-stepping; stepping and watchpoints single-step."""
+    from vmm.boot import BootOptions
+    from vmm.gdb.session import live_spec
+    from vmm.gdb.target import MachineTarget
+    from vmm.inputs import NullFeed
+    from vmm.runner import LiveRun
+    spec = live_spec(LiveRun(guest=str(guests / "modeswitch.bin"), boot=BootOptions(),
+                             backend="kvm"), NullFeed(), lambda text: None)
+    t = MachineTarget(spec)
+    try:
+        t.insert(0, 0x10E5, 1)                          # the HLT in long mode
+        stop = t.resume("continue", _Quiet())
+        assert stop.breakpoint == "sw" and t.read_registers()["rip"] == 0x10E5
+        assert t.ex.backend._debug_stepping[0] == "hw"
+        assert t.ex.debug.steps < 5                     # nothing was single-stepped
+        assert t.read_registers()["rax"] == 0x123456789      # everything before it ran
+        t.resume("step", _Quiet())
+        assert t.ex.backend._debug_stepping == ("step",)
+    finally:
+        t.ex.close()
