@@ -8,10 +8,12 @@ run without a debugger pays nothing, and a debugged run executes exactly as an u
 Positions. The backend counts completed instructions exactly (vmm.backend.DebugState); a
 position is that count, shown as (observations, instructions since the last observation), as
 DESIGN §11 asks. On a replay every instruction is counted, so any position can be found again:
-going back to a position re-executes the replay from the start, silently, to that count (the
-replay is deterministic, so it arrives in the same state: registers, memory and devices). That
-is reverse execution: `reverse-stepi` goes to count - 1, `reverse-continue` re-executes to the
-current count noting every breakpoint and watchpoint hit on the way, then goes to the last one.
+going back to a position restores the latest snapshot before it (vmm.gdb.snapshot; on the
+emulator) or starts afresh (KVM), and re-executes silently to that count (the replay is
+deterministic, so it arrives in the same state: registers, memory and devices). That is
+reverse execution: `reverse-stepi` goes to count - 1, `reverse-continue` re-executes from the
+last snapshot to the current count noting every breakpoint and watchpoint hit on the way, then
+goes to the last one (or, finding none, searches the stretch before that snapshot).
 
 Writes from gdb on a replay (registers, memory) make the replay leave its trace: the run's end
 is then reported as "diverged by the debugger". Going back re-executes the recorded run, which
@@ -474,8 +476,9 @@ class MachineTarget:
         self._refresh_watches()
 
     def _here(self) -> int:
-        """The current position as a step count; at the end of the run, the step count
-        before its last instruction (the one that ended it)."""
+        """The current position as a step count. At the end of the run the instruction that
+        ended it (a HLT, a fault, a read the trace ends at) has not been counted, so this is
+        also the position just before it."""
         return self.ex.debug.steps
 
     def step_back(self) -> Stop:
@@ -554,7 +557,7 @@ class MachineTarget:
             return "usage: monitor seek N   (go to observation N)\n"
         n = int(args[0])
         ex = self.ex
-        if n < len(ex.reads) and (n == 0 or ex.reads[n] <= ex.debug.steps or self.spec.replay):
+        if n < len(ex.reads):                    # reached already: go back to it
             if not self.spec.replay:
                 return "vmm: a live run cannot go back; seek forwards only\n"
             self.go_to(ex.reads[n])
