@@ -323,3 +323,21 @@ def test_ctrl_c_stops_a_guest_that_never_exits(backend, guests):
         raw.sendall(b"$k#6b")
     out, err = run.proc.communicate(timeout=30)
     assert run.proc.returncode == 130 and b"gdb killed the run" in err
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_writes_change_a_live_run(backend, guests):
+    """On a live run a register write is the user's to make: the echo guest's timer period
+    (AX before its OUT to port 0x46) set from 500 to 1000 ms halves the echoes."""
+    run = Debugged("run", guests / "echo.bin", "--script", SCRIPT, "--backend", backend)
+    text = run.gdb("""
+        hbreak *0x1020
+        continue
+        print $eax
+        set $eax = 1000
+        delete
+        continue
+        """)
+    assert "$1 = 500" in text and "exited normally" in text
+    assert 1 <= run.stdout.count("hello") <= 3          # every 1000 ms in ~2.5 s, not 500
+    assert "left its trace" not in run.stderr
