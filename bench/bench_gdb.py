@@ -8,16 +8,15 @@ recorded once per backend, so its trace has READS + 1 observations. Rows, each p
 
 - gdb-step: one `vCont;s` (stepi) through the protocol engine, against one `g` (read all
   registers) through the same engine: what executing one instruction adds to a round trip.
-- gdb-reverse-stepi: `bs` (reverse-stepi) at the end of the trace, which re-executes the whole
-  replay from its start under instruction counting, against a plain `vmm replay` of it.
+- gdb-reverse-stepi: `bs` (reverse-stepi) at the end of the trace, which restores the last
+  snapshot and re-executes from there under instruction counting, against a plain `vmm
+  replay` of the whole trace.
 - gdb-replay: the replay run to its end under the debugger (every instruction counted), against
   a plain replay: the price of being able to go back.
-- gdb-snapshot (emulator): one snapshot of CPU, memory and devices, against copying all of
-  guest RAM once.
-- gdb-replay-snapshots (emulator): the debugged replay to its end with snapshots on (the
-  default interval) against off.
-
-On KVM there are no snapshots (vmm.gdb.snapshot): going back re-executes from the start.
+- gdb-snapshot: one snapshot of CPU, memory and devices, against copying all of guest RAM
+  once.
+- gdb-replay-snapshots: the debugged replay to its end with snapshots on (the default
+  interval) against off.
 """
 
 from __future__ import annotations
@@ -135,7 +134,7 @@ def gdb_rows(runs: int, tmp: str, backends=None) -> list[Row]:
                         name=f"reverse-stepi at the end of a {READS}-observation trace, "
                              f"{backend}", unit="s", vmm=summary(back), baseline=summary(plain),
                         baseline_name="plain `vmm replay` of the trace",
-                        note="no snapshots: re-executes from the start"))
+                        note="from the last snapshot before it"))
         rows.append(Row(id=f"gdb-replay-{backend}", group=GROUP,
                         name=f"replay to the end under gdb (every instruction counted), "
                              f"{backend}", unit="s", vmm=summary(debugged),

@@ -1,4 +1,4 @@
-"""Snapshots and positions on the emulator: going to a position through a snapshot gives the
+"""Snapshots and positions, on both backends: going to a position through a snapshot gives the
 same registers, memory and devices as re-executing from the start; a replay continued from a
 snapshot still ends identical to its recording; device state records round-trip."""
 
@@ -8,10 +8,10 @@ import subprocess
 
 import pytest
 
-from conftest import ROOT, emu_usable, vmm_command
+from conftest import ROOT, test_backends, vmm_command
 
-pytestmark = [pytest.mark.kvm,
-              pytest.mark.skipif(not emu_usable(), reason="needs the emulator (unicorn)")]
+pytestmark = [pytest.mark.kvm]
+BACKENDS = test_backends()
 
 
 class _Quiet:
@@ -22,19 +22,22 @@ class _Quiet:
         pass
 
 
-@pytest.fixture(scope="module")
-def trace(tmp_path_factory, guests):
+@pytest.fixture(scope="module", params=BACKENDS)
+def trace(request, tmp_path_factory, guests):
+    """The C echo guest recorded on, and replayed on, each backend."""
     path = tmp_path_factory.mktemp("snap") / "echo.trace"
     subprocess.run(vmm_command("record", str(guests / "echo.elf"), "--script",
                                str(ROOT / "examples" / "echo.script"), "-o", str(path),
-                               "--backend", "emu"), check=True, capture_output=True, cwd=ROOT)
-    return str(path)
+                               "--backend", request.param), check=True, capture_output=True,
+                   cwd=ROOT)
+    return str(path), request.param
 
 
-def target(trace: str, every: int):
+def target(trace, every: int):
     from vmm.gdb.session import replay_spec
     from vmm.gdb.target import MachineTarget
-    spec, _ = replay_spec(trace, "emu", lambda text: None)
+    path, backend = trace
+    spec, _ = replay_spec(path, backend, lambda text: None)
     t = MachineTarget(spec)
     t.snapshots.every = every
     return t
@@ -48,18 +51,20 @@ def state(t) -> tuple:
 
 
 def test_positions_through_snapshots_equal_re_execution(trace):
-    snapped, plain = target(trace, 300), target(trace, 1 << 62)
+    snapped, plain = target(trace, 20), target(trace, 1 << 62)
     try:
         snapped.resume("continue", _Quiet())
-        assert snapped.ended and snapped.snapshots.taken >= 2     # at reads, 300 steps apart
+        assert snapped.ended and snapped.snapshots.taken >= 5     # at reads, 20 steps apart
         end_steps = snapped.ex.debug.steps
-        for goal in (end_steps - 1, end_steps - 150, 16_900, 16_000, 1):
+        first_read = snapped.ex.reads[1]
+        for goal in (end_steps - 1, end_steps - 150, first_read + 10, first_read - 5, 1):
             snapped.go_to(goal)
             plain.go_to(goal)
             assert snapped.ex.debug.steps == goal
             assert state(snapped) == state(plain)
         # from a snapshot to the end: the replay is still identical to its recording
         snapped.go_to(end_steps - 150)
+        assert snapped.snapshots.before(end_steps - 150) is not None
         snapped.resume("continue", _Quiet())
         assert any("replay identical" in line for line in snapped.finished)
     finally:

@@ -31,6 +31,10 @@ _mmio_info = struct.Struct("<Q8sIB").unpack_from         # phys_addr, data, len,
 _u32 = struct.Struct("<I").unpack_from
 _internal_info = struct.Struct("<II").unpack_from
 _HLT = 0xF4
+# MSRs a snapshot keeps (EFER is in the segment registers): SYSENTER CS/ESP/EIP, PAT, STAR,
+# LSTAR, CSTAR, SFMASK, KERNEL_GS_BASE, TSC_AUX.
+_SNAPSHOT_MSRS = (0x174, 0x175, 0x176, 0x277, 0xC0000081, 0xC0000082, 0xC0000083, 0xC0000084,
+                  0xC0000102, 0xC0000103)
 
 
 # The hot path's names, bound once. KVM_RUN goes straight to fcntl.ioctl with two arguments
@@ -269,6 +273,20 @@ class KvmBackend(CpuBackend):
         area = self._run_area
         return kvm.kvm_debug_exit_arch.from_buffer_copy(
             area[kvm.RUN_EXIT_INFO:kvm.RUN_EXIT_INFO + ctypes.sizeof(kvm.kvm_debug_exit_arch)]).pc
+
+    def debug_save(self) -> dict:
+        """The vCPU between two instructions, for a snapshot (vmm.gdb.snapshot)."""
+        return {"vcpu": self._vcpu.get_state(_SNAPSHOT_MSRS), "steps": self.debug.steps}
+
+    def debug_restore(self, saved: dict) -> None:
+        """Load what debug_save() returned, before this backend has run."""
+        self._vcpu.set_state(saved["vcpu"])
+        self.debug.steps = saved["steps"]
+        self._debug_rip = None
+        self._debug_pending = False
+
+    def resident_pages(self) -> bytes | None:
+        return _resident_pages(self._ram)
 
     def _debug_byte(self, linear: int) -> int | None:
         from .gdb.paging import Unmapped, translate

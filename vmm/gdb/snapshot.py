@@ -2,9 +2,10 @@
 run's own counters, taken between two instructions, so that going back re-executes from the
 nearest snapshot instead of from the start (DESIGN §11).
 
-- CPU: the backend's `debug_save()` / `debug_restore()` (the emulator: Unicorn's whole CPU
-  context plus vmm's RDTSC count). A backend without them (KVM) is not snapshotted; going back
-  there re-executes from the start.
+- CPU: the backend's `debug_save()` / `debug_restore()`: on the emulator Unicorn's whole CPU
+  context plus vmm's RDTSC count; on KVM the registers, segment and control registers, FPU,
+  pending events and the system-call MSRs. A backend without them is not snapshotted; going
+  back there re-executes from the start.
 - Memory: the pages the host has resident (mincore: never-touched pages are zero), shared with
   the previous snapshot where unchanged, so a snapshot of a small kernel costs a few hundred
   KiB at most and usually much less.

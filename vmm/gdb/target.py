@@ -8,8 +8,8 @@ run without a debugger pays nothing, and a debugged run executes exactly as an u
 Positions. The backend counts completed instructions exactly (vmm.backend.DebugState); a
 position is that count, shown as (observations, instructions since the last observation), as
 DESIGN §11 asks. On a replay every instruction is counted, so any position can be found again:
-going back to a position restores the latest snapshot before it (vmm.gdb.snapshot; on the
-emulator) or starts afresh (KVM), and re-executes silently to that count (the replay is
+going back to a position restores the latest snapshot before it (vmm.gdb.snapshot) or starts
+afresh, and re-executes silently to that count (the replay is
 deterministic, so it arrives in the same state: registers, memory and devices). That is
 reverse execution: `reverse-stepi` goes to count - 1, `reverse-continue` re-executes from the
 last snapshot to the current count noting every breakpoint and watchpoint hit on the way, then
