@@ -59,6 +59,7 @@ def replay_spec(path: str, backend: str | None, log) -> tuple[RunSpec, object]:
     machine_cfg = trace.header["machine"]
     max_output = machine_cfg.get("max_output")
     every = machine_cfg.get("checkpoint_every")
+    log_once = _once(log)            # every re-execution builds a backend: say things once
 
     def build(sink):
         config = RunConfig(timeout_ns=None,
@@ -67,7 +68,7 @@ def replay_spec(path: str, backend: str | None, log) -> tuple[RunSpec, object]:
                            checkpoint_every=every if isinstance(every, int) and every > 0 else 0,
                            coalesce_after=None)
         verifier = ReplayVerifier(trace)
-        machine = Machine(image, create_backend(backend, image.mem_size, log),
+        machine = Machine(image, create_backend(backend, image.mem_size, log_once),
                           replay_inputs_for(trace), sink, log, config, cpuid, observer=verifier)
         machine.verifier = verifier
         return machine
@@ -82,7 +83,7 @@ def replay_spec(path: str, backend: str | None, log) -> tuple[RunSpec, object]:
         return verdict.lines
 
     finish.exit_code = 0
-    spec = RunSpec(build=build, replay=True, finish=finish, describe=f"replay of {path}")
+    spec = RunSpec(build=build, replay=True, finish=finish)
     return spec, trace
 
 
@@ -114,8 +115,17 @@ def live_spec(run, feed, log) -> RunSpec:
 
     finish.exit_code = 0
     path = os.path.abspath(run.guest) if image.kind.startswith("elf") else None
-    return RunSpec(build=build, replay=False, exec_path=path, finish=finish,
-                   describe=f"{image.guest_name}")
+    return RunSpec(build=build, replay=False, exec_path=path, finish=finish)
+
+
+def _once(log):
+    said = set()
+
+    def log_once(text: str) -> None:
+        if text not in said:
+            said.add(text)
+            log(text)
+    return log_once
 
 
 # --- serving gdb ---------------------------------------------------------------------------------

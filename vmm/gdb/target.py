@@ -49,7 +49,6 @@ class RunSpec:
     replay: bool                   # a replay: positions are counted and reverse works
     exec_path: str | None = None   # the guest's ELF file, for gdb's symbols
     finish: object = None          # finish(machine, end, diverged_by_debugger) -> list[str]
-    describe: str = "run"
 
 
 class _Sink:
