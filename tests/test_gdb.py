@@ -341,3 +341,20 @@ def test_writes_change_a_live_run(backend, guests):
     assert "$1 = 500" in text and "exited normally" in text
     assert 1 <= run.stdout.count("hello") <= 3          # every 1000 ms in ~2.5 s, not 500
     assert "left its trace" not in run.stderr
+
+
+def test_sigterm_ends_a_session_gdb_holds(echo_trace):
+    """SIGTERM to vmm while gdb has the guest stopped (after it has run) ends the session at
+    once, with the run's usual end and status, not after gdb's next command."""
+    run = Debugged("replay", echo_trace, "--backend", "emu")
+    with socket.create_connection(("127.0.0.1", run.port)) as raw:
+        raw.settimeout(10)
+        raw.sendall(b"$vCont;s:1#23")
+        seen = b""
+        while b"T05" not in seen:
+            seen += raw.recv(4096)
+        run.proc.terminate()
+        out, err = run.proc.communicate(timeout=10)
+    assert run.proc.returncode == 143
+    assert b"terminated (SIGTERM): the debugging session ends" in err
+    assert b"Traceback" not in err

@@ -7,7 +7,9 @@ target as attached), the run goes on to its end without the debugger and vmm rep
 usual. `kill` ends the run at once. If the connection drops without either (gdb crashed, or
 `disconnect`), vmm keeps the guest stopped and waits for gdb to connect again on the same port,
 so `disconnect` + `target remote` reloads the target description (after a mode switch) and
-nothing is lost; Ctrl-C (or SIGTERM) to vmm ends the session then.
+nothing is lost. Ctrl-C or SIGTERM to vmm end the session whenever they come: while the guest
+runs the run ends as without gdb; while gdb holds it stopped, or while vmm waits for gdb, at
+once (the stub looks for the stop request every IDLE_POLL_S).
 """
 
 from __future__ import annotations
@@ -172,6 +174,10 @@ def serve(spec: RunSpec, where: str, output, log, guest_bytes: bytes | None = No
                     break
                 log(f"vmm: gdb disconnected without detaching; the guest stays stopped: "
                     f"connect again on {shown}:{port}, or press Ctrl-C to end")
+        if how == "signal":
+            stop = target.stop_requested()
+            log(f"vmm: {stop.message}: the debugging session ends")
+            return stop.exit_code
         if how == "kill":
             log("vmm: gdb killed the run")
             end = target.ended

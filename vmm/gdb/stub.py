@@ -23,6 +23,7 @@ from .packets import (INTERRUPT, MAX_PACKET, PacketError, PacketReader, frame, h
                       hex_int, split_fields, to_hex)
 
 MAX_MEMORY_READ = (MAX_PACKET - 8) // 2        # bytes: a reply must fit in PacketSize
+IDLE_POLL_S = 0.25                             # waiting for gdb: look for a stop request so often
 SIGTRAP, SIGINT = 5, 2
 THREAD = 1                                     # vmm's one vCPU, as gdb's one thread
 ERROR = b"E01"
@@ -61,7 +62,8 @@ class Disconnected(Exception):
 class GdbStub:
     """Serves one gdb connection until gdb detaches, kills, or goes away.
 
-    `serve()` returns "detach", "kill" or "disconnect"."""
+    `serve()` returns "detach", "kill", "disconnect", or "signal" when vmm itself was asked to
+    stop (Ctrl-C, SIGTERM) while gdb had the guest stopped."""
 
     def __init__(self, conn: socket.socket, target, log=lambda text: None):
         self.conn = conn
@@ -90,9 +92,12 @@ class GdbStub:
 
     def _receive(self, block: bool = True) -> None:
         try:
-            self.conn.setblocking(block)
+            if block:
+                self.conn.settimeout(IDLE_POLL_S)
+            else:
+                self.conn.setblocking(False)
             data = self.conn.recv(65536)
-        except (BlockingIOError, InterruptedError):
+        except (BlockingIOError, InterruptedError, TimeoutError):
             return
         except OSError:
             raise Disconnected() from None
@@ -122,6 +127,8 @@ class GdbStub:
             while True:
                 while not self.pending:
                     self._receive()
+                    if not self.pending and self.target.stop_requested():
+                        return "signal"
                 kind, body = self.pending.pop(0)
                 if kind == "bad":
                     self.bad_packets += 1

@@ -316,6 +316,10 @@ class MachineTarget:
     def stop_reason(self) -> Stop:
         return self.last_stop
 
+    def stop_requested(self):
+        """Why vmm was asked to end the run (SIGINT, SIGTERM) while gdb held it, or None."""
+        return getattr(self.ex.machine, "_stop", None)
+
     # --- execution ---------------------------------------------------------------------------------
     def resume(self, how: str, stub) -> Stop:
         if self.ex.end is not None:
