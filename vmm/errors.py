@@ -4,6 +4,7 @@
     ├── UsageError                a flag or argument makes no sense            exit 2
     ├── GuestImageError           the guest file cannot be booted              exit 10
     ├── BackendUnavailable        no usable /dev/kvm (or other CPU backend)    exit 12
+    ├── GdbSetupError             --gdb cannot listen (port in use, bad host)  exit 16
     ├── TraceError                a trace file is unreadable or malformed      exit 14
     └── Terminated                SIGTERM arrived outside a run                 exit 143
 
@@ -30,6 +31,11 @@ class GuestImageError(VmmError):
 
 class BackendUnavailable(VmmError):
     exit_code = 12
+
+
+class GdbSetupError(VmmError):
+    """The debugger cannot be offered: the port is in use, the address is not this host's."""
+    exit_code = 16
 
 
 class TraceError(VmmError):

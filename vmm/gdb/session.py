@@ -20,16 +20,11 @@ import signal
 import sys
 import tempfile
 
-from ..errors import EXIT_CODES, UsageError, VmmError
+from ..errors import EXIT_CODES, GdbSetupError, UsageError
 from .stub import GdbStub, accept, listen
 from .target import MachineTarget, RunSpec
 
 DEFAULT_HOST = "127.0.0.1"
-
-
-class GdbSetupError(VmmError):
-    """The debugger cannot be offered (port in use, bad address)."""
-    exit_code = 16
 
 
 def parse_listen(text: str) -> tuple[str, int]:
