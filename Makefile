@@ -37,9 +37,9 @@ help:
 
 # System packages the suite uses, as COMMAND:DEBIAN_PACKAGE; installed with apt-get as root,
 # else named in a clear error. bwrap: the grader's build sandbox (docs/grading.md); chromium:
-# the HTML report's tests.
+# the HTML report's tests; gdb: the debugger's tests (tests/test_gdb.py drives it for real).
 SYSTEM_PACKAGES := as:binutils ld:binutils objcopy:binutils gcc:gcc bwrap:bubblewrap \
-                   chromium:chromium
+                   chromium:chromium gdb:gdb
 
 check-tools:
 	@scripts/need-packages $(SYSTEM_PACKAGES)

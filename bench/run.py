@@ -11,6 +11,7 @@ baseline; see each module's docstring for exactly what is timed):
   3. start-up          bench_startup.py  `vmm run` vs `python -c pass`, the C loop and QEMU
   4. record/replay     bench_record.py   record vs run, replay speed under the virtual clock
      suites            bench_suites.py   golden-suite and grading throughput
+     debugging         bench_gdb.py      stepi, reverse-stepi and a debugged replay, per backend
   backends (only with --only)  bench_backends.py  the emulator backend against KVM
 
 Prints the table (Markdown, as the README shows it) and writes every sample as JSON to
@@ -31,7 +32,7 @@ from pathlib import Path
 
 from common import ROOT, Row, Tools, fmt_value, guests_built, machine_description
 
-GROUPS = ("exits", "output", "startup", "record", "suites")     # the default
+GROUPS = ("exits", "output", "startup", "record", "suites", "gdb")     # the default
 OPTIONAL_GROUPS = ("backends",)
 MIN_RUNS = 5
 
@@ -58,6 +59,9 @@ def run_groups(groups: list[str], runs: int, install_qemu: bool) -> list[Row]:
             elif group == "suites":
                 from bench_suites import suite_rows
                 rows += suite_rows(runs, tmp)
+            elif group == "gdb":
+                from bench_gdb import gdb_rows
+                rows += gdb_rows(max(3, runs // 2), tmp)
             elif group == "backends":
                 from bench_backends import backend_rows
                 rows += backend_rows(runs, tmp)

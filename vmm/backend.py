@@ -173,7 +173,56 @@ class UnknownExit(Exit):
         self.reason = reason
 
 
-HALT, SHUTDOWN, INTERRUPTED = Halt(), Shutdown(), Interrupted()
+class DebugStop(Exit):
+    """Under a debugger (vmm.gdb): the guest stopped between two instructions, because the
+    instruction budget ran out, a breakpoint's instruction is next, or a watched location
+    changed. `CpuBackend.debug.reason` says which."""
+    __slots__ = ()
+
+
+HALT, SHUTDOWN, INTERRUPTED, DEBUG_STOP = Halt(), Shutdown(), Interrupted(), DebugStop()
+
+
+class DebugState:
+    """What a backend under a debugger counts and checks, the same on every backend.
+
+    `steps` counts completed instructions (a REP string instruction counts once per iteration,
+    as the CPU single-steps it) since debugging began. After each completed instruction the
+    backend calls `completed(linear_rip)`; True means: stop here, before the instruction at
+    `linear_rip`, and return DEBUG_STOP. The position it stops at never depends on when the
+    host looked, so a replay re-executed to the same step count is in the same state."""
+
+    def __init__(self):
+        self.steps = 0
+        self.target: int | None = None           # stop once `steps` reaches this
+        self.breakpoints: frozenset[int] = frozenset()   # linear addresses
+        self.watches: list[list] = []            # [physical, length, bytes then, linear, kind]
+        self.reason: tuple = ("step",)
+        self.memory = None
+        self.count = False      # count every instruction even with nothing to stop at (replays)
+
+    @property
+    def needs_every_step(self) -> bool:
+        return (self.count or self.target is not None or bool(self.breakpoints)
+                or bool(self.watches))
+
+    def completed(self, linear_rip: int) -> bool:
+        self.steps += 1
+        if self.watches:
+            memory = self.memory
+            for w in self.watches:
+                now = bytes(memory[w[0]:w[0] + w[1]])
+                if now != w[2]:
+                    w[2] = now
+                    self.reason = ("watch", w[3], w[4])
+                    return True
+        if linear_rip in self.breakpoints:
+            self.reason = ("break", linear_rip)
+            return True
+        if self.target is not None and self.steps >= self.target:
+            self.reason = ("step",)
+            return True
+        return False
 
 
 class CpuBackend:
@@ -228,3 +277,24 @@ class CpuBackend:
 
     def close(self) -> None:
         raise NotImplementedError
+
+    # --- debugging (optional; vmm.gdb) -------------------------------------------------------
+    debug: DebugState | None = None     # set by debug_begin()
+
+    def debug_begin(self) -> DebugState:
+        """From now on run() counts instructions in `debug.steps` and returns DEBUG_STOP where
+        `debug` says to stop. Costs nothing until called."""
+        raise NotImplementedError(f"the {self.name} backend cannot be debugged")
+
+    def debug_registers(self) -> dict[str, int]:
+        """GPR_NAMES plus the segment selectors cs ss ds es fs gs, fs_base, gs_base, and the
+        control registers cr0 cr2 cr3 cr4 efer."""
+        raise NotImplementedError
+
+    def set_debug_registers(self, values: dict[str, int]) -> None:
+        """Write general registers, RIP and RFLAGS (names of GPR_NAMES)."""
+        raise NotImplementedError
+
+    def debug_write_memory(self, physical: int, data: bytes) -> None:
+        """Write guest RAM for the debugger (so that translated code is invalidated too)."""
+        self.memory[physical:physical + len(data)] = data

@@ -19,6 +19,7 @@ exit status:
   2          bad command-line usage
   10         the guest file cannot be booted (missing, empty, malformed, does not fit)
   12         no usable CPU backend (/dev/kvm with --backend kvm, or the emulator)
+  16         --gdb: cannot listen for gdb (the port is in use, a bad address)
   20         triple fault            22  unhandled guest exception / BIOS call
   24         memory outside RAM      26  unknown port
   28         --timeout or --max-time ran out                30  output past --max-output
@@ -190,6 +191,9 @@ def _add_run(run: argparse.ArgumentParser) -> None:
     add_feeds_options(run)
     run.add_argument("-v", "--verbose", action="store_true",
                      help="report how the run ended and its counters on stderr")
+    run.add_argument("--gdb", metavar="[HOST:]PORT",
+                     help="wait for gdb on this port (host 127.0.0.1 unless given) before the "
+                          "first instruction, and run under its control (docs/debugging.md)")
     run.set_defaults(func=cmd_run, output=None)
 
 
@@ -218,6 +222,13 @@ def _add_replay(replay: argparse.ArgumentParser) -> None:
                         help="wall-clock bound on the replay (default: twice the recording's "
                              "wall time plus 10s)")
     add_backend_option(replay)
+    d = replay.add_argument_group("debugging (docs/debugging.md)")
+    d.add_argument("--gdb", metavar="[HOST:]PORT",
+                   help="wait for gdb on this port (host 127.0.0.1 unless given) before the "
+                        "first instruction; gdb can then also run the replay backwards")
+    d.add_argument("--stop-at", type=int, metavar="N",
+                   help="replay to observation N (just after its read) and print the registers, "
+                        "the screen, the device state and the next input events")
     g = replay.add_argument_group("re-drive boot options (default: the recording's, or the "
                                   "other guest's own for an ELF file)")
     g.add_argument("--mode", choices=("real", "protected", "long"))
@@ -314,7 +325,9 @@ COMMANDS = {
                     "under the virtual clock and diff its console output against the recording.",
         epilog="exit status: 0 identical, 40 diverged (a report names the first difference), "
                "41 re-driven output differs, 42 the trace is truncated and its prefix replayed "
-               "identically, 14 unreadable or malformed trace, 10 bad --guest file, 12 no KVM",
+               "identically, 14 unreadable or malformed trace, 10 bad --guest file, 12 no KVM; "
+               "with --gdb: 44 gdb wrote into the replay (diverged by the debugger), 16 cannot "
+               "listen (port in use); --stop-at: 46 the run ended before observation N",
         formatter_class=_RawHelpFormatter)),
     "grade": (_add_grade, dict(
         help="score student guests against a rubric; reports and traces to --out",
@@ -426,6 +439,14 @@ def cmd_run(args) -> int:
                              + (" (--script sends the keys)" if args.script else ""))
         from .terminal import LocalEcho
         feed = LocalEcho(feed)
+    if getattr(args, "gdb", None) is not None:
+        from .gdb.session import live_spec, serve
+        from .inputs import NullFeed
+        if terminal:
+            feed = NullFeed()     # the terminal is the user's; keys come from a pipe or --script
+        spec.timeout_ns = None
+        out = OutputCollector(sys.stdout.buffer)
+        return serve(live_spec(spec, feed or NullFeed(), _log), args.gdb, out, _log)
     result = live_run(spec, feed=feed, terminal=terminal,
                       sink=OutputCollector(sys.stdout.buffer), log=_log)
     report_end(result.end, args.verbose)
@@ -434,6 +455,19 @@ def cmd_run(args) -> int:
 
 def cmd_replay(args) -> int:
     from .runner import OutputCollector, replay_trace
+    if args.gdb is not None or args.stop_at is not None:
+        if args.guest is not None:
+            raise UsageError("--gdb and --stop-at debug an exact replay: drop --guest")
+        if args.gdb is not None and args.stop_at is not None:
+            raise UsageError("use either --gdb or --stop-at (in gdb: monitor seek N)")
+        from .gdb.session import replay_spec, serve, stop_at
+        spec, trace = replay_spec(args.trace, args.backend, _log)
+        if args.stop_at is not None:
+            if args.stop_at < 0:
+                raise UsageError("--stop-at N: N is an observation count, 0 or more")
+            return stop_at(spec, args.stop_at)
+        out = OutputCollector(None if args.quiet else sys.stdout.buffer)
+        return serve(spec, args.gdb, out, _log, guest_bytes=trace.guest_bytes)
     override = None
     if args.mode or args.load is not None or args.entry is not None:
         override = dict(mode=args.mode, load=args.load, entry=args.entry)

@@ -43,8 +43,8 @@ from collections import deque
 
 from greenlet import GreenletExit, getcurrent, greenlet
 
-from .backend import (HALT, INTERRUPTED, SHUTDOWN, CpuBackend, CpuState, EntryState, GPR_NAMES,
-                      InternalError, IoIn, IoOut, Mmio, Segment)
+from .backend import (DEBUG_STOP, HALT, INTERRUPTED, SHUTDOWN, CpuBackend, CpuState, DebugState,
+                      EntryState, GPR_NAMES, InternalError, IoIn, IoOut, Mmio, Segment)
 from .errors import BackendUnavailable
 
 SLICE_S = 0.02              # a guest computing without exits is stopped this often, to let
@@ -540,6 +540,11 @@ class EmuBackend(CpuBackend):
         self._resume = bytes(data)
 
     def kick(self) -> None:
+        if self.debug is not None:
+            # Under a debugger the code hook sees the kick between two instructions: stopping
+            # Unicorn mid-block would make it re-run a hook and count an instruction twice.
+            self._kicked = True
+            return
         # Called from signal handlers. Python runs them in the main thread between bytecodes:
         # while the emulation runs, that is inside one of our hooks, where stopping is allowed;
         # a guest that never calls a hook is stopped by the slicer thread within SLICE_S, and
@@ -640,6 +645,102 @@ class EmuBackend(CpuBackend):
             self._stop = None
             self._hook_error = None
         self._wr(rip_reg, rip + (sizes[0] if sizes else 0))
+
+    # --- debugging (vmm.gdb) ------------------------------------------------------------------
+    def debug_begin(self) -> DebugState:
+        """Debug mode: a code hook before every instruction counts completed instructions
+        exactly and stops where `debug` says, by suspending the emulation inside the hook (as
+        an I/O exit does), so nothing is re-executed and no breakpoint touches guest memory."""
+        if self.debug is None:
+            import unicorn
+            self.debug = DebugState()
+            self.debug.memory = self.memory
+            self._dbg_in_insn = False        # an instruction has started since the last stop
+            code_t = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint32,
+                                      ctypes.c_void_p)
+            ref = weakref.ref(self)
+
+            def on_code(uch, address, size, ud):
+                me = ref()
+                if me is not None:
+                    try:
+                        me._on_code(address)
+                    except BaseException as e:    # never unwind through Unicorn's C frames
+                        if me._hook_error is None:
+                            me._hook_error = e
+                        me._emu_stop()
+
+            fptr = code_t(on_code)
+            handle = ctypes.c_size_t()
+            err = self._lib.uc_hook_add(self._uch, ctypes.byref(handle), unicorn.UC_HOOK_CODE,
+                                        ctypes.cast(fptr, ctypes.c_void_p), None,
+                                        ctypes.c_uint64(1), ctypes.c_uint64(0))
+            if err:
+                raise BackendUnavailable(f"cannot install the emulator's debug hook (unicorn "
+                                         f"error {err})")
+            self._hooks.append(fptr)
+            self._uc.ctl_flush_tb()           # code translated so far has no hook call in it
+        return self.debug
+
+    def _on_code(self, address: int) -> None:
+        self._activity += 1                   # also keeps the slicer from stopping mid-block
+        if self._stop is not None:
+            return
+        if self._dbg_in_insn:
+            self._dbg_in_insn = False
+            if self.debug.completed(address):
+                self._suspend(DEBUG_STOP)
+        if self._kicked:
+            self._kicked = False
+            self._suspend(INTERRUPTED)
+        self._dbg_in_insn = True
+
+    def debug_registers(self) -> dict[str, int]:
+        cpu = self.cpu_state()
+        out = dict(cpu.regs)
+        x86 = self._x86
+        for name in ("cs", "ss", "ds", "es", "fs", "gs"):
+            out[name] = self._rd(getattr(x86, f"UC_X86_REG_{name.upper()}")) & 0xFFFF
+        out["cs_base"] = cpu.cs_base
+        out["fs_base"] = self._rd(x86.UC_X86_REG_FS_BASE)
+        out["gs_base"] = self._rd(x86.UC_X86_REG_GS_BASE)
+        out.update(cr0=cpu.cr0, cr2=cpu.cr2, cr3=cpu.cr3, cr4=cpu.cr4, efer=cpu.efer)
+        return out
+
+    def set_debug_registers(self, values: dict[str, int]) -> None:
+        x86 = self._x86
+        for name in GPR_NAMES:
+            if name in values:
+                self._wr(getattr(x86, f"UC_X86_REG_{name.upper()}"), values[name])
+        if "rip" in values:
+            self._dbg_in_insn = False         # Unicorn restarts at the new RIP
+
+    def debug_write_memory(self, physical: int, data: bytes) -> None:
+        self._write_physical(physical, data)
+
+    def debug_save(self) -> dict:
+        """The CPU between two instructions, for a snapshot (vmm.gdb.snapshot): Unicorn's
+        whole CPU context (hidden segment parts, TB flags and lazy flags included) and what
+        vmm keeps beside it (the RDTSC event count, a string IN's pending elements)."""
+        return {"context": bytes(self._save()), "events": self._events,
+                "in_rest": list(self._in_rest), "ins_continues": self._ins_continues,
+                "rf_set": self._rf_set, "steps": self.debug.steps}
+
+    def debug_restore(self, saved: dict) -> None:
+        """Load what debug_save() returned, before this backend has run (memory is the
+        caller's: vmm.gdb.snapshot restores it)."""
+        self._ctx_buf[:] = saved["context"]
+        self._restore()
+        self._events = saved["events"]
+        self._in_rest = deque(saved["in_rest"])
+        self._ins_continues, self._rf_set = saved["ins_continues"], saved["rf_set"]
+        self.debug.steps = saved["steps"]
+        self._dbg_in_insn = False
+        self._uc.ctl_flush_tb()
+
+    def resident_pages(self) -> bytes | None:
+        from .kvm_backend import _resident_pages
+        return _resident_pages(self._ram)
 
     # --- the slicer: a guest that never exits must still see signals -----------------------------
     def _start_slicer(self) -> None:

@@ -4,6 +4,7 @@
     ├── UsageError                a flag or argument makes no sense            exit 2
     ├── GuestImageError           the guest file cannot be booted              exit 10
     ├── BackendUnavailable        no usable /dev/kvm (or other CPU backend)    exit 12
+    ├── GdbSetupError             --gdb cannot listen (port in use, bad host)  exit 16
     ├── TraceError                a trace file is unreadable or malformed      exit 14
     └── Terminated                SIGTERM arrived outside a run                 exit 143
 
@@ -30,6 +31,11 @@ class GuestImageError(VmmError):
 
 class BackendUnavailable(VmmError):
     exit_code = 12
+
+
+class GdbSetupError(VmmError):
+    """The debugger cannot be offered: the port is in use, the address is not this host's."""
+    exit_code = 16
 
 
 class TraceError(VmmError):
@@ -61,6 +67,8 @@ EXIT_CODES = {
     "diverged": 40,        # vmm replay: the guest did something other than the recording
     "redrive-differs": 41,  # vmm replay --guest: console output differs from the recording
     "truncated-end": 42,   # vmm replay: a truncated trace's prefix replayed identically
+    "debugger": 44,        # vmm replay --gdb: gdb wrote into the replay, which left its trace
+    "stop-at-unreached": 46,  # vmm replay --stop-at N: the run ended before observation N
     "interrupted": 130,    # SIGINT / Ctrl-C
     "terminated": 143,     # SIGTERM
 }

@@ -133,6 +133,15 @@ class kvm_run(ctypes.Structure):
                 ("flags", u16), ("cr8", u64), ("apic_base", u64), ("u", kvm_run_exit_union)]
 
 
+class kvm_guest_debug(ctypes.Structure):
+    """struct kvm_guest_debug with x86's kvm_guest_debug_arch (debugreg[8])."""
+    _fields_ = [("control", u32), ("pad", u32), ("debugreg", u64 * 8)]
+
+
+class kvm_debug_exit_arch(ctypes.Structure):
+    _fields_ = [("exception", u32), ("pad", u32), ("pc", u64), ("dr6", u64), ("dr7", u64)]
+
+
 # --- request numbers ---------------------------------------------------------------------------
 KVM_GET_API_VERSION = _IO(0x00)
 KVM_CREATE_VM = _IO(0x01)
@@ -150,6 +159,22 @@ KVM_SET_REGS = _IOW(0x82, kvm_regs)
 KVM_GET_SREGS = _IOR(0x83, kvm_sregs)
 KVM_SET_SREGS = _IOW(0x84, kvm_sregs)
 KVM_SET_CPUID2 = _IOW(0x90, kvm_cpuid2)
+KVM_SET_GUEST_DEBUG = _IOW(0x9B, kvm_guest_debug)
+# The rest of a vCPU's state, for snapshots under the debugger (vmm.gdb.snapshot), moved as
+# opaque buffers of the kernel's sizes: struct kvm_fpu (416), kvm_vcpu_events (64), and
+# kvm_msrs (an 8-byte header, then 16-byte kvm_msr_entry records).
+KVM_FPU_SIZE, KVM_VCPU_EVENTS_SIZE, KVM_MSRS_HEADER, KVM_MSR_ENTRY = 416, 64, 8, 16
+KVM_GET_MSRS = _IOC(_IOC_READ | _IOC_WRITE, KVMIO, 0x88, KVM_MSRS_HEADER)
+KVM_SET_MSRS = _IOC(_IOC_WRITE, KVMIO, 0x89, KVM_MSRS_HEADER)
+KVM_GET_FPU = _IOC(_IOC_READ, KVMIO, 0x8C, KVM_FPU_SIZE)
+KVM_SET_FPU = _IOC(_IOC_WRITE, KVMIO, 0x8D, KVM_FPU_SIZE)
+KVM_GET_VCPU_EVENTS = _IOC(_IOC_READ, KVMIO, 0x9F, KVM_VCPU_EVENTS_SIZE)
+KVM_SET_VCPU_EVENTS = _IOC(_IOC_WRITE, KVMIO, 0xA0, KVM_VCPU_EVENTS_SIZE)
+
+# KVM_SET_GUEST_DEBUG control bits (KVM_GUESTDBG_*).
+KVM_GUESTDBG_ENABLE = 0x1
+KVM_GUESTDBG_SINGLESTEP = 0x2
+KVM_GUESTDBG_USE_HW_BP = 0x20000
 
 KVM_API_VERSION = 12
 
@@ -163,6 +188,7 @@ KVM_COALESCED_MMIO_PAGE_OFFSET = 2
 KVM_EXIT_UNKNOWN = 0
 KVM_EXIT_EXCEPTION = 1
 KVM_EXIT_IO = 2
+KVM_EXIT_DEBUG = 4
 KVM_EXIT_HLT = 5
 KVM_EXIT_MMIO = 6
 KVM_EXIT_SHUTDOWN = 8
@@ -200,7 +226,8 @@ _REQUEST_NAMES = {value: name for name, value in globals().items() if name in (
     "KVM_GET_SUPPORTED_CPUID", "KVM_CREATE_VCPU", "KVM_SET_USER_MEMORY_REGION",
     "KVM_SET_TSS_ADDR", "KVM_REGISTER_COALESCED_MMIO", "KVM_UNREGISTER_COALESCED_MMIO",
     "KVM_RUN", "KVM_GET_REGS", "KVM_SET_REGS", "KVM_GET_SREGS", "KVM_SET_SREGS",
-    "KVM_SET_CPUID2")}
+    "KVM_SET_CPUID2", "KVM_SET_GUEST_DEBUG", "KVM_GET_MSRS", "KVM_SET_MSRS", "KVM_GET_FPU",
+    "KVM_SET_FPU", "KVM_GET_VCPU_EVENTS", "KVM_SET_VCPU_EVENTS")}
 
 
 def _ioctl(fd: int, request: int, arg=0):
@@ -324,6 +351,35 @@ class Vcpu:
 
     def set_cpuid2(self, entries) -> None:
         _ioctl(self.fd, KVM_SET_CPUID2, _cpuid2_buffer(entries))
+
+    def get_state(self, msr_indices) -> dict:
+        """Registers, segment and control registers, FPU, pending events and the given MSRs,
+        as buffers set_state() takes back (a snapshot between two instructions)."""
+        fpu, events = bytearray(KVM_FPU_SIZE), bytearray(KVM_VCPU_EVENTS_SIZE)
+        _ioctl(self.fd, KVM_GET_FPU, fpu)
+        _ioctl(self.fd, KVM_GET_VCPU_EVENTS, events)
+        msrs = bytearray(KVM_MSRS_HEADER + KVM_MSR_ENTRY * len(msr_indices))
+        msrs[0:4] = len(msr_indices).to_bytes(4, "little")
+        for i, index in enumerate(msr_indices):
+            at = KVM_MSRS_HEADER + KVM_MSR_ENTRY * i
+            msrs[at:at + 4] = index.to_bytes(4, "little")
+        count = _ioctl(self.fd, KVM_GET_MSRS, msrs)
+        msrs[0:4] = int(count).to_bytes(4, "little")     # the ones this KVM has
+        return {"regs": bytes(self.get_regs()), "sregs": bytes(self.get_sregs()),
+                "fpu": bytes(fpu), "events": bytes(events), "msrs": bytes(msrs)}
+
+    def set_state(self, state: dict) -> None:
+        _ioctl(self.fd, KVM_SET_SREGS, state["sregs"])
+        _ioctl(self.fd, KVM_SET_REGS, state["regs"])
+        _ioctl(self.fd, KVM_SET_FPU, state["fpu"])
+        _ioctl(self.fd, KVM_SET_MSRS, state["msrs"])
+        _ioctl(self.fd, KVM_SET_VCPU_EVENTS, state["events"])
+
+    def set_guest_debug(self, control: int, debugreg=None) -> None:
+        dbg = kvm_guest_debug(control=control)
+        for i, value in enumerate(debugreg or ()):
+            dbg.debugreg[i] = value
+        _ioctl(self.fd, KVM_SET_GUEST_DEBUG, bytes(dbg))
 
     def close(self) -> None:
         if self.fd >= 0:

@@ -18,8 +18,9 @@ import mmap
 import struct
 
 from . import coalesced, kvm
-from .backend import (HALT, INTERRUPTED, SHUTDOWN, CpuBackend, CpuState, EntryState, FailEntry,
-                      InternalError, IoIn, IoOut, Mmio, Segment, UnknownExit, GPR_NAMES)
+from .backend import (DEBUG_STOP, HALT, INTERRUPTED, SHUTDOWN, CpuBackend, CpuState, DebugState,
+                      EntryState, FailEntry, InternalError, IoIn, IoOut, Mmio, Segment,
+                      UnknownExit, GPR_NAMES)
 from .errors import BackendUnavailable
 
 _io_info = struct.Struct("<BBHIQ").unpack_from          # direction, size, port, count, data_offset
@@ -29,6 +30,11 @@ _exit_io = struct.Struct("<I20xBBHIQ").unpack_from
 _mmio_info = struct.Struct("<Q8sIB").unpack_from         # phys_addr, data, len, is_write
 _u32 = struct.Struct("<I").unpack_from
 _internal_info = struct.Struct("<II").unpack_from
+_HLT = 0xF4
+# MSRs a snapshot keeps (EFER is in the segment registers): SYSENTER CS/ESP/EIP, PAT, STAR,
+# LSTAR, CSTAR, SFMASK, KERNEL_GS_BASE, TSC_AUX.
+_SNAPSHOT_MSRS = (0x174, 0x175, 0x176, 0x277, 0xC0000081, 0xC0000082, 0xC0000083, 0xC0000084,
+                  0xC0000102, 0xC0000103)
 
 
 # The hot path's names, bound once. KVM_RUN goes straight to fcntl.ioctl with two arguments
@@ -182,6 +188,140 @@ class KvmBackend(CpuBackend):
         # interrupts it; if it is about to start, immediate_exit makes it return at once.
         self._run_area[kvm.RUN_IMMEDIATE_EXIT] = 1
 
+    # --- debugging (vmm.gdb): single-stepping, so that every instruction is counted ---------
+    def debug_begin(self) -> DebugState:
+        """Debug mode: KVM_RUN single-steps (KVM_GUESTDBG_SINGLESTEP) whenever the debugger
+        needs every step (a step count to reach, breakpoints, watchpoints), so breakpoints are
+        never written into guest memory. `run` becomes `_debug_run` for this backend only: the
+        hot path of runs without a debugger is unchanged."""
+        if self.debug is None:
+            self.debug = DebugState()
+            self.debug.memory = self.memory
+            self._debug_pending = False     # an I/O exit completed its instruction: check it
+            self._debug_stepping = None     # the KVM_SET_GUEST_DEBUG state now in force
+            self._debug_rip = None
+            self.run = self._debug_run
+        return self.debug
+
+    def _debug_run(self):
+        debug = self.debug
+        if self._debug_pending:
+            self._debug_pending = False
+            if debug.completed(self._linear_rip()):
+                return DEBUG_STOP
+        every = debug.needs_every_step
+        slots = None
+        if every and not debug.count and debug.target is None:
+            slots = _hw_slots(debug)        # a live run: breakpoints in the debug registers
+        if slots is not None and self._linear_rip() in debug.breakpoints:
+            slots = None                    # on a breakpoint: step off it first
+        mode = ("off",) if not every else ("step",) if slots is None else ("hw",) + slots
+        if mode != self._debug_stepping:
+            if mode[0] == "hw":
+                dr7 = 0
+                for i, (_, rw, length) in enumerate(slots):
+                    dr7 |= (1 << (2 * i)) | (rw << (16 + 4 * i)) | (length << (18 + 4 * i))
+                self._vcpu.set_guest_debug(kvm.KVM_GUESTDBG_ENABLE | kvm.KVM_GUESTDBG_USE_HW_BP,
+                                           [a for a, _, _ in slots] + [0] * (7 - len(slots))
+                                           + [dr7])
+            else:
+                self._vcpu.set_guest_debug(kvm.KVM_GUESTDBG_ENABLE | kvm.KVM_GUESTDBG_SINGLESTEP
+                                           if every else 0)
+            self._debug_stepping = mode
+        if mode[0] != "step":
+            # Not single-stepped: a live run that needs no positions (breakpoints, if any, are
+            # in the debug registers, which the guest's memory never sees).
+            self._debug_rip = None
+            exit_ = KvmBackend.run(self)
+            if _u32(self._run_area, _RUN_EXIT_REASON)[0] == kvm.KVM_EXIT_DEBUG \
+                    and type(exit_) is UnknownExit:
+                if debug.completed(self._debug_exit_pc()):
+                    return DEBUG_STOP
+                return INTERRUPTED          # a write that changed nothing: go on
+            return exit_
+        area = self._run_area
+        if self._debug_rip is None:
+            self._debug_rip = self._linear_rip()
+        while True:
+            rip_before = self._debug_rip
+            exit_ = KvmBackend.run(self)
+            if type(exit_) is UnknownExit and \
+                    _u32(area, _RUN_EXIT_REASON)[0] == kvm.KVM_EXIT_DEBUG:
+                pc = self._debug_rip = self._debug_exit_pc()
+                if rip_before is not None and pc == rip_before + 1 and \
+                        self._debug_byte(rip_before) == _HLT:
+                    # Single-stepped, HLT traps like any instruction (no KVM_EXIT_HLT on some
+                    # hypervisors): report it as the HLT exit it is, as without a debugger.
+                    return HALT
+                if debug.completed(pc):
+                    return DEBUG_STOP
+                if slots is None and not debug.count and debug.target is None \
+                        and _hw_slots(debug) is not None:
+                    return INTERRUPTED      # stepped off a breakpoint: on in hardware mode
+                continue
+            if type(exit_) in (IoOut, IoIn):
+                # An I/O exit either completed its instruction already (RIP moved on, as for
+                # OUT on some hypervisors) or completes it at the next entry (a debug exit
+                # follows). Either way each instruction is counted exactly once.
+                rip = self._linear_rip()
+                if rip_before is not None and rip != rip_before:
+                    self._debug_rip = rip
+                    self._debug_pending = True
+            return exit_
+
+    def _debug_exit_pc(self) -> int:
+        area = self._run_area
+        return kvm.kvm_debug_exit_arch.from_buffer_copy(
+            area[kvm.RUN_EXIT_INFO:kvm.RUN_EXIT_INFO + ctypes.sizeof(kvm.kvm_debug_exit_arch)]).pc
+
+    def debug_save(self) -> dict:
+        """The vCPU between two instructions, for a snapshot (vmm.gdb.snapshot)."""
+        return {"vcpu": self._vcpu.get_state(_SNAPSHOT_MSRS), "steps": self.debug.steps}
+
+    def debug_restore(self, saved: dict) -> None:
+        """Load what debug_save() returned, before this backend has run."""
+        self._vcpu.set_state(saved["vcpu"])
+        self.debug.steps = saved["steps"]
+        self._debug_rip = None
+        self._debug_pending = False
+
+    def resident_pages(self) -> bytes | None:
+        return _resident_pages(self._ram)
+
+    def _debug_byte(self, linear: int) -> int | None:
+        from .gdb.paging import Unmapped, translate
+        sregs = self._vcpu.get_sregs()
+        try:
+            physical = translate(self.memory, linear, sregs.cr0, sregs.cr3, sregs.cr4,
+                                 sregs.efer)
+        except Unmapped:
+            return None
+        return self.memory[physical] if physical < len(self.memory) else None
+
+    def _linear_rip(self) -> int:
+        sregs = self._vcpu.get_sregs()
+        return (sregs.cs.base + self._vcpu.get_regs().rip) & 0xFFFFFFFFFFFFFFFF
+
+    def debug_registers(self) -> dict[str, int]:
+        regs = self._vcpu.get_regs()
+        sregs = self._vcpu.get_sregs()
+        out = {name: getattr(regs, name) for name in GPR_NAMES}
+        for name in ("cs", "ss", "ds", "es", "fs", "gs"):
+            out[name] = getattr(sregs, name).selector
+        out["cs_base"] = sregs.cs.base
+        out["fs_base"], out["gs_base"] = sregs.fs.base, sregs.gs.base
+        out.update(cr0=sregs.cr0, cr2=sregs.cr2, cr3=sregs.cr3, cr4=sregs.cr4, efer=sregs.efer)
+        return out
+
+    def set_debug_registers(self, values: dict[str, int]) -> None:
+        regs = self._vcpu.get_regs()
+        for name in GPR_NAMES:
+            if name in values:
+                setattr(regs, name, values[name] & 0xFFFFFFFFFFFFFFFF)
+        self._vcpu.set_regs(regs)
+        if "rip" in values:
+            self._debug_rip = None
+
     # --- inspection --------------------------------------------------------------------------
     def memory_digest(self) -> str:
         from .trace import memory_digest
@@ -237,6 +377,19 @@ def _resident_pages(ram: mmap.mmap) -> bytes | None:
         return bytes(vec) if rc == 0 else None
     except (OSError, AttributeError, TypeError):
         return None
+
+
+_DR_EXEC = 0b00              # DR7 R/Wn for an instruction breakpoint (Intel SDM 3B 17.2.4)
+
+
+def _hw_slots(debug: DebugState) -> tuple | None:
+    """The breakpoints as debug-register slots (address, R/W, LEN), or None when they do not
+    fit the four registers or watchpoints are set (then every instruction is single-stepped
+    and watched locations are compared after each). Data breakpoints (R/W = write) are not
+    used: on nested hypervisors they may never fire, as on this project's CI host."""
+    if debug.watches or len(debug.breakpoints) > 4:
+        return None
+    return tuple((address, _DR_EXEC, 0) for address in sorted(debug.breakpoints))
 
 
 def _fill_segment(target: kvm.kvm_segment, seg: Segment) -> None:

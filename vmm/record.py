@@ -41,6 +41,15 @@ class OutputDigest:
         self._update()
         return self._h.hexdigest()[:16]
 
+    def state(self):
+        """The digest so far, for a snapshot (vmm.gdb.snapshot)."""
+        self._update()
+        return self._h.copy()
+
+    def from_state(self, state) -> None:
+        self._parts.clear()
+        self._h = state.copy()
+
 
 def machine_config(machine, boot_options: dict, cpuid: list[dict], clock: str,
                    max_time_ns: int | None, feeds: dict | None = None) -> dict:

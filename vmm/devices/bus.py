@@ -27,6 +27,49 @@ class Device:
     def stats(self) -> dict:
         return {}
 
+    # Plain values a state record may hold (vm-superio style: the record is data, no objects).
+    _STATE_TYPES = (bool, int, str, bytes, type(None))
+
+    def state(self) -> dict:
+        """The device's state as a plain record: its fields of plain types (bytes-like and
+        deque fields as bytes or lists; private ones too, which a snapshot needs), for
+        snapshots, `monitor devices` and reports. References to other objects (the input
+        source, sinks) are not state and are left out."""
+        out = {}
+        for name, value in vars(self).items():
+            if isinstance(value, self._STATE_TYPES):
+                out[name] = value
+            elif isinstance(value, (bytearray, memoryview)):
+                out[name] = bytes(value)
+            elif isinstance(value, Device):         # a part of this device (COM1's line output)
+                out[name] = value.state()
+            elif isinstance(value, dict):
+                if all(isinstance(v, self._STATE_TYPES) for v in value.values()):
+                    out[name] = dict(value)
+            elif isinstance(value, (list, tuple)) or type(value).__name__ == "deque":
+                if all(isinstance(v, self._STATE_TYPES) for v in value):
+                    out[name] = list(value)
+        return out
+
+    def from_state(self, state: dict) -> None:
+        """Restore what state() returned (fields keep their container types)."""
+        for name, value in state.items():
+            current = getattr(self, name, None)
+            if isinstance(current, Device):
+                current.from_state(value)
+            elif isinstance(current, bytearray):
+                current[:] = value
+            elif type(current).__name__ == "deque":
+                current.clear()
+                current.extend(value)
+            elif isinstance(current, list):
+                current[:] = value
+            elif isinstance(current, dict):
+                current.clear()
+                current.update(value)
+            else:
+                setattr(self, name, value)
+
 
 class PortConflict(ValueError):
     """Two devices claimed the same port."""
