@@ -145,3 +145,29 @@ def records_without_info(path) -> list[dict]:
         record.pop("info", None)
         out.append(record)
     return out
+
+
+# The echo guest handed in as source: what a student's directory submission looks like.
+ECHO_BUILD = ("echo.bin: echo.s ports.inc\n"
+              "\tas --32 -o echo.o echo.s\n"
+              "\tld -m elf_i386 -Ttext 0x1000 --oformat binary -o echo.bin echo.o\n")
+
+
+def echo_source_files(makefile: str | None = None) -> dict[str, bytes]:
+    """The echo guest's source and a Makefile producing echo.bin, as {name: bytes}."""
+    return {"echo.s": (ROOT / "guests" / "echo.s").read_bytes(),
+            "ports.inc": (ROOT / "guests" / "include" / "ports.inc").read_bytes(),
+            "Makefile": (makefile or ECHO_BUILD).encode()}
+
+
+def make_source_submission(folder: Path, makefile: str | None = None,
+                           extra: dict[str, str] | None = None) -> Path:
+    """A student's hand-in: the echo guest's source and a Makefile (by default one producing
+    echo.bin) in a new folder, with `extra` files beside them."""
+    folder.mkdir(parents=True)
+    for name, data in echo_source_files(makefile).items():
+        (folder / name).write_bytes(data)
+    for name, text in (extra or {}).items():
+        (folder / name).write_text(text)
+    return folder
+

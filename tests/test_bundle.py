@@ -11,7 +11,7 @@ import zipfile
 
 import pytest
 
-from conftest import GUESTS, ROOT
+from conftest import GUESTS, ROOT, echo_source_files
 
 pytestmark = [pytest.mark.kvm, pytest.mark.skipif(shutil.which("bwrap") is None,
                                                   reason="needs bubblewrap (make test installs it)")]
@@ -70,10 +70,7 @@ def submit(autograder, files: dict) -> dict:
 
 
 def echo_source() -> dict:
-    return {"echo.s": (ROOT / "guests" / "echo.s").read_bytes(),
-            "ports.inc": (ROOT / "guests" / "include" / "ports.inc").read_bytes(),
-            "Makefile": b"echo.bin: echo.s ports.inc\n\tas --32 -o echo.o echo.s\n"
-                        b"\tld -m elf_i386 -Ttext 0x1000 --oformat binary -o echo.bin echo.o\n"}
+    return echo_source_files()
 
 
 def results(autograder) -> dict:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import socket
 import subprocess
 import tarfile
@@ -12,7 +11,7 @@ import xml.etree.ElementTree as ET
 import pexpect
 import pytest
 
-from conftest import GUESTS, ROOT, vmm_command
+from conftest import GUESTS, ROOT, make_source_submission, vmm_command
 from harness.grader import grade
 from vmm.trace import read_trace
 
@@ -93,18 +92,6 @@ def test_every_scenario_trace_replays_exactly(tmp_path, rubric, vmm):
 
 
 # --- submissions built from source ----------------------------------------------------------
-def make_source_submission(folder, makefile: str | None = None):
-    """A student's hand-in: the echo guest's source and a Makefile producing echo.bin."""
-    folder.mkdir(parents=True)
-    shutil.copy(ROOT / "guests" / "echo.s", folder / "echo.s")
-    shutil.copy(ROOT / "guests" / "include" / "ports.inc", folder / "ports.inc")
-    (folder / "Makefile").write_text(makefile or (
-        "echo.bin: echo.s ports.inc\n"
-        "\tas --32 -o echo.o echo.s\n"
-        "\tld -m elf_i386 -Ttext 0x1000 --oformat binary -o echo.bin echo.o\n"))
-    return folder
-
-
 def test_directory_and_tarball_submissions_are_built_and_graded(tmp_path, rubric):
     src = make_source_submission(tmp_path / "alice")
     with tarfile.open(tmp_path / "bob.tar.gz", "w:gz") as tar:

@@ -9,7 +9,7 @@ import struct
 
 import pytest
 
-from conftest import GUESTS, ROOT
+from conftest import GUESTS, ROOT, make_source_submission
 from harness.grader import grade
 
 pytestmark = pytest.mark.kvm
@@ -102,17 +102,9 @@ wait 1200ms
 '''
 
 
-def echo_source(folder, vmm_toml: str | None = None):
-    import shutil
-    folder.mkdir(parents=True)
-    shutil.copy(ROOT / "guests" / "echo.s", folder / "echo.s")
-    shutil.copy(ROOT / "guests" / "include" / "ports.inc", folder / "ports.inc")
-    (folder / "Makefile").write_text(
-        "echo.bin: echo.s ports.inc\n\tas --32 -o echo.o echo.s\n"
-        "\tld -m elf_i386 -Ttext 0x1000 --oformat binary -o echo.bin echo.o\n")
-    if vmm_toml is not None:
-        (folder / "vmm.toml").write_text(vmm_toml)
-    return str(folder)
+def echo_source(folder, vmm_toml: str | None = None) -> str:
+    extra = {"vmm.toml": vmm_toml} if vmm_toml is not None else None
+    return str(make_source_submission(folder, extra=extra))
 
 
 def test_a_failed_gate_takes_every_point_of_its_scenario(tmp_path):

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 
 import pytest
 
-from conftest import GUESTS, ROOT, records_without_info
+from conftest import GUESTS, ROOT, make_source_submission, records_without_info
 from harness.grader import grade
 
 pytestmark = pytest.mark.kvm
@@ -27,13 +26,7 @@ def test_regrading_gives_the_same_files(tmp_path):
     rubric = tmp_path / "echo.toml"
     rubric.write_text((ROOT / "examples" / "rubrics" / "echo.toml").read_text()
                       .replace('wall_time = "5s"', 'wall_time = "1s"'))
-    source = tmp_path / "alice"
-    source.mkdir()
-    shutil.copy(ROOT / "guests" / "echo.s", source / "echo.s")
-    shutil.copy(ROOT / "guests" / "include" / "ports.inc", source / "ports.inc")
-    (source / "Makefile").write_text(
-        "echo.bin: echo.s ports.inc\n\tas --32 -o echo.o echo.s\n"
-        "\tld -m elf_i386 -Ttext 0x1000 --oformat binary -o echo.bin echo.o\n")
+    source = make_source_submission(tmp_path / "alice")
     subs = [str(source), str(GUESTS / "mutants" / "echo-one_line.bin"),
             str(GUESTS / "mutants" / "echo-triple_fault.bin")]
     first, second = tmp_path / "first", tmp_path / "second"

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, vmm_command
+from conftest import ROOT, make_source_submission, vmm_command
 from harness.grader import grade, submission_names
 from harness.limits import Cgroup
 from harness.sandbox import unavailable_reason
@@ -82,14 +82,8 @@ BUILD = ("\tas --32 -o echo.o echo.s\n"
 def source(folder: Path, recipe: str = "", extra: dict | None = None) -> Path:
     """A submission directory: the echo guest's source and a Makefile whose echo.bin rule runs
     `recipe` (the attack) before building."""
-    folder.mkdir(parents=True)
-    shutil.copy(ROOT / "guests" / "echo.s", folder / "echo.s")
-    shutil.copy(ROOT / "guests" / "include" / "ports.inc", folder / "ports.inc")
     lines = "".join(f"\t{line}\n" for line in recipe.strip().splitlines() if line.strip())
-    (folder / "Makefile").write_text(f"echo.bin: echo.s ports.inc\n{lines}{BUILD}")
-    for name, text in (extra or {}).items():
-        (folder / name).write_text(text)
-    return folder
+    return make_source_submission(folder, f"echo.bin: echo.s ports.inc\n{lines}{BUILD}", extra)
 
 
 def tarball(path: Path, members) -> Path:
