@@ -94,11 +94,10 @@ def grading_throughput(runs: int, tmp: str) -> list[Row]:
 
 
 def sandbox_build_row(runs: int, tmp: str) -> Row:
-    """The reference submission (guests/echo.s with a Makefile) built the way `vmm grade`
+    """The reference submission (examples/submissions/alice) built the way `vmm grade`
     builds it: in the bubblewrap sandbox (unpacked from a tar stream inside it, limits, the
     guest handed back on a pipe) against --no-sandbox (a copy and `make` under unshare -n),
     interleaved run for run. The figure is the sandbox's cost per build."""
-    import shutil
     from pathlib import Path
 
     from harness.grader import Submission, prepare
@@ -109,13 +108,7 @@ def sandbox_build_row(runs: int, tmp: str) -> Row:
     if reason:
         return Row(id="sandbox-build", group="4. suites", name=name, unit="ms", vmm=None,
                    compare="difference", note=f"skipped: {reason}")
-    src = Path(tmp) / "reference"
-    src.mkdir()
-    shutil.copy(ROOT / "guests" / "echo.s", src / "echo.s")
-    shutil.copy(ROOT / "guests" / "include" / "ports.inc", src / "ports.inc")
-    (src / "Makefile").write_text(
-        "echo.bin: echo.s ports.inc\n\tas --32 -o echo.o echo.s\n"
-        "\tld -m elf_i386 -Ttext 0x1000 --oformat binary -o echo.bin echo.o\n")
+    src = ROOT / "examples" / "submissions" / "alice"     # the shipped reference hand-in
     rubric = load_rubric(str(RUBRIC))
     sub = Submission("reference", str(src))
     sandboxed, plain = [], []
