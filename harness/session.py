@@ -30,7 +30,7 @@ from pexpect.expect import Expecter, searcher_re, searcher_string
 from pexpect.spawnbase import SpawnBase
 
 from vmm.boot import BootOptions, load_guest
-from vmm.cpuid import cpuid_table
+from vmm.cpu.cpuid import cpuid_table
 from vmm.feeds import load_feeds
 from vmm.inputs import LiveInput, NullFeed, VirtualClock
 from vmm.machine import Machine, RunConfig

@@ -37,10 +37,10 @@ def kvm_answers_cpuid_from_its_table() -> bool:
     Some hypervisors behind /dev/kvm do not: this project's CI host (PVM, a software nested
     hypervisor) ORs the host CPU's feature bits into leaf 1. The emulator always answers from
     the table the trace records, so there the two backends' registers differ after CPUID."""
-    from vmm.backend import Halt
+    from vmm.cpu.backend import Halt
     from vmm.boot import build_boot_image
-    from vmm.cpuid import portable_table
-    from vmm.kvm_backend import KvmBackend
+    from vmm.cpu.cpuid import portable_table
+    from vmm.cpu.kvm_backend import KvmBackend
     code = bytes.fromhex("66b801000000" "0fa2" "f4")         # mov eax, 1; cpuid; hlt
     image = build_boot_image("cpuid", code, BootOptions(mem=1 << 20))
     backend = KvmBackend(image.mem_size)

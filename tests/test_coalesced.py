@@ -16,8 +16,9 @@ import struct
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from vmm import coalesced, kvm, machine as machine_mod
-from vmm.backend import (GPR_NAMES, HALT, CpuBackend, CpuState, IoIn, IoOut)
+from vmm import machine as machine_mod
+from vmm.cpu import coalesced, kvm
+from vmm.cpu.backend import (GPR_NAMES, HALT, CpuBackend, CpuState, IoIn, IoOut)
 from vmm.boot import BootOptions, build_boot_image
 from vmm.devices import LineOutput, Serial16550
 from vmm.inputs import LiveInput, NullFeed, VirtualClock

@@ -1,4 +1,4 @@
-"""The CPUID table the guest sees (vmm.cpuid), built from sample KVM_GET_SUPPORTED_CPUID lists."""
+"""The CPUID table the guest sees (vmm.cpu.cpuid), built from sample KVM_GET_SUPPORTED_CPUID lists."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import struct
 
 import pytest
 
-from vmm.cpuid import cpuid_table, portable_table
+from vmm.cpu.cpuid import cpuid_table, portable_table
 from vmm.errors import UsageError
 
 RDRAND, HYPERVISOR = 1 << 30, 1 << 31

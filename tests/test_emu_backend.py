@@ -1,4 +1,4 @@
-"""The emulator CPU backend (vmm.emu_backend), instruction by instruction.
+"""The emulator CPU backend (vmm.cpu.emu_backend), instruction by instruction.
 
 Small guests (assembled here with GNU as) exercise what vmm itself carries out for the emulator:
 port I/O and its register conventions, string I/O chunks, HLT, exception and interrupt delivery
@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from conftest import emu_usable, kvm_usable
-from vmm.backend import Halt, InternalError, Interrupted, IoIn, IoOut, Mmio
+from vmm.cpu.backend import Halt, InternalError, Interrupted, IoIn, IoOut, Mmio
 from vmm.boot import BootOptions, build_boot_image, load_guest
 
 pytestmark = pytest.mark.skipif(not emu_usable(), reason="needs the unicorn package")
@@ -51,8 +51,8 @@ def image_of(source: str, mode: str, tmp_path: Path, mem: int = 16 * MiB):
 
 
 def portable_cpuid() -> list[dict]:
-    from vmm.cpuid import portable_table
-    from vmm.emu_backend import EmuBackend
+    from vmm.cpu.cpuid import portable_table
+    from vmm.cpu.emu_backend import EmuBackend
     backend = EmuBackend(MiB)
     try:
         return portable_table(backend.supported_cpuid())
@@ -62,10 +62,10 @@ def portable_cpuid() -> list[dict]:
 
 def make(name: str, image, cpuid=None):
     if name == "kvm":
-        from vmm.kvm_backend import KvmBackend
+        from vmm.cpu.kvm_backend import KvmBackend
         backend = KvmBackend(image.mem_size)
     else:
-        from vmm.emu_backend import EmuBackend
+        from vmm.cpu.emu_backend import EmuBackend
         backend = EmuBackend(image.mem_size)
     for address, data in image.chunks:
         backend.memory[address:address + len(data)] = data
@@ -315,7 +315,7 @@ def test_executing_outside_ram_is_an_internal_error(tmp_path):
     exits = run_guest("emu", image_of("mov $0xf0000000, %eax\n jmp *%eax", "protected",
                                       tmp_path))[0]
     assert exits[-1][0] == "EmulatorError" and exits[-1][3] == 0xf0000000
-    from vmm.emu_backend import EmulatorError
+    from vmm.cpu.emu_backend import EmulatorError
     assert issubclass(EmulatorError, InternalError)      # the run loop's "kvm-error", status 32
 
 
@@ -330,7 +330,7 @@ def test_rdtsc_counts_guest_events_deterministically(tmp_path):
 
 
 def test_cpuid_follows_kvms_rules_for_leaves_it_lacks():
-    from vmm.emu_backend import EmuBackend
+    from vmm.cpu.emu_backend import EmuBackend
     backend = EmuBackend(MiB)
     try:
         intel = [{"function": 0, "index": 0, "flags": 0, "eax": 1, "ebx": 0x756E6547,
@@ -354,8 +354,8 @@ def test_cpuid_follows_kvms_rules_for_leaves_it_lacks():
 
 
 def test_the_emulators_own_cpu_when_there_is_no_kvm():
-    from vmm.cpuid import portable_table
-    from vmm.emu_backend import emulator_cpuid
+    from vmm.cpu.cpuid import portable_table
+    from vmm.cpu.emu_backend import emulator_cpuid
     table = emulator_cpuid()
     leaf1 = next(e for e in table if e["function"] == 1)
     assert leaf1["edx"] & (1 << 25) and leaf1["ecx"] & (1 << 20)        # SSE, SSE4.2
@@ -367,7 +367,7 @@ def test_the_emulators_own_cpu_when_there_is_no_kvm():
 def test_kick_interrupts_a_guest_that_never_exits():
     """kick() (from a signal handler, or here another thread) makes run() return Interrupted
     soon, even for a guest that calls no hook at all; the guest then simply goes on."""
-    from vmm.emu_backend import SLICE_S
+    from vmm.cpu.emu_backend import SLICE_S
     image = build_boot_image("spin.bin", b"\xeb\xfe", BootOptions(mem=MiB))   # jmp .
     backend = make("emu", image)
     try:

@@ -6,7 +6,7 @@ import struct
 
 from hypothesis import given, settings, strategies as st
 
-from vmm import kvm, kvm_backend
+from vmm.cpu import kvm, kvm_backend
 from vmm.record import TraceRecorder
 from vmm.trace import encode
 

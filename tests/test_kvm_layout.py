@@ -1,6 +1,6 @@
 """The ctypes mirror of <linux/kvm.h> (x86-64): structure layouts, ioctl numbers, errors.
 
-Every number here is the kernel's, written out literally, so that a change in vmm/kvm.py that
+Every number here is the kernel's, written out literally, so that a change in vmm/cpu/kvm.py that
 moves a field or miscomputes a request number fails here rather than as a confusing EINVAL (or a
 silent misread of the run area) on a machine with KVM. None of these tests need /dev/kvm.
 """
@@ -13,8 +13,8 @@ import os
 
 import pytest
 
-from vmm import kvm
-from vmm import kvm_backend
+from vmm.cpu import kvm
+from vmm.cpu import kvm_backend
 from vmm.errors import BackendUnavailable
 
 

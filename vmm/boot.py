@@ -22,7 +22,7 @@ import os
 import struct
 from .record_type import Record, factory
 
-from .backend import EntryState, Segment
+from .cpu.backend import EntryState, Segment
 from .errors import GuestImageError, UsageError
 
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30

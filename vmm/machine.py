@@ -21,7 +21,7 @@ import time
 from .record_type import Record
 
 from . import boot
-from .backend import (CpuBackend, FailEntry, Halt, InternalError, Interrupted, IoIn, IoOut, Mmio,
+from .cpu.backend import (CpuBackend, FailEntry, Halt, InternalError, Interrupted, IoIn, IoOut, Mmio,
                       Shutdown, UnknownExit)
 from .devices import ExitDevice, IntervalTimer, Keyboard, LineOutput, PortBus, Serial16550
 from .devices.exitdev import ExitRequested

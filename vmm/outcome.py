@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from .record_type import Record, factory
 
-from .backend import CpuState
+from .cpu.backend import CpuState
 from .errors import EXIT_CODES
 
 

@@ -55,7 +55,7 @@ def create_backend(choice: str | None, mem_size: int, log=lambda text: None):
     choice = resolve_backend(choice)
     if choice in ("kvm", "auto"):
         from .errors import BackendUnavailable
-        from .kvm_backend import KvmBackend
+        from .cpu.kvm_backend import KvmBackend
         try:
             return KvmBackend(mem_size, kvm_path())
         except (BackendUnavailable, OSError) as e:
@@ -64,7 +64,7 @@ def create_backend(choice: str | None, mem_size: int, log=lambda text: None):
                     raise
                 raise BackendUnavailable(f"cannot use {kvm_path()}: {e}") from None
             log(f"vmm: {e}; running on the emulator instead (--backend emu)")
-    from .emu_backend import EmuBackend
+    from .cpu.emu_backend import EmuBackend
     return EmuBackend(mem_size, kvm_path())
 
 
@@ -151,7 +151,7 @@ class RunResult(Record):
 
 def live_run(spec: LiveRun, *, feed=None, terminal: bool = False, sink=None,
              log=lambda text: None) -> RunResult:
-    from .cpuid import cpuid_table
+    from .cpu.cpuid import cpuid_table
     from .inputs import LiveInput, NullFeed, RealClock, VirtualClock
     from .machine import Machine, RunConfig
 

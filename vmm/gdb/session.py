@@ -87,7 +87,7 @@ def replay_spec(path: str, backend: str | None, log) -> tuple[RunSpec, object]:
 def live_spec(run, feed, log) -> RunSpec:
     """A RunSpec for `vmm run` (vmm.runner.LiveRun `run`): one execution, never rebuilt."""
     from ..boot import load_guest
-    from ..cpuid import cpuid_table
+    from ..cpu.cpuid import cpuid_table
     from ..inputs import LiveInput, RealClock, VirtualClock
     from ..machine import Machine, RunConfig
     from ..runner import DEFAULT_MAX_TIME_NS, _FetcherOnDemand, create_backend

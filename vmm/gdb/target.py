@@ -5,7 +5,7 @@ the CPU backend (`_Proxy`), which passes every exit on and, at every debug stop 
 breakpoint's instruction next, a watched location changed), switches back to the debugger. So a
 run without a debugger pays nothing, and a debugged run executes exactly as an undebugged one.
 
-Positions. The backend counts completed instructions exactly (vmm.backend.DebugState); a
+Positions. The backend counts completed instructions exactly (vmm.cpu.backend.DebugState); a
 position is that count, shown as (observations, instructions since the last observation), as
 DESIGN §11 asks. On a replay every instruction is counted, so any position can be found again:
 going back to a position restores the latest snapshot before it (vmm.gdb.snapshot) or starts
@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 from greenlet import GreenletExit, getcurrent, greenlet
 
-from ..backend import DebugStop, Interrupted, IoIn
+from ..cpu.backend import DebugStop, Interrupted, IoIn
 from . import paging, snapshot
 from .arch import arch_for
 from .stub import SIGINT, SIGTRAP, Stop

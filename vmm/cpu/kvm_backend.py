@@ -4,7 +4,7 @@ No KVM_CREATE_IRQCHIP and no KVM_CREATE_PIT2: the in-kernel PIT would answer por
 from host time behind the input source's back (DESIGN §2).
 
 Output-only ports can be registered as coalesced PIO (KVM_CAP_COALESCED_PIO): KVM then appends
-OUTs to them to a ring in the vCPU mmap instead of exiting (vmm.coalesced). `run()` drains the
+OUTs to them to a ring in the vCPU mmap instead of exiting (vmm.cpu.coalesced). `run()` drains the
 ring at every return from KVM_RUN, before it decodes the exit, and hands each batched write to
 `coalesced_sink` in the guest's order; so the machine sees exactly the OUTs it would have seen
 one exit at a time, in the same order, and only fewer exits.
@@ -21,7 +21,7 @@ from . import coalesced, kvm
 from .backend import (DEBUG_STOP, HALT, INTERRUPTED, SHUTDOWN, CpuBackend, CpuState, DebugState,
                       EntryState, FailEntry, InternalError, IoIn, IoOut, Mmio, Segment,
                       UnknownExit, GPR_NAMES)
-from .errors import BackendUnavailable
+from ..errors import BackendUnavailable
 
 _io_info = struct.Struct("<BBHIQ").unpack_from          # direction, size, port, count, data_offset
 # The hot path decodes exit_reason (offset 8) and the io member (offset 32) in one call:
@@ -289,7 +289,7 @@ class KvmBackend(CpuBackend):
         return _resident_pages(self._ram)
 
     def _debug_byte(self, linear: int) -> int | None:
-        from .gdb.paging import Unmapped, translate
+        from ..gdb.paging import Unmapped, translate
         sregs = self._vcpu.get_sregs()
         try:
             physical = translate(self.memory, linear, sregs.cr0, sregs.cr3, sregs.cr4,
@@ -324,7 +324,7 @@ class KvmBackend(CpuBackend):
 
     # --- inspection --------------------------------------------------------------------------
     def memory_digest(self) -> str:
-        from .trace import memory_digest
+        from ..trace import memory_digest
         return memory_digest(self.memory, _resident_pages(self._ram))
 
     def cpu_state(self) -> CpuState:

@@ -95,7 +95,7 @@ class kvm_coalesced_mmio_zone(ctypes.Structure):
 
 
 class kvm_coalesced_mmio(ctypes.Structure):
-    """One entry of the coalesced ring (vmm.coalesced reads it with struct, this pins it)."""
+    """One entry of the coalesced ring (vmm.cpu.coalesced reads it with struct, this pins it)."""
     _fields_ = [("phys_addr", u64), ("len", u32), ("pio", u32), ("data", u8 * 8)]
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import struct
 
-from .errors import UsageError
+from ..errors import UsageError
 
 PORTABLE_VENDOR = b"GenuineIntel"
 PORTABLE_BRAND = b"vmm portable x86-64 CPU"

@@ -1,5 +1,5 @@
 """The emulator CPU backend: the same machine on the Unicorn CPU emulator (QEMU's TCG), for hosts
-without a usable /dev/kvm (DESIGN §7). It returns the same typed exits as vmm.kvm_backend, so
+without a usable /dev/kvm (DESIGN §7). It returns the same typed exits as vmm.cpu.kvm_backend, so
 the run loop, the devices, the observation counter and the trace format are shared, and a
 trace recorded on either backend replays exactly on the other.
 
@@ -45,7 +45,7 @@ from greenlet import GreenletExit, getcurrent, greenlet
 
 from .backend import (DEBUG_STOP, HALT, INTERRUPTED, SHUTDOWN, CpuBackend, CpuState, DebugState,
                       EntryState, GPR_NAMES, InternalError, IoIn, IoOut, Mmio, Segment)
-from .errors import BackendUnavailable
+from ..errors import BackendUnavailable
 
 SLICE_S = 0.02              # a guest computing without exits is stopped this often, to let
                             # signal handlers run (the stop is invisible to the guest)
@@ -1409,7 +1409,7 @@ class EmuBackend(CpuBackend):
     # --- inspection ------------------------------------------------------------------------------
     def memory_digest(self) -> str:
         from .kvm_backend import _resident_pages
-        from .trace import memory_digest
+        from ..trace import memory_digest
         return memory_digest(self.memory, _resident_pages(self._ram))
 
     def close(self) -> None:

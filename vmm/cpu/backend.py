@@ -9,7 +9,7 @@ trace replays identically on either.
 from __future__ import annotations
 
 import struct
-from .record_type import Record, factory
+from ..record_type import Record, factory
 
 
 # --- the entry state: what a CPU looks like when the guest's first instruction runs ---------
@@ -226,8 +226,8 @@ class DebugState:
 
 
 class CpuBackend:
-    """What the run loop needs from a CPU. Implementations: vmm.kvm_backend.KvmBackend,
-    vmm.emu_backend.EmuBackend (vmm.runner.create_backend picks one)."""
+    """What the run loop needs from a CPU. Implementations: vmm.cpu.kvm_backend.KvmBackend,
+    vmm.cpu.emu_backend.EmuBackend (vmm.runner.create_backend picks one)."""
 
     name = "abstract"
     memory: memoryview  # guest RAM, guest-physical address 0 upwards
@@ -272,7 +272,7 @@ class CpuBackend:
         raise NotImplementedError
 
     def memory_digest(self) -> str:
-        from .trace import memory_digest
+        from ..trace import memory_digest
         return memory_digest(self.memory)
 
     def close(self) -> None:
