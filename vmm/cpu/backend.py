@@ -45,12 +45,17 @@ class EntryState(Record, frozen=True):
     cr4: int = 0
     efer: int = 0
     rflags: int = 0x2
+    rax: int = 0                            # boot protocols hand values over in EAX/EBX
+    rbx: int = 0                            # (multiboot: magic and information address)
 
     def to_dict(self) -> dict:
         d = dict(self.__dict__)
         for name in ("cs", "ds", "ss"):
             d[name] = getattr(self, name).to_dict()
         d["gdt"], d["idt"] = list(self.gdt), list(self.idt)
+        for name in ("rax", "rbx"):       # only where a boot protocol set them: older traces
+            if not d[name]:               # hold no such fields
+                del d[name]
         return d
 
 

@@ -842,6 +842,8 @@ class EmuBackend(CpuBackend):
         self._wr(x86.UC_X86_REG_RIP, state.rip)
         self._wr(x86.UC_X86_REG_RSP, state.rsp)
         self._wr(x86.UC_X86_REG_RFLAGS, state.rflags)
+        self._wr(x86.UC_X86_REG_RAX, state.rax)
+        self._wr(x86.UC_X86_REG_RBX, state.rbx)
 
     def _set_hflags(self, buf, cpl: int) -> None:
         """Recompute the TB flags from the segment caches and control registers, as QEMU's

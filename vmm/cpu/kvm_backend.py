@@ -110,6 +110,7 @@ class KvmBackend(CpuBackend):
         self._vcpu.set_sregs(sregs)
         regs = kvm.kvm_regs()
         regs.rip, regs.rsp, regs.rflags = state.rip, state.rsp, state.rflags
+        regs.rax, regs.rbx = state.rax, state.rbx
         self._vcpu.set_regs(regs)
 
     def register_coalesced_pio(self, port: int, size: int = 1) -> bool:
