@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
 
+from vmm.boards import BOARDS
 from vmm.boot import BootOptions
 from vmm.errors import Terminated, UsageError, VmmError
 
@@ -164,7 +165,7 @@ def prepare(sub: Submission, rubric: Rubric, folder: Path, sandboxed: bool = Tru
     source = Path(sub.source)
     if not os.path.lexists(source):
         return Prepared(None, "failed", None, f"submission not found: {sub.source}")
-    cap = rubric.boot.mem
+    cap = rubric.boot.mem or max(board.default_mem for board in BOARDS.values())
     target = folder / _clean(os.path.basename(rubric.build.guest))
     if not is_source(sub.source):
         from .sandbox_init import take_guest
@@ -373,7 +374,8 @@ def boot_for(guest: str, rubric: Rubric, settings: dict | None = None) -> BootOp
             is_elf = f.read(4) == b"\x7fELF"
     except OSError:
         is_elf = False
-    base = (BootOptions(mem=rubric.boot.mem, stack=rubric.boot.stack) if is_elf
+    base = (BootOptions(mem=rubric.boot.mem, stack=rubric.boot.stack, board=rubric.boot.board)
+            if is_elf
             else BootOptions(**rubric.boot.to_dict()))
     for key, value in settings.items():
         setattr(base, key, value)

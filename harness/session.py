@@ -145,7 +145,8 @@ class GuestSession(SpawnBase):
     """A guest kernel under test, driven like a pexpect child."""
 
     def __init__(self, guest: str, *, mode: str | None = None, load: int | None = None,
-                 entry=None, mem="16M", stack: int | None = None, cpuid: str = "portable",
+                 entry=None, mem=None, stack: int | None = None, cpuid: str = "portable",
+                 board: str | None = None,
                  timeout=DEFAULT_TIMEOUT, max_time=DEFAULT_MAX_TIME,
                  wall_timeout: float = DEFAULT_WALL_TIMEOUT, max_output="10M",
                  ignore_unknown_ports: bool = False, feeds: str | None = None,
@@ -161,7 +162,8 @@ class GuestSession(SpawnBase):
         self._closing = False
         self._budget = 0
         boot = BootOptions(mode=mode, load=load, entry=entry,
-                           mem=parse_size(mem) if isinstance(mem, str) else mem, stack=stack)
+                           mem=parse_size(mem) if isinstance(mem, str) else mem, stack=stack,
+                           board=board)
         image = load_guest(guest, boot)
         # Web data (docs/feeds.md): a test never reaches the internet unless it asks to. Without
         # a feeds file the session is offline; with one, its text/file/loopback feeds answer.

@@ -111,8 +111,12 @@ def add_machine_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--entry", type=_entry, metavar="ADDR|reset",
                    help="entry address (default: the load address or the ELF entry); 'reset' "
                         "loads a 64 KiB image at 0xF0000 and starts at F000:FFF0")
-    g.add_argument("--mem", type=_size, default="16M", metavar="SIZE",
-                   help="guest RAM, e.g. 16M (default), 64K..2G")
+    g.add_argument("--board", metavar="NAME",
+                   help="the machine's devices: p3 (the seeds' port-I/O devices) or pc (VGA "
+                        "text, 16550 UARTs, PC exit ports; docs/devices.md). Default: pc for "
+                        "multiboot kernels, p3 for everything else")
+    g.add_argument("--mem", type=_size, metavar="SIZE",
+                   help="guest RAM, 64K..2G (default: the board's, 16M on p3, 128M on pc)")
     g.add_argument("--stack", type=_address, metavar="ADDR",
                    help="initial stack pointer (default: top of RAM, below vmm's page tables "
                         "in long mode; top of conventional memory in real mode)")
@@ -401,7 +405,7 @@ def _command_in(argv: list[str]) -> str | None:
 def boot_options(args):
     from .boot import BootOptions
     return BootOptions(mode=args.mode, load=args.load, entry=args.entry, mem=args.mem,
-                       stack=args.stack)
+                       stack=args.stack, board=args.board)
 
 
 def _stdin_feed():

@@ -56,7 +56,10 @@ def machine_config(machine, boot_options: dict, cpuid: list[dict], clock: str,
     """The complete machine configuration, as recorded in a trace header (with `feeds`, the
     web-data feeds configuration: vmm.feeds.FeedsConfig.describe())."""
     image, config = machine.image, machine.config
+    if image.options is not None:         # as built: the board and the RAM size resolved
+        boot_options = image.options.to_dict()
     return {
+        "board": image.board,
         "boot": boot_options,
         "kind": image.kind,
         "mem": image.mem_size,

@@ -16,6 +16,7 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass, field
 
+from .boards import BOARDS
 from .boot import BootOptions, build_boot_image
 from .errors import EXIT_CODES, TraceError
 from .machine import Observer
@@ -97,9 +98,12 @@ def replay_machine_parts(trace: Trace, guest_name: str | None = None,
             value = boot.get(key)
             if value is not None and not isinstance(value, (int, str)):
                 raise ValueError(key)
+        board = machine.get("board", "p3")         # traces before boards ran on p3
+        if not isinstance(board, str) or board not in BOARDS:
+            raise ValueError(f"board {board!r}")
         options = BootOptions(mode=boot.get("mode"), load=boot.get("load"),
                               entry=boot.get("entry"), mem=int(boot["mem"]),
-                              stack=boot.get("stack"))
+                              stack=boot.get("stack"), board=board)
     except (KeyError, TypeError, ValueError) as e:
         raise TraceError(f"corrupt trace {trace.path}: the machine configuration is "
                          f"incomplete ({e})") from None
@@ -113,7 +117,7 @@ def replay_machine_parts(trace: Trace, guest_name: str | None = None,
             options = BootOptions(**boot_override)
         elif guest_bytes[:4] == b"\x7fELF" or trace.header["machine"].get("kind") != "raw":
             # Another kind of file: boot it the way its own kind boots, in the same RAM size.
-            options = BootOptions(mem=options.mem)
+            options = BootOptions(mem=options.mem, board=options.board)
         image = build_boot_image(guest_name, guest_bytes, options)
     return image, cpuid
 

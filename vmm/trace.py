@@ -23,8 +23,9 @@ from dataclasses import dataclass, field
 from .errors import TraceError
 
 FORMAT = "vmm-trace"
-VERSION = 3                  # 2: fetch records (web data) added; 3: register digests narrowed
-READABLE_VERSIONS = (1, 2, 3)  # version 1 traces are version 2 traces without fetch records
+VERSION = 4                  # 2: fetch records (web data) added; 3: register digests narrowed;
+                             # 4: boards (machine.board) and screen records
+READABLE_VERSIONS = (1, 2, 3, 4)  # version 1 traces are version 2 traces without fetch records
 LEGACY_DIGEST_VERSIONS = (1, 2)  # their register digests cover all of RFLAGS (docs/trace-format.md)
 GZIP_MAGIC = b"\x1f\x8b"
 
