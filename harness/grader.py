@@ -271,11 +271,20 @@ def _build_unsandboxed(source: Path, rubric: Rubric, folder: Path, cap: int):
 # --- one scenario -------------------------------------------------------------------------------
 def evaluate(check: Check, lines: list[str], output: str, end_reason: str,
              exit_code: int | None, stats: dict | None = None,
-             trace: str | None = None) -> tuple[bool, str]:
+             trace: str | None = None, screen: list[str] | None = None) -> tuple[bool, str]:
     """Does the run pass the check? (passed, one-line detail when it does not). `stats` are
     the run's (RunEnd.stats: exits, observations, each device's counters) and `trace` its
-    trace file, for the checks of what the guest did to its devices."""
+    trace file, for the checks of what the guest did to its devices; `screen` the text
+    screen's rows at the end of the run (None on a board without one)."""
     kind, value = check.kind, check.value
+    if kind in ("screen_contains", "screen_regex"):
+        if screen is None:
+            return False, "the board has no text screen (screen checks need board = \"pc\")"
+        shown = [row for row in screen if row]
+        found = (any(value in row for row in screen) if kind == "screen_contains"
+                 else re.search(value, "\n".join(screen), re.MULTILINE) is not None)
+        return found, "" if found else (f"the final screen shows {' | '.join(shown)[-160:]!r}"
+                                        if shown else "the final screen is blank")
     devices = (stats or {}).get("devices", {})
     if kind == "timer_period_ms":
         low, high = value
@@ -399,7 +408,7 @@ def run_scenario(guest: str, rubric: Rubric, scenario: Scenario, trace: Path,
     output = result.output.text
     total_weight = sum(c.weight for c in scenario.checks)
     outcomes = [(check, *evaluate(check, lines, output, end.reason, end.exit_code, end.stats,
-                                  str(trace)))
+                                  str(trace), end.screen))
                 for check in scenario.checks]
     failed_gates = [check for check, passed, _ in outcomes if check.gate and not passed]
     checks, lost = [], []

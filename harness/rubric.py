@@ -27,7 +27,8 @@ DEFAULT_VMM_CPU_S = 60             # ... and CPU seconds
 SETTINGS = ("board", "mode", "load", "entry", "mem", "stack")  # what a vmm.toml may set
 MAX_SETTINGS_FILE = 16 << 10
 CHECK_KINDS = ("contains", "not_contains", "regex_lines", "lines", "end_reason", "exit_code",
-               "echo_per_tick", "timer_period_ms", "keyboard_acked", "max_lost_firings")
+               "echo_per_tick", "timer_period_ms", "keyboard_acked", "max_lost_firings",
+               "screen_contains", "screen_regex")
 
 
 @dataclass
@@ -57,6 +58,8 @@ DESCRIPTIONS = {
     "keyboard_acked": lambda v: ("every key is acknowledged" if v
                                  else "not every key is acknowledged"),
     "max_lost_firings": lambda v: f"at most {v} timer firings lost",
+    "screen_contains": lambda v: f"the final screen shows {v!r}",
+    "screen_regex": lambda v: f"the final screen matches /{v}/",
 }
 
 
@@ -315,8 +318,17 @@ def _check(table, where: str) -> Check:
     _known(table, where, (*CHECK_KINDS, "weight", "description", "gate"))
     kind = kinds[0]
     value = table[kind]
-    if kind in ("contains", "not_contains") and not isinstance(value, str):
+    if kind in ("contains", "not_contains", "screen_contains") and not isinstance(value, str):
         raise _Bad(f"{where}.{kind}: expected a string")
+    if kind == "screen_contains" and ("\n" in value or len(value) > 80):
+        raise _Bad(f"{where}.screen_contains: expected text within one row (80 columns)")
+    if kind == "screen_regex":
+        if not isinstance(value, str):
+            raise _Bad(f"{where}.screen_regex: expected a regular expression")
+        try:
+            re.compile(value)
+        except re.error as e:
+            raise _Bad(f"{where}.screen_regex: bad regular expression {value!r}: {e}") from None
     if kind in ("regex_lines", "lines"):
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise _Bad(f"{where}.{kind}: expected a list of strings")

@@ -27,6 +27,7 @@ from .boards import BoardContext, get_board
 from .devices import LineOutput, PortBus
 from .devices.exitdev import ExitRequested
 from .outcome import RunEnd, StopRun
+from .screenlog import ScreenLog
 
 # Batching starts after this many bytes of output: registering a port costs the VM's teardown
 # one SRCU grace period (~15 ms on the benchmark machine) unless the run goes on that long, so
@@ -64,6 +65,9 @@ class Observer:
 
     def on_checkpoint(self, n: int, cpu) -> None:
         pass
+
+    def on_screen(self, n: int, rows: list) -> None:
+        """The text screen changed by observation n: [(row, text, attributes)] (vmm.screenlog)."""
 
     wants_ticks = False
 
@@ -109,6 +113,13 @@ class Machine:
             inputs.on_idle = self._show_unfinished
         for address, data in image.chunks:
             backend.memory[address:address + len(data)] = data
+        self.screen: ScreenLog | None = None       # the board's text screen, if it has one
+        if self.board.screen is not None:
+            self.screen = ScreenLog(backend.memory, *self.board.screen,
+                                    on_change=self._screen_changed)
+            script = getattr(inputs, "script", None)
+            if script is not None:
+                script.screen = lambda: self.screen.rows
         if cpuid is not None:
             backend.set_cpuid(cpuid)
         backend.set_entry_state(image.entry)
@@ -162,6 +173,14 @@ class Machine:
             self.backend.unregister_coalesced_pio(port)
         self.coalesced_ports = []
 
+    def _screen_changed(self, n: int, rows: list) -> None:
+        if self.observer is not None:
+            self.observer.on_screen(n, rows)
+        self.inputs.on_screen()
+        show = getattr(self._sink, "show_screen", None)
+        if show is not None:
+            show(self.screen)
+
     def _show_unfinished(self) -> None:
         """The guest waits: let the user see a prompt that has no newline yet."""
         for device in self._line_devices:
@@ -209,12 +228,18 @@ class Machine:
                 device.finish()
             except StopRun:
                 pass        # the partial line pushed output past the limit: already ending
+        if self.screen is not None:
+            try:
+                self.screen.sample(self.inputs.obs)      # the screen as the run leaves it
+            except StopRun:
+                pass
         try:
             cpu = self.backend.cpu_state()
         except OSError:
             cpu = None
         return RunEnd(stop.reason, stop.message, stop.exit_code, cpu, self.stats(),
-                      observation=self.inputs.obs, at_read=at_read)
+                      observation=self.inputs.obs, at_read=at_read,
+                      screen=self.screen.rows if self.screen is not None else None)
 
     def stats(self) -> dict:
         return {"exits": self.exits, "coalesced_writes": self.coalesced_writes,
@@ -225,6 +250,7 @@ class Machine:
     def _loop(self) -> None:
         run, lookup, inputs = self.backend.run, self.bus.lookup, self.inputs
         complete_in = self.backend.complete_in
+        screen = self.screen
         while True:
             exit_ = run()
             self.exits += 1
@@ -245,6 +271,8 @@ class Machine:
                 inputs.observe()
                 if inputs.obs == self._next_checkpoint:
                     self._checkpoint()
+                if screen is not None:
+                    screen.sample(inputs.obs)
                 if self._stopping_since is not None:
                     raise self._stop            # a host-side stop, at a read boundary
                 port, size, count = exit_.port, exit_.size, exit_.count

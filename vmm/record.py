@@ -155,6 +155,11 @@ class TraceRecorder(Observer):
         if len(lines) >= self.BATCH:
             self._hand_over()
 
+    def on_screen(self, n: int, rows: list) -> None:
+        self._lines.append(encode({"type": "screen", "n": n, "rows": [list(r) for r in rows]}))
+        if len(self._lines) >= self.BATCH:
+            self._hand_over()
+
     def tick(self) -> None:
         self._hand_over()
         self.writer.flush()
