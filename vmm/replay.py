@@ -273,15 +273,26 @@ def recorded_fetches(trace: Trace) -> dict[str, list[str]]:
 
 def redrive_verdict(trace: Trace, actual: list[tuple[str, str, bool]], end: RunEnd,
                     guest_name: str) -> Verdict:
+    from .screenlog import replay_rows, transcript_lines
     expected = [_fmt(r["dev"], r["text"], bool(r.get("partial"))) for r in trace.outputs()]
     got = [_fmt(*o) for o in actual]
+    screens = trace.screens()
+    if screens or end.screen is not None:
+        expected += transcript_lines(replay_rows(screens))
+        got += transcript_lines(end.screen)
     if expected == got:
+        screen = " and left the same screen" if end.screen is not None else ""
         return Verdict(0, [f"vmm: re-drive identical: {guest_name} printed the same "
-                           f"{len(got)} output lines as the recording"])
+                           f"{len(actual)} output lines as the recording{screen}"])
     diff = list(difflib.unified_diff(expected, got, fromfile=f"recorded ({trace.header['guest']['name']})",
                                      tofile=f"re-driven ({guest_name})", lineterm="", n=2))
     first = next((i for i, (a, b) in enumerate(zip(expected, got)) if a != b),
                  min(len(expected), len(got)))
+    differing = (got[first] if first < len(got) else "") or (
+        expected[first] if first < len(expected) else "")
+    if differing.startswith("[screen]"):
+        what = f"the screen differs from the recording's ({differing.split(':')[0][9:]})"
+    else:
+        what = f"console output differs from the recording at line {first + 1}"
     return Verdict(EXIT_CODES["redrive-differs"],
-                   [f"vmm: re-drive differs: console output differs from the recording at line "
-                    f"{first + 1} (the run ended: {end.message})"] + diff)
+                   [f"vmm: re-drive differs: {what} (the run ended: {end.message})"] + diff)
