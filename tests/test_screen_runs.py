@@ -245,3 +245,14 @@ def test_redrive_and_goldens_compare_the_final_screen(vmm, tmp_path, vga_guest):
     comparison = compare_with_golden(s, trace)
     assert not comparison.ok
     assert comparison.summary()[0].startswith("the screen differs from the golden trace")
+
+
+def test_inspect_shows_the_screen_changes_and_the_final_screen(vmm, tmp_path, vga_guest):
+    trace = tmp_path / "vga.trace"
+    assert vmm("record", vga_guest, "--board", "pc", "-o", trace).returncode == 0
+    text = vmm("inspect", trace).stdout
+    assert "2 screen changes" in text
+    assert "screen    at the end of the run\n  |Hi\n  |!\n" in text
+    assert "screen row 0: 'Hi'" in text
+    summary = json.loads(vmm("inspect", "--json", trace).stdout)
+    assert summary["screen"][:2] == ["Hi", "!"] and summary["counts"]["screen_changes"] == 2
