@@ -20,10 +20,10 @@ from __future__ import annotations
 import io
 import os
 import struct
-from .record_type import Record, factory
+from ..record_type import Record, factory
 
-from .cpu.backend import EntryState, Segment
-from .errors import GuestImageError, UsageError
+from ..cpu.backend import EntryState, Segment
+from ..errors import GuestImageError, UsageError
 
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
 PAGE = 4 * KiB
