@@ -17,13 +17,15 @@ Physical layout (all modes):
 
 from __future__ import annotations
 
-import io
+import base64
+import hashlib
 import os
 import struct
 from ..record_type import Record, factory
 
 from ..cpu.backend import EntryState, Segment
 from ..errors import GuestImageError, UsageError
+from .elf import is_elf, parse_elf
 
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
 PAGE = 4 * KiB
@@ -39,6 +41,9 @@ RESET_LOAD = 0xF0000                        # the last real-mode segment
 RESET_SEGMENT, RESET_IP = 0xF000, 0xFFF0    # F000:FFF0, the reset vector
 RESET_MAX_SIZE = 64 * KiB
 REAL_MODE_LIMIT = 1 * MiB
+CONVENTIONAL_TOP = 0x9F000                  # vmm's low structures, when moved, stay below this
+PC_HOLE = (0x9F000, 0x100000)               # EBDA, VGA memory, option and system ROMs: vmm
+                                            # never moves its own structures in here
 
 # GDT selectors (index * 8).
 SEL_CODE32, SEL_DATA, SEL_CODE64 = 0x08, 0x10, 0x18
@@ -60,15 +65,59 @@ EXCEPTION_NAMES = {
 ERROR_CODE_VECTORS = frozenset({8, 10, 11, 12, 13, 14, 17, 21, 29, 30})
 
 
+class BootModule(Record, frozen=True):
+    """A multiboot module (`--module FILE[=STRING]`): its contents travel with the options, so a
+    trace holds them (base64, like the guest) and replays without the file."""
+    name: str                        # the file as given
+    string: str                      # the module's string in the boot information
+    data: bytes
+
+
 class BootOptions(Record):
     mode: str | None = None          # None: real for raw binaries, from the ELF class otherwise
     load: int | None = None          # raw binaries only
     entry: int | str | None = None   # an address, "reset", or None for the default
     mem: int = DEFAULT_MEM
     stack: int | None = None
+    cmdline: str | None = None       # multiboot only: --cmdline
+    modules: tuple[BootModule, ...] = ()   # multiboot only: --module, in order
 
     def to_dict(self) -> dict:
-        return dict(self.__dict__)
+        """As written into a trace header; cmdline and modules only when given, so traces of
+        other guests keep exactly the header they always had."""
+        d = {k: self.__dict__[k] for k in ("mode", "load", "entry", "mem", "stack")}
+        if self.cmdline is not None:
+            d["cmdline"] = self.cmdline
+        if self.modules:
+            d["modules"] = [{"name": m.name, "string": m.string, "size": len(m.data),
+                             "sha256": hashlib.sha256(m.data).hexdigest(),
+                             "data": base64.b64encode(m.data).decode("ascii")}
+                            for m in self.modules]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> BootOptions:
+        """The options a trace header holds (to_dict's output); ValueError, TypeError or
+        KeyError when they are not well-formed."""
+        for key in ("mode", "load", "entry", "mem", "stack"):
+            value = d.get(key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, str))):
+                raise ValueError(key)
+        cmdline = d.get("cmdline")
+        if cmdline is not None and not isinstance(cmdline, str):
+            raise ValueError("cmdline")
+        modules = []
+        for m in d.get("modules") or ():
+            if not (isinstance(m, dict) and isinstance(m.get("name"), str)
+                    and isinstance(m.get("string"), str) and isinstance(m.get("data"), str)):
+                raise ValueError("modules")
+            data = base64.b64decode(m["data"], validate=True)
+            if len(data) != m.get("size") or hashlib.sha256(data).hexdigest() != m.get("sha256"):
+                raise ValueError(f"module {m['name']}: contents do not match size and sha256")
+            modules.append(BootModule(m["name"], m["string"], data))
+        return cls(mode=d.get("mode"), load=d.get("load"), entry=d.get("entry"),
+                   mem=int(d["mem"]), stack=d.get("stack"), cmdline=cmdline,
+                   modules=tuple(modules))
 
 
 class BootImage(Record):
@@ -80,33 +129,44 @@ class BootImage(Record):
     entry: EntryState
     chunks: list[tuple[int, bytes]] = factory(list)
     load_map: list[dict] = factory(list)
+    stub_base: int = STUB_BASE       # vmm's 256 HLT stubs: vector v halts at stub_base + v
+    protocol: str | None = None      # None | "multiboot1" | "multiboot2"
 
     def add(self, address: int, data: bytes, what: str) -> None:
         self.chunks.append((address, data))
         self.load_map.append({"addr": address, "size": len(data), "what": what})
 
 
-def read_guest_file(path: str) -> bytes:
+def read_module_file(spec: str) -> BootModule:
+    """`FILE[=STRING]` (--module): the file's contents, and STRING (default: FILE as given)."""
+    path, sep, string = spec.partition("=")
+    if not path:
+        raise UsageError(f"bad --module {spec!r}: give FILE or FILE=STRING")
+    data = read_guest_file(path, what="module file", allow_empty=True)
+    return BootModule(path, string if sep else path, data)
+
+
+def read_guest_file(path: str, what: str = "guest file", allow_empty: bool = False) -> bytes:
     """Read a guest file, refusing the ways it can be unusable with a one-line reason."""
     if not os.path.exists(path):
-        raise GuestImageError(f"guest file not found: {path}")
+        raise GuestImageError(f"{what} not found: {path}")
     if os.path.isdir(path):
-        raise GuestImageError(f"guest path is a directory, not a file: {path}")
+        raise GuestImageError(f"{what.split()[0]} path is a directory, not a file: {path}")
     try:
         with open(path, "rb") as f:
             size = os.fstat(f.fileno()).st_size     # checked before reading: never read 2 GiB
             if size > MAX_MEM:                       # only to refuse them
                 raise GuestImageError(
-                    f"guest file {path} is {_size(size)}: larger than the most RAM a guest can "
+                    f"{what} {path} is {_size(size)}: larger than the most RAM a guest can "
                     f"have ({_size(MAX_MEM)}, --mem {_size(MAX_MEM)})")
             data = f.read(MAX_MEM + 1)               # (a pipe or a device has no st_size)
     except OSError as e:
-        raise GuestImageError(f"cannot read guest file {path}: {e.strerror}") from None
+        raise GuestImageError(f"cannot read {what} {path}: {e.strerror}") from None
     if len(data) > MAX_MEM:
-        raise GuestImageError(f"guest file {path} is larger than the most RAM a guest can have "
+        raise GuestImageError(f"{what} {path} is larger than the most RAM a guest can have "
                               f"({_size(MAX_MEM)}, --mem {_size(MAX_MEM)})")
-    if not data:
-        raise GuestImageError(f"guest file is empty: {path}")
+    if not data and not allow_empty:
+        raise GuestImageError(f"{what} is empty: {path}")
     return data
 
 
@@ -114,28 +174,111 @@ def load_guest(path: str, opts: BootOptions) -> BootImage:
     return build_boot_image(os.path.basename(path), read_guest_file(path), opts)
 
 
+def detect_protocol(data: bytes) -> str | None:
+    """"multiboot1" or "multiboot2" when the file holds a valid header of that boot protocol
+    (multiboot 1 wins when it holds both, as with `qemu-system-i386 -kernel`), else None."""
+    from .multiboot import detect_protocol as detect
+    return detect(data)
+
+
 def build_boot_image(name: str, data: bytes, opts: BootOptions) -> BootImage:
     """Lay out a guest and vmm's boot structures in RAM, or raise GuestImageError/UsageError."""
     _check_options(opts)
-    if data[:4] == b"\x7fELF":
-        image, segments = _elf_layout(name, data, opts)
+    protocol = detect_protocol(data)
+    plan = None
+    if protocol is not None:
+        from .multiboot import multiboot_layout
+        plan = multiboot_layout(name, data, opts, protocol)
+        kind, start, segments = plan.kind, plan.start, plan.segments
     else:
-        image, segments = _raw_layout(name, data, opts)
-    reserved = _reserved_ranges(image.entry.mode, opts.mem)
+        if opts.cmdline is not None or opts.modules:
+            raise UsageError(f"--cmdline and --module are for multiboot kernels; {name} has no "
+                             "multiboot header")
+        if is_elf(data):
+            kind, start, segments = _elf_layout(name, data, opts)
+        else:
+            kind, start, segments = _raw_layout(name, data, opts)
+    mode = start[0]
+    space = _Space(opts.mem)
+    fixed = _fixed_ranges(mode)
     for address, chunk, what in segments:
         end = address + len(chunk)
         if end > opts.mem:
             raise GuestImageError(
                 f"{what} ({_size(len(chunk))} at {address:#x}-{end - 1:#x}) does not fit in "
                 f"{_size(opts.mem)} of RAM: {_more_mem(end)}")
-        for start, stop, label in reserved:
-            if address < stop and start < max(end, address + 1):
+        for lo, hi, label in fixed:
+            if address < hi and lo < max(end, address + 1):
                 raise GuestImageError(
                     f"{what} at {address:#x}-{end - 1:#x} overlaps vmm's {label} at "
-                    f"{start:#x}-{stop - 1:#x}: load it elsewhere (--load, or the ELF's addresses)")
+                    f"{lo:#x}-{hi - 1:#x}: load it elsewhere (--load, or the ELF's addresses)")
+        space.occupy(address, end)
+    # vmm's own structures go where they always did unless the guest is there: then to the
+    # highest free page-aligned range (docs/boot.md, "Where vmm's structures go").
+    tables = None
+    if mode == "long":
+        size = _page_table_count(opts.mem) * PAGE
+        tables = space.take(size, opts.mem - size, "long-mode page tables")
+    block = 0 if mode == "real" else space.take(PAGE, 0, "GDT, IDT and handler stubs",
+                                               below=CONVENTIONAL_TOP)
+    entry = _entry_state(start, opts, block, tables)
+    image = BootImage(name, data, kind, opts.mem, entry, stub_base=block + STUB_BASE,
+                      protocol=protocol)
+    for address, chunk, what in segments:
         image.add(address, chunk, what)
-    _add_boot_structures(image)
+    _add_boot_structures(image, block, tables)
+    if plan is not None:
+        plan.finish(image, space)
     return image
+
+
+class _Space:
+    """Which page-aligned ranges of guest RAM are taken, and where a new one can go."""
+
+    def __init__(self, mem: int):
+        self.mem = mem
+        self.taken: list[tuple[int, int]] = []
+
+    def occupy(self, start: int, end: int) -> None:
+        self.taken.append((start, max(end, start + 1)))
+
+    def free(self, start: int, end: int, avoid_holes: bool = False) -> bool:
+        if start < 0 or end > self.mem:
+            return False
+        ranges = self.taken + ([PC_HOLE] if avoid_holes else [])
+        return all(end <= lo or hi <= start for lo, hi in ranges)
+
+    def take(self, size: int, preferred: int | None, what: str, *, below: int | None = None,
+             avoid_holes: bool = False) -> int:
+        """`preferred` if [preferred, +size) is free, else the highest free page-aligned range
+        of `size` bytes (first below `below`, then anywhere), never in the PC's 0x9F000-0xFFFFF
+        (EBDA, VGA, ROMs); GuestImageError when there is none."""
+        size = max(size, 1)
+        if preferred is not None and self.free(preferred, preferred + size, avoid_holes):
+            self.occupy(preferred, preferred + size)
+            return preferred
+        for limit in ([below] if below is not None else []) + [self.mem]:
+            found = self._highest(size, min(limit, self.mem))
+            if found is not None:
+                self.occupy(found, found + size)
+                return found
+        raise GuestImageError(
+            f"no free {_size(-(-size // PAGE) * PAGE)} range left in {_size(self.mem)} of RAM "
+            f"for vmm's {what}: the guest occupies the rest; {_more_mem(self.mem + size)}")
+
+    def _highest(self, size: int, limit: int) -> int | None:
+        ranges = sorted(self.taken + [PC_HOLE])
+        best = None
+        lo = 0
+        for a, b in ranges + [(limit, limit)]:
+            hi = min(a, limit)
+            start = (hi - size) & ~(PAGE - 1)
+            if hi - lo >= size and start >= lo:
+                best = start
+            lo = max(lo, -(-b // PAGE) * PAGE)
+            if lo >= limit:
+                break
+        return best
 
 
 def _check_options(opts: BootOptions) -> None:
@@ -151,6 +294,7 @@ def _check_options(opts: BootOptions) -> None:
 
 
 def _raw_layout(name: str, data: bytes, opts: BootOptions):
+    """(kind, start, segments): start is ("real", cs, ip) or (mode, entry address)."""
     if opts.entry == "reset":
         if opts.load is not None:
             raise UsageError("--entry reset loads the image at 0xF0000; drop --load")
@@ -165,8 +309,7 @@ def _raw_layout(name: str, data: bytes, opts: BootOptions):
                 "where such images keep a far jump to their code (make it 64 KiB)")
         if opts.mem < REAL_MODE_LIMIT:
             raise UsageError("--entry reset needs at least 1M of RAM (--mem)")
-        entry = _real_mode_entry(RESET_SEGMENT, RESET_IP, opts)
-        return BootImage(name, data, "raw", opts.mem, entry), [(RESET_LOAD, data, "image")]
+        return "raw", ("real", RESET_SEGMENT, RESET_IP), [(RESET_LOAD, data, "image")]
     mode = opts.mode or "real"
     load = DEFAULT_LOAD if opts.load is None else opts.load
     entry_addr = load if opts.entry is None else opts.entry
@@ -174,58 +317,60 @@ def _raw_layout(name: str, data: bytes, opts: BootOptions):
         if load + len(data) > REAL_MODE_LIMIT or entry_addr >= REAL_MODE_LIMIT:
             raise GuestImageError(f"real-mode image {name} must lie below 1 MiB "
                                   f"(loaded at {load:#x}, {len(data)} bytes, entry {entry_addr:#x})")
-        segment = (entry_addr >> 4) & 0xF000 if entry_addr > 0xFFFF else 0
-        entry = _real_mode_entry(segment, entry_addr - (segment << 4), opts)
-    else:
-        entry = _flat_entry(mode, entry_addr, opts)
-    return BootImage(name, data, "raw", opts.mem, entry), [(load, data, "image")]
+        return "raw", _real_start(entry_addr), [(load, data, "image")]
+    return "raw", (mode, entry_addr), [(load, data, "image")]
+
+
+def _real_start(entry_addr: int) -> tuple[str, int, int]:
+    """CS:IP for a real-mode entry below 1 MiB: CS 0, or the 64 KiB segment holding it."""
+    segment = (entry_addr >> 4) & 0xF000 if entry_addr > 0xFFFF else 0
+    return ("real", segment, entry_addr - (segment << 4))
+
+
+def elf_segments(name: str, elf, mem: int, what: str = "ELF segment") -> list:
+    """The (address, bytes, what) an ELF file loads, by p_paddr. A segment holding nothing but
+    notes (PT_NOTE) and the ELF headers, which gcc's default i386 link can place at 0x08048000,
+    far from a kernel linked at 1 MiB, is left out when it lies beyond RAM: no kernel runs
+    there."""
+    out = []
+    for seg in elf.segments:
+        if seg.end > mem:
+            if seg.metadata_only:
+                continue
+            raise GuestImageError(
+                f"{what} at {seg.paddr:#x} ({_size(seg.memsz)} in memory) does not fit in "
+                f"{_size(mem)} of RAM: {_more_mem(seg.end)}")
+        out.append((seg.paddr, seg.contents(), what))
+    if not out:
+        raise GuestImageError(f"ELF file {name} has no loadable (PT_LOAD) segments")
+    return out
 
 
 def _elf_layout(name: str, data: bytes, opts: BootOptions):
-    from elftools.common.exceptions import ELFError  # imported here: only ELF guests pay for it
-    from elftools.elf.elffile import ELFFile
     if opts.load is not None:
         raise UsageError("--load applies to raw binaries; an ELF file says where it loads")
     if opts.entry == "reset":
         raise UsageError("--entry reset applies to raw 64 KiB reset-vector images, not ELF files")
-    try:
-        elf = ELFFile(io.BytesIO(data))
-        machine, elf_class = elf["e_machine"], elf.elfclass
-        segments = []
-        for seg in elf.iter_segments():
-            if seg["p_type"] != "PT_LOAD" or seg["p_memsz"] == 0:
-                continue
-            if seg["p_filesz"] > seg["p_memsz"]:
-                raise GuestImageError(f"malformed ELF {name}: a segment's file size exceeds "
-                                      "its memory size")
-            if seg["p_paddr"] + seg["p_memsz"] > opts.mem:
-                raise GuestImageError(
-                    f"ELF segment at {seg['p_paddr']:#x} ({_size(seg['p_memsz'])} in memory) does "
-                    f"not fit in {_size(opts.mem)} of RAM: "
-                    f"{_more_mem(seg['p_paddr'] + seg['p_memsz'])}")
-            body = seg.data()
-            if len(body) != seg["p_filesz"]:
-                raise GuestImageError(f"malformed ELF {name}: a segment runs past the end of "
-                                      "the file")
-            segments.append((seg["p_paddr"], body + bytes(seg["p_memsz"] - seg["p_filesz"]),
-                             "ELF segment"))
-        entry_addr = elf["e_entry"]
-    except GuestImageError:
-        raise
-    except (ELFError, ValueError, struct.error, KeyError, AssertionError, IndexError,
-            OverflowError) as e:
-        raise GuestImageError(f"malformed ELF file {name}: {e}") from None
-    if machine not in ("EM_386", "EM_X86_64"):
-        raise GuestImageError(f"{name} is an ELF file for {machine}, not x86")
-    if not segments:
-        raise GuestImageError(f"ELF file {name} has no loadable (PT_LOAD) segments")
-    mode = opts.mode or ("long" if elf_class == 64 else "protected")
-    if isinstance(opts.entry, int):
-        entry_addr = opts.entry
+    elf = parse_elf(name, data)
+    segments = elf_segments(name, elf, opts.mem)
+    mode = opts.mode or ("long" if elf.elf_class == 64 else "protected")
+    entry_addr = opts.entry if isinstance(opts.entry, int) else elf.entry
+    kind = f"elf{elf.elf_class}"
     if mode == "real":
-        raise UsageError("ELF guests start in protected or long mode, not --mode real")
-    kind = f"elf{elf_class}"
-    return BootImage(name, data, kind, opts.mem, _flat_entry(mode, entry_addr, opts)), segments
+        if elf.elf_class != 32 or elf.machine != "EM_386":
+            raise UsageError(f"--mode real starts 16-bit code: {name} is {kind} {elf.machine}, "
+                             "give an ELF32 i386 file whose entry is 16-bit code")
+        if entry_addr >= REAL_MODE_LIMIT:
+            raise GuestImageError(f"--mode real: the entry point of {name} ({entry_addr:#x}) "
+                                  "must lie below 1 MiB")
+        return kind, _real_start(entry_addr), segments
+    return kind, (mode, entry_addr), segments
+
+
+def _entry_state(start: tuple, opts: BootOptions, block: int, tables: int | None) -> EntryState:
+    if start[0] == "real":
+        return _real_mode_entry(start[1], start[2], opts)
+    return _flat_entry(start[0], start[1], opts, block, tables)
 
 
 def _real_mode_entry(cs: int, ip: int, opts: BootOptions) -> EntryState:
@@ -242,22 +387,27 @@ def _real_mode_entry(cs: int, ip: int, opts: BootOptions) -> EntryState:
                       ss=seg(ss, 0x3), gdt=(0, 0xFFFF), idt=(0, 0x3FF))
 
 
-def _flat_entry(mode: str, entry_addr: int, opts: BootOptions) -> EntryState:
+def _flat_entry(mode: str, entry_addr: int, opts: BootOptions, block: int = 0,
+                tables: int | None = None) -> EntryState:
     data = Segment(SEL_DATA, 0, 0xFFFFFFFF, 0x3, db=1, g=1)
-    gdt = (GDT_BASE, 4 * 8 - 1)
+    gdt = (block + GDT_BASE, 4 * 8 - 1)
     if mode == "protected":
         if entry_addr > 0xFFFFFFFF:
             raise GuestImageError(f"entry point {entry_addr:#x} is beyond 4 GiB in protected mode")
         rsp = opts.stack if opts.stack is not None else opts.mem
         return EntryState(mode="protected", rip=entry_addr, rsp=rsp,
                           cs=Segment(SEL_CODE32, 0, 0xFFFFFFFF, 0xB, db=1, g=1), ds=data, ss=data,
-                          gdt=gdt, idt=(IDT_BASE, 256 * 8 - 1),
+                          gdt=gdt, idt=(block + IDT_BASE, 256 * 8 - 1),
                           cr0=CR0_PE | CR0_MP | CR0_ET | CR0_NE, cr4=CR4_OSFXSR | CR4_OSXMMEXCPT)
-    tables = _page_table_base(opts.mem)
-    rsp = opts.stack if opts.stack is not None else tables
+    if tables is None:
+        tables = _page_table_base(opts.mem)
+    # The stack starts below the page tables when they are at the top of RAM, as always; when
+    # the guest's own layout pushed them elsewhere, at the top of RAM.
+    default_rsp = tables if tables == _page_table_base(opts.mem) else opts.mem
+    rsp = opts.stack if opts.stack is not None else default_rsp
     return EntryState(mode="long", rip=entry_addr, rsp=rsp,
                       cs=Segment(SEL_CODE64, 0, 0xFFFFFFFF, 0xB, l=1, g=1), ds=data, ss=data,
-                      gdt=gdt, idt=(IDT_BASE, 128 * 16 - 1),
+                      gdt=gdt, idt=(block + IDT_BASE, 128 * 16 - 1),
                       cr0=CR0_PE | CR0_MP | CR0_ET | CR0_NE | CR0_PG, cr3=tables,
                       cr4=CR4_PAE | CR4_OSFXSR | CR4_OSXMMEXCPT, efer=EFER_LME | EFER_LMA)
 
@@ -270,18 +420,20 @@ def _page_table_base(mem: int) -> int:
     return mem - _page_table_count(mem) * PAGE
 
 
-def _reserved_ranges(mode: str, mem: int) -> list[tuple[int, int, str]]:
-    ranges = [(0, RESERVED_LOW_END, "boot structures (IVT, GDT, IDT, handler stubs)")]
-    if mode == "long":
-        ranges.append((_page_table_base(mem), mem, "long-mode page tables"))
-    return ranges
-
-
-def _add_boot_structures(image: BootImage) -> None:
-    mode = image.entry.mode
-    image.add(STUB_BASE, b"\xf4" * STUB_COUNT, "vmm exception/interrupt HLT stubs")
+def _fixed_ranges(mode: str) -> list[tuple[int, int, str]]:
+    """What vmm cannot move: in real mode the IVT at 0 and its stubs (the IVT's place is
+    architectural, and real-mode guests are small and load above it)."""
     if mode == "real":
-        ivt = b"".join(struct.pack("<HH", STUB_BASE + v, 0) for v in range(256))
+        return [(0, RESERVED_LOW_END, "boot structures (IVT, GDT, IDT, handler stubs)")]
+    return []
+
+
+def _add_boot_structures(image: BootImage, block: int, tables: int | None) -> None:
+    mode = image.entry.mode
+    stubs = image.stub_base
+    image.add(stubs, b"\xf4" * STUB_COUNT, "vmm exception/interrupt HLT stubs")
+    if mode == "real":
+        ivt = b"".join(struct.pack("<HH", stubs + v, 0) for v in range(256))
         image.add(0, ivt, "vmm real-mode IVT")
         return
     gdt = b"".join(struct.pack("<Q", d) for d in (
@@ -290,16 +442,16 @@ def _add_boot_structures(image: BootImage) -> None:
         _descriptor(0, 0xFFFFF, access=0x93, flags=0xC),   # 0x10: data
         _descriptor(0, 0xFFFFF, access=0x9B, flags=0xA),   # 0x18: 64-bit code
     ))
-    image.add(GDT_BASE, gdt, "vmm GDT")
+    image.add(block + GDT_BASE, gdt, "vmm GDT")
     if mode == "protected":
-        idt = b"".join(struct.pack("<HHBBH", (STUB_BASE + v) & 0xFFFF, SEL_CODE32, 0, 0x8E,
-                                   (STUB_BASE + v) >> 16) for v in range(256))
-        image.add(IDT_BASE, idt, "vmm IDT")
+        idt = b"".join(struct.pack("<HHBBH", (stubs + v) & 0xFFFF, SEL_CODE32, 0, 0x8E,
+                                   (stubs + v) >> 16) for v in range(256))
+        image.add(block + IDT_BASE, idt, "vmm IDT")
         return
-    idt = b"".join(struct.pack("<HHBBHII", STUB_BASE + v, SEL_CODE64, 0, 0x8E, 0, 0, 0)
-                   for v in range(128))
-    image.add(IDT_BASE, idt, "vmm IDT")
-    base, count = _page_table_base(image.mem_size), _page_table_count(image.mem_size)
+    idt = b"".join(struct.pack("<HHBBHII", (stubs + v) & 0xFFFF, SEL_CODE64, 0, 0x8E,
+                               (stubs + v) >> 16, 0, 0) for v in range(128))
+    image.add(block + IDT_BASE, idt, "vmm IDT")
+    base, count = tables, _page_table_count(image.mem_size)
     pml4 = struct.pack("<Q", (base + PAGE) | 0x3).ljust(PAGE, b"\0")
     n_pd = count - 2
     pdpt = b"".join(struct.pack("<Q", (base + (2 + i) * PAGE) | 0x3)
@@ -333,7 +485,8 @@ def _more_mem(end: int) -> str:
     return f"give at least --mem {_size(need)}"
 
 
-def stub_vector(linear_rip_after_hlt: int) -> int | None:
-    """If a HLT exit came from one of vmm's stubs, the vector it stands for; else None."""
-    v = linear_rip_after_hlt - 1 - STUB_BASE
+def stub_vector(linear_rip_after_hlt: int, base: int = STUB_BASE) -> int | None:
+    """If a HLT exit came from one of vmm's stubs (at `base`: the image's stub_base), the
+    vector it stands for; else None."""
+    v = linear_rip_after_hlt - 1 - base
     return v if 0 <= v < STUB_COUNT else None
