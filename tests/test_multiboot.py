@@ -666,6 +666,23 @@ def test_multiboot2_header_length_past_the_file_is_refused():
     one_line(GuestImageError, build, hdr, match="runs past the end of the file")
 
 
+def test_multiboot2_header_too_short_for_its_end_tag_is_refused():
+    hdr = struct.pack("<IIII", MB2, 0, 16, -(MB2 + 16) & 0xFFFFFFFF)
+    one_line(GuestImageError, build, hdr + HLT * 16, match="no room for its end tag")
+
+
+def test_multiboot2_tags_without_an_end_tag_are_refused():
+    body = tag(6)
+    length = 16 + len(body)
+    hdr = struct.pack("<IIII", MB2, 0, length, -(MB2 + length) & 0xFFFFFFFF) + body
+    one_line(GuestImageError, build, hdr + HLT * 16, match="without an end tag")
+
+
+def test_multiboot_entry_beyond_4g_is_refused():
+    data = mb2_elf(bits=64, entry=0x1_0000_0000)
+    one_line(GuestImageError, build, data, match="beyond 4 GiB")
+
+
 def test_multiboot2_relocatable_kernel_loads_at_its_link_address():
     reloc = tag(10, struct.pack("<IIII", 0x100000, 0x1000000, 0x1000, 1))
     assert dict(decode_mb2(build(mb2_elf(reloc))))[21] == struct.pack("<I", 0x100000)

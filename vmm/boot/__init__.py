@@ -5,14 +5,17 @@ and gate formats), 9.1 (processor state after reset), 9.8 (switching to protecte
 ELF: the System V gABI (PT_LOAD, p_paddr). The layout of what vmm itself puts in guest RAM is
 documented in docs/boot.md and is part of the machine configuration recorded in traces.
 
-Physical layout (all modes):
-    0x0000-0x03ff  real-mode IVT: every vector points at its HLT stub
-    0x0500-0x05ff  256 HLT stubs, one byte each: vector v halts at 0x500 + v, so the run loop
-                   can name an unhandled exception or BIOS call instead of running garbage
-    0x0600-0x061f  GDT (protected and long mode)
-    0x0800-0x0fff  IDT (protected mode: 256 gates; long mode: 128 gates)
-    top of RAM     long mode only: identity-mapping page tables (PML4, PDPT, one PD per GiB);
-                   the default stack then starts just below them
+Physical layout (all modes), B the base of vmm's low page (0 unless the guest is there):
+    0x0000-0x03ff    real-mode IVT: every vector points at its HLT stub
+    B+0x0500-0x05ff  256 HLT stubs, one byte each: vector v halts at B + 0x500 + v, so the run
+                     loop can name an unhandled exception or BIOS call instead of running garbage
+    B+0x0600-0x061f  GDT (protected and long mode)
+    B+0x0800-0x0fff  IDT (protected mode: 256 gates; long mode: 128 gates)
+    top of RAM       long mode only: identity-mapping page tables (PML4, PDPT, one PD per GiB);
+                     the default stack then starts just below them
+A structure whose usual place the guest occupies goes to the highest free page-aligned range
+instead (_Space.take); the real-mode IVT cannot move. Multiboot kernels (multiboot.py) add their
+boot information and modules.
 """
 
 from __future__ import annotations
