@@ -10,7 +10,8 @@ tiny kernels with GNU as and run them on every usable backend.
 
 from __future__ import annotations
 
-import os
+import hashlib
+import json
 import shutil
 import struct
 import subprocess
@@ -876,6 +877,11 @@ def test_multiboot1_trace_holds_cmdline_and_module_and_replays_without_them(vmm,
     r = vmm("replay", trace, "--backend", backend)
     assert r.returncode == 0, r
     assert r.lines == [f"2badb002 00007b80 mb1.elf x {module}=abc"], r
+    r = vmm("inspect", trace, "--json")
+    boot_options = json.loads(r.stdout)["machine"]["boot"]
+    assert boot_options["cmdline"] == "x"
+    assert boot_options["modules"] == [{"name": str(module), "string": str(module), "size": 3,
+                                        "sha256": hashlib.sha256(b"abc").hexdigest()}]
 
 
 @needs_binutils
