@@ -661,6 +661,17 @@ def test_multiboot2_malformed_tags_are_refused(corrupt, match):
     one_line(GuestImageError, build, corrupt(header) + HLT * 16, match=match)
 
 
+def test_multiboot2_tag_too_small_for_its_fields_is_refused():
+    one_line(GuestImageError, build, mb2_elf(tag(2, struct.pack("<I", 0x100000))),
+             match="tag type 2 has size 12, too small")
+
+
+def test_modules_too_big_for_ram_get_mem_advice():
+    big = BootModule("big", "big", bytes(4 * MiB))
+    one_line(GuestImageError, build, aout_kernel(), mem=2 * MiB, modules=(big,),
+             match="multiboot module 0 \\(big\\).*give at least --mem 6M")
+
+
 def test_multiboot2_header_length_past_the_file_is_refused():
     length = 4096
     hdr = struct.pack("<IIII", MB2, 0, length, -(MB2 + length) & 0xFFFFFFFF) + tag(0)

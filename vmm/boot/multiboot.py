@@ -292,9 +292,6 @@ def multiboot_layout(name: str, data: bytes, opts: BootOptions, protocol: str) -
                                                        for m in plan.modules]:
         if "\0" in text:
             raise UsageError(f"{what}: the string holds a NUL character, which would end it")
-    for address, chunk, what in plan.segments:
-        if address + len(chunk) > MASK32 + 1:
-            raise GuestImageError(f"{what} of {name} lies beyond 4 GiB ({address:#x})")
     if plan.entry > MASK32:
         raise GuestImageError(f"the entry point of multiboot kernel {name} ({plan.entry:#x}) "
                               "lies beyond 4 GiB: it must be a 32-bit physical address")
