@@ -105,7 +105,8 @@ def add_machine_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("machine")
     g.add_argument("--mode", choices=("real", "protected", "long"),
                    help="CPU mode at entry for a raw binary (default real; ELF32: protected, "
-                        "ELF64: long)")
+                        "ELF64: long; real also starts an ELF32 at a 16-bit entry; multiboot "
+                        "kernels: protected, docs/boot.md)")
     g.add_argument("--load", type=_address, metavar="ADDR",
                    help="where a raw binary is loaded (default 0x1000)")
     g.add_argument("--entry", type=_entry, metavar="ADDR|reset",
