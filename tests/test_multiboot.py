@@ -845,6 +845,74 @@ msg: .asciz "16-bit entry\n"
 """
 
 
+# What QEMU gives a multiboot 1 kernel, printed field by field (all but the boot loader's name,
+# which is "qemu" there), then the memory map; it ends through the isa-debug-exit port 0xF4.
+MB1_DUMP = r"""
+    .text
+    .globl _start
+    .align 4
+    .long 0x1BADB002, 3, -(0x1BADB002 + 3)
+_start:
+    mov %ebx, %edi
+    call hex                  # magic
+    mov %edi, %eax
+    call hex                  # the information's address
+    xor %ebp, %ebp
+8:  mov (%edi,%ebp,4), %eax   # flags .. mods_addr
+    call hex
+    inc %ebp
+    cmp $7, %ebp
+    jb 8b
+    mov 44(%edi), %eax
+    call hex                  # mmap_length
+    mov 48(%edi), %eax
+    call hex                  # mmap_addr
+    mov 16(%edi), %esi
+    call puts                 # the command line
+    mov $'|', %al
+    out %al, $0xe9
+    mov 24(%edi), %ebx        # the module: start, end, string, contents
+    mov 0(%ebx), %eax
+    call hex
+    mov 4(%ebx), %eax
+    call hex
+    mov 8(%ebx), %esi
+    call puts
+    mov $'=', %al
+    out %al, $0xe9
+    mov 0(%ebx), %esi
+5:  cmp 4(%ebx), %esi
+    jae 4f
+    lodsb
+    out %al, $0xe9
+    jmp 5b
+4:  mov $'\n', %al
+    out %al, $0xe9
+    mov 48(%edi), %esi        # the memory map, an entry a line
+    mov 44(%edi), %ebp
+    add %esi, %ebp
+6:  cmp %ebp, %esi
+    jae 7f
+    mov 0(%esi), %eax
+    call hex
+    mov 4(%esi), %eax
+    call hex
+    mov 12(%esi), %eax
+    call hex
+    mov 20(%esi), %eax
+    call hex
+    mov $'\n', %al
+    out %al, $0xe9
+    add 0(%esi), %esi
+    add $4, %esi
+    jmp 6b
+7:  mov $0, %al
+    out %al, $0xf4            # exit: status 1 under both
+    cli
+    hlt
+""" + HEX_AND_PUTS
+
+
 def assemble(tmp_path, name: str, source: str, *, bits: int = 32, text: int = 0x100000,
              flat: bool = False) -> str:
     src, obj, out = tmp_path / f"{name}.s", tmp_path / f"{name}.o", tmp_path / name
@@ -916,6 +984,34 @@ def test_elf_with_a_16_bit_entry_runs_in_real_mode(vmm, tmp_path, backend):
     guest = assemble(tmp_path, "real.elf", REAL_ELF, text=0x7C00)
     r = vmm("run", guest, "--backend", backend, "--mode", "real")
     assert r.returncode == 0 and r.lines == ["16-bit entry"], r
+
+
+QEMU = shutil.which("qemu-system-i386")
+
+
+@needs_binutils
+@pytest.mark.skipif(QEMU is None, reason="qemu-system-i386 is not installed: the multiboot "
+                                         "information cannot be compared with QEMU's")
+def test_multiboot1_information_is_what_qemu_gives(vmm, tmp_path, backend):
+    kernel = assemble(tmp_path, "dump.elf", MB1_DUMP)
+    (tmp_path / "mod.txt").write_bytes(b"module bytes")
+    try:
+        qemu = subprocess.run(
+            [QEMU, "-kernel", "dump.elf", "-append", "hello world", "-initrd", "mod.txt arg",
+             "-m", "128", "-display", "none", "-serial", "none", "-monitor", "none",
+             "-debugcon", "stdio", "-device", "isa-debug-exit,iobase=0xf4,iosize=4",
+             "-no-reboot"], cwd=tmp_path, capture_output=True, timeout=60)
+    except subprocess.TimeoutExpired:
+        pytest.skip("qemu-system-i386 did not finish within 60 s here")
+    if qemu.returncode != 1:
+        pytest.skip(f"qemu-system-i386 cannot run here (exit {qemu.returncode}: "
+                    f"{qemu.stderr.decode(errors='replace').strip()[:200]})")
+    r = vmm("run", kernel, "--backend", backend, "--mem", "128M", "--cmdline", "hello world",
+            "--module", f"{tmp_path / 'mod.txt'}=mod.txt arg")
+    assert r.returncode == 1, r
+    assert r.stdout == qemu.stdout.decode(), r
+    assert r.lines[0].startswith("2badb002 00009500 0000024f 0000027f 0001fb80 8000ffff")
+    assert "hello world|00102000 0010200c mod.txt arg=module bytes" in r.lines[0]
 
 
 @pytest.mark.parametrize("args, code, match", [
