@@ -17,7 +17,7 @@ import difflib
 from dataclasses import dataclass, field
 
 from .boards import BOARDS
-from .boot import BootOptions, build_boot_image
+from .boot import BootOptions, build_boot_image, detect_protocol
 from .errors import EXIT_CODES, TraceError
 from .machine import Observer
 from .outcome import RunEnd, StopRun
@@ -139,16 +139,10 @@ def replay_machine_parts(trace: Trace, guest_name: str | None = None,
         boot = dict(machine["boot"])
         cpuid = [{k: int(e[k]) for k in ("function", "index", "flags", "eax", "ebx", "ecx",
                                          "edx")} for e in machine["cpuid"]]
-        for key in ("mode", "load", "entry", "mem", "stack"):
-            value = boot.get(key)
-            if value is not None and not isinstance(value, (int, str)):
-                raise ValueError(key)
         board = machine.get("board", "p3")         # traces before boards ran on p3
         if not isinstance(board, str) or board not in BOARDS:
             raise ValueError(f"board {board!r}")
-        options = BootOptions(mode=boot.get("mode"), load=boot.get("load"),
-                              entry=boot.get("entry"), mem=int(boot["mem"]),
-                              stack=boot.get("stack"), board=board)
+        options = BootOptions.from_dict(dict(boot, board=board))  # with cmdline and modules
     except (KeyError, TypeError, ValueError) as e:
         raise TraceError(f"corrupt trace {trace.path}: the machine configuration is "
                          f"incomplete ({e})") from None
@@ -160,6 +154,11 @@ def replay_machine_parts(trace: Trace, guest_name: str | None = None,
     else:
         if boot_override is not None:
             options = BootOptions(**boot_override)
+        elif detect_protocol(guest_bytes) is not None:
+            # A multiboot kernel: boots as its header says, with the recording's command line
+            # and modules, in the same RAM size.
+            options = BootOptions(mem=options.mem, board=options.board,
+                                  cmdline=options.cmdline, modules=options.modules)
         elif guest_bytes[:4] == b"\x7fELF" or trace.header["machine"].get("kind") != "raw":
             # Another kind of file: boot it the way its own kind boots, in the same RAM size.
             options = BootOptions(mem=options.mem, board=options.board)

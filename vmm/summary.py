@@ -33,6 +33,15 @@ def _describe(record: dict) -> str:
     return kind
 
 
+def _boot_summary(boot):
+    """The boot options, with each multiboot module's contents (base64) left out: its name,
+    string, size and sha256 say which it was."""
+    if not isinstance(boot, dict) or not isinstance(boot.get("modules"), list):
+        return boot
+    return dict(boot, modules=[{k: v for k, v in m.items() if k != "data"}
+                               if isinstance(m, dict) else m for m in boot["modules"]])
+
+
 def summarize(trace: Trace, limit: int = 40) -> dict:
     h, end = trace.header, trace.end
     counts = Counter(r["type"] for r in trace.records)
@@ -51,7 +60,7 @@ def summarize(trace: Trace, limit: int = 40) -> dict:
         "guest": {k: h["guest"][k] for k in ("name", "size", "sha256")},
         "machine": {"board": machine.get("board", "p3"),
                     "kind": machine.get("kind"), "mode": machine.get("mode"),
-                    "mem": machine.get("mem"), "boot": machine.get("boot"),
+                    "mem": machine.get("mem"), "boot": _boot_summary(machine.get("boot")),
                     "load_map": machine.get("load_map"), "devices": machine.get("devices"),
                     "feeds": machine.get("feeds") if isinstance(machine.get("feeds"), dict)
                     else None,
