@@ -96,7 +96,7 @@ def test_uart_thr_goes_to_the_named_output():
     assert sink.lines == [("com2", "hi", False)]
 
 
-# --- 16550: loopback ------------------------------------------------------------------------------
+# --- 16550: loopback -----------------------------------------------------------------------------
 @pytest.mark.parametrize("waiting_rbr", [True, False])
 def test_uart_osdev_init_and_loopback_probe_pass(waiting_rbr):
     """OSDev "Serial Ports": init, MCR=0x1E, send 0xAE, read it back, MCR=0x0F, print."""
@@ -234,7 +234,7 @@ def test_uart_rx_data_interrupt_without_fifo():
     assert com.read(IIR, 1) == 0x01
 
 
-# --- 16550: interrupts -----------------------------------------------------------------------------
+# --- 16550: interrupts ---------------------------------------------------------------------------
 def test_uart_iir_priority_order():
     com, *_ = uart(waiting_rbr=False)
     out(com, MCR, 0x10)                         # loopback: modem deltas pending
@@ -286,7 +286,7 @@ def test_uart_irq_line_is_gated_by_out2_and_closed_in_loopback():
     assert not com.irq_pending()
 
 
-# --- 16550: receiving from the input source --------------------------------------------------------
+# --- 16550: receiving from the input source ------------------------------------------------------
 def test_uart_pc_mode_lsr_takes_one_key_and_rbr_returns_it():
     com, inputs, rec, _ = uart(b"ab", waiting_rbr=False)
     assert com.read(LSR, 1) == 0x61
@@ -365,7 +365,7 @@ def test_uart_state_round_trips():
     assert copy.read(RBR, 1) == 0x61 and copy.divisor == 1
 
 
-# --- VGA ---------------------------------------------------------------------------------------------
+# --- VGA -----------------------------------------------------------------------------------------
 V = {port: port - PORT_BASE for port in range(PORT_BASE, PORT_BASE + PORT_COUNT)}
 
 
@@ -502,7 +502,7 @@ def test_vga_state_round_trips():
     assert copy.cursor_location == 0x200
 
 
-# --- exit, shutdown and POST ports ----------------------------------------------------------------
+# --- exit, shutdown and POST ports ---------------------------------------------------------------
 def stop_of(fn, *args) -> StopRun:
     with pytest.raises(StopRun) as info:
         fn(*args)
