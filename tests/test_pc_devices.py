@@ -426,6 +426,9 @@ def test_vga_cursor_is_relative_to_the_start_address():
     crtc(vga, 0x0D, 80)                         # the screen starts one row down
     crtc(vga, 0x0F, 81)
     assert vga.start_address == 80 and vga.cursor() == (0, 1)
+    assert vga.screen_address == 0xB8000 + 160
+    crtc(vga, 0x0C, 0x40)                       # 0x4050 cells: past the 32 KiB window
+    assert vga.screen_address == 0xB8000 + 160
 
 
 def test_vga_status1_toggles_retrace_bits_at_every_read():

@@ -36,6 +36,7 @@ from __future__ import annotations
 from .bus import Device
 
 COLS, ROWS = 80, 25
+TEXT_BASE, TEXT_WINDOW = 0xB8000, 0x8000       # colour text memory: 0xb8000-0xbffff
 PORT_BASE, PORT_COUNT = 0x3C0, 0x20            # 0x3c0-0x3df
 MONO_BASE, MONO_COUNT = 0x3B4, 7              # 0x3b4-0x3ba
 
@@ -99,6 +100,13 @@ class VgaText(Device):
     def start_address(self) -> int:
         """CRTC 0x0c/0x0d: the cell shown at the top left, counted in cells from 0xb8000."""
         return (self.crtc[CRTC_START_HIGH] << 8) | self.crtc[CRTC_START_LOW]
+
+    @property
+    def screen_address(self) -> int:
+        """The guest-physical address of the top-left cell shown: 0xb8000 plus the start
+        address (in cells), within the 32 KiB text window (the 4000 bytes are then read
+        contiguously; wrapping at the window's end is not modelled)."""
+        return TEXT_BASE + (2 * self.start_address) % TEXT_WINDOW
 
     @property
     def cursor_location(self) -> int:
