@@ -9,8 +9,8 @@ import pytest
 from PIL import Image
 
 from vmm.screen import (CP437, GLYPH_H, GLYPH_W, PALETTE, SIZE, Screen, apply_rows,
-                        changed_rows, decode_cp437, diff_rows, encode_cp437, glyph, load_font,
-                        render_image, render_png)
+                        changed_rows, decode_attrs, decode_cp437, diff_rows, encode_attrs,
+                        encode_cp437, glyph, load_font, render_image, render_png)
 
 
 def screen_with(cells: dict[tuple[int, int], tuple[int, int]], fill=(0x20, 0x07),
@@ -102,25 +102,55 @@ def test_diff_rows_with_attrs_reports_colour_only_changes():
     assert diff_rows(a, b, attrs=True) == [(0, "hi", "hi")]
 
 
-def test_changed_rows_is_compact_and_stable():
+def test_changed_rows_is_the_screen_record_form():
     prev = Screen.blank()
     cur = screen_with(put("OK", row=1, attr=0x07) | put("R", row=2, col=79, attr=0x4F))
-    changes = changed_rows(prev, cur)
-    assert set(changes) == {1, 2}
-    assert changes[1] == ("OK", "07")                       # one attribute: two hex digits
-    text, attrs = changes[2]
-    assert text == " " * 79 + "R" and attrs == "07" * 79 + "4f"
-    assert changed_rows(prev, cur) == changes               # deterministic
-    assert json.loads(json.dumps({str(k): v for k, v in changes.items()})) == \
-           {str(k): list(v) for k, v in changes.items()}
+    rows = changed_rows(prev, cur)
+    assert rows == [(1, "OK", "07*80"), (2, " " * 79 + "R", "07*79,4f*1")]
+    assert changed_rows(prev, cur) == rows                  # deterministic
+    assert changed_rows(cur, cur) == []
+    assert json.loads(json.dumps(rows)) == [list(r) for r in rows]
 
 
 def test_changed_rows_from_nothing_lists_every_row():
-    assert sorted(changed_rows(None, Screen.blank())) == list(range(25))
+    assert [r for r, _, _ in changed_rows(None, Screen.blank())] == list(range(25))
 
 
-def test_changed_rows_treat_nul_and_space_alike():
-    assert changed_rows(Screen.from_bytes(b"\x00\x07" * 2000), Screen.blank()) == {}
+def test_changed_rows_match_the_screen_log_of_a_run():
+    """vmm.screenlog (what the machine records) and vmm.screen give the same rows."""
+    from vmm.screenlog import ScreenLog
+    memory = bytearray(0x1000) + bytearray(b"\x20\x07" * 2000)
+    log, seen = ScreenLog(memory, 0x1000, SIZE), []
+    log.on_change = lambda n, rows: seen.append(rows)
+    before = Screen.from_bytes(memory[0x1000:])
+    memory[0x1000:0x1000 + 12] = b"H\x1fi\x1f!\x4e\x00\x07\x1b\x07\x01\x07"   # ESC, 0x01
+    memory[0x1000 + 160 * 24 + 158] = ord("z")
+    log.sample(1)
+    after = Screen.from_bytes(memory[0x1000:])
+    assert [tuple(r) for r in seen[0]] == changed_rows(before, after)
+    assert seen[0][0][1] == "Hi! ←☺"                        # glyphs, never control characters
+
+
+def test_the_live_panel_draws_glyphs_not_control_characters():
+    from vmm.screen_panel import render_rows
+    cells = bytearray(b"\x20\x07" * 2000)
+    cells[0:6] = b"\x1b\x07\x0a\x07\x07\x07"                    # ESC, newline, bell
+    row = render_rows(bytes(cells))[0]
+    assert "←◙•" in row and "\n" not in row and "\x07" not in row
+    assert row.count("\x1b") == 2                           # only the colour and reset SGRs
+
+
+def test_encode_and_decode_attrs():
+    attrs = bytes([0x1F] * 11 + [0x07] * 69)
+    assert encode_attrs(attrs) == "1f*11,07*69"
+    assert decode_attrs("1f*11,07*69") == attrs
+
+
+@pytest.mark.parametrize("text", ["07*79", "07*81", "07*40,07", "7*80", "zz*80", "07*0,07*80",
+                                  "07*-1,07*81", "", "07*80," , 5, "07*1," * 200])
+def test_decode_attrs_refuses_malformed_runs(text):
+    with pytest.raises(ValueError):
+        decode_attrs(text)
 
 
 def test_apply_rows_rebuilds_the_screen():
@@ -128,18 +158,17 @@ def test_apply_rows_rebuilds_the_screen():
     cur = screen_with(put("╔═╗ ☺ 100%", row=0, attr=0x1F)
                       | put("tail", row=24, col=76, attr=0x02)
                       | {(7, 0): (0x41, 0x70), (7, 1): (0x42, 0x07)})
-    changes = changed_rows(prev, cur)
-    assert apply_rows(prev, changes) == cur
-    as_json = json.loads(json.dumps({str(k): v for k, v in changes.items()}))
-    assert apply_rows(prev, as_json) == cur
+    rows = changed_rows(prev, cur)
+    assert apply_rows(prev, rows) == cur
+    assert apply_rows(prev, json.loads(json.dumps(rows))) == cur
 
 
-@pytest.mark.parametrize("record", [{25: ("x", "07")}, {0: ("x" * 81, "07")},
-                                    {0: ("x", "0")}, {0: ("x", "zz")}, {0: ("€", "07")},
-                                    {"a": ("x", "07")}, {0: "x"}])
-def test_apply_rows_refuses_malformed_records(record):
-    with pytest.raises(ValueError, match="bad screen row record"):
-        apply_rows(None, record)
+@pytest.mark.parametrize("entry", [(25, "x", "07*80"), (0, "x" * 81, "07*80"), (0, "x", "07*79"),
+                                   (0, "€", "07*80"), ("0", "x", "07*80"), (True, "x", "07*80"),
+                                   (0, "x"), "x", 7, (0, 5, "07*80")])
+def test_apply_rows_refuses_malformed_rows(entry):
+    with pytest.raises(ValueError, match="bad screen row"):
+        apply_rows(None, [entry])
 
 
 # --- the font and the PNG -----------------------------------------------------------------------

@@ -15,7 +15,8 @@ bright background: vmm does not blink), in the 16 standard VGA colours (`PALETTE
 - `Screen.from_bytes(b, cursor=None)`, `.rows()`, `.lines()`, `.text()` (the `--screen final`
   form), `.is_blank()`, `.digest()`;
 - `diff_rows(a, b)`: the rows that differ; `changed_rows(prev, cur)` / `apply_rows(screen,
-  changes)`: a compact, stable record of the rows that changed, and its inverse;
+  rows)`: the rows that changed in the form of a `screen` trace record ([row, text,
+  run-length attributes], as vmm.screenlog writes them), and its inverse;
 - `render_png(screen, out)`: an image with the bundled font (vmm/data/cp437-8x13.bin, from the
   public-domain X11 misc-fixed 8x13 font; see docs/screen.md). Needs Pillow.
 """
@@ -138,44 +139,66 @@ def diff_rows(a: Screen, b: Screen, attrs: bool = False) -> list[tuple[int, str,
     return out
 
 
-def _attrs_hex(attrs: bytes) -> str:
-    """A row's 80 attributes: one byte in hex if all are the same, else all 80 (160 digits)."""
-    return f"{attrs[0]:02x}" if attrs.count(attrs[0]) == len(attrs) else attrs.hex()
+def encode_attrs(attrs: bytes) -> str:
+    """A row's attributes run-length encoded, as screen trace records hold them:
+    "1f*11,07*69" is 11 cells of 0x1f, then 69 of 0x07."""
+    runs, start = [], 0
+    for i in range(1, len(attrs) + 1):
+        if i == len(attrs) or attrs[i] != attrs[start]:
+            runs.append(f"{attrs[start]:02x}*{i - start}")
+            start = i
+    return ",".join(runs)
 
 
-def changed_rows(prev: Screen | None, cur: Screen) -> dict[int, tuple[str, str]]:
-    """The rows of `cur` that differ from `prev` (all 25 if prev is None), as row ->
-    (text with trailing spaces trimmed, attributes in hex: 2 digits if the row has one
-    attribute, else 160). Plain data: JSON-ready once the keys are strings. NUL and space
-    are the same character here (both blanks)."""
-    out = {}
-    for r in range(ROWS):
-        chars, attrs = cur.row_chars(r), cur.row_attrs(r)
-        if prev is not None and prev.row_chars(r).replace(b"\0", b" ") == \
-                chars.replace(b"\0", b" ") and prev.row_attrs(r) == attrs:
-            continue
-        out[r] = (decode_cp437(chars).rstrip(" "), _attrs_hex(attrs))
-    return out
+def decode_attrs(text: str) -> bytes:
+    """The inverse of encode_attrs, for exactly one row (80 cells); ValueError otherwise."""
+    if not isinstance(text, str) or len(text) > 6 * COLS:
+        raise ValueError("attributes are not a run-length string of one row")
+    out = bytearray()
+    for run in text.split(","):
+        attr, sep, count = run.partition("*")
+        if not (sep and len(attr) == 2 and count.isdigit() and 0 < int(count) <= COLS):
+            raise ValueError(f"bad attribute run {run!r}")
+        out += bytes.fromhex(attr) * int(count)
+    if len(out) != COLS:
+        raise ValueError(f"attributes for {len(out)} cells, not {COLS}")
+    return bytes(out)
 
 
-def apply_rows(screen: Screen | None, changes: dict, cursor=None) -> Screen:
-    """The screen `changes` (from changed_rows, keys ints or strings) makes of `screen` (None:
-    a screen of zero bytes, as RAM starts). Raises ValueError on a malformed record."""
+def row_record(screen: Screen, row: int) -> tuple[int, str, str]:
+    """(row, text with trailing spaces trimmed, run-length attributes): one row of a screen
+    trace record."""
+    return row, decode_cp437(screen.row_chars(row)).rstrip(" "), \
+        encode_attrs(screen.row_attrs(row))
+
+
+def changed_rows(prev: Screen | None, cur: Screen) -> list[tuple[int, str, str]]:
+    """The rows of `cur` whose cells differ from `prev`'s (every row if prev is None), as
+    [(row, text, attributes)] (row_record): the rows of a `screen` trace record. Plain data,
+    JSON-ready, the same for the same screens."""
+    return [row_record(cur, r) for r in range(ROWS)
+            if prev is None or prev.cells[r * COLS * 2:(r + 1) * COLS * 2]
+            != cur.cells[r * COLS * 2:(r + 1) * COLS * 2]]
+
+
+def apply_rows(screen: Screen | None, rows, cursor=None) -> Screen:
+    """The screen that `rows` (from changed_rows, or a trace record's rows as JSON lists) make
+    of `screen` (None: a screen of zero bytes, as RAM starts). Trimmed spaces come back as
+    spaces. Raises ValueError on a malformed row."""
     cells = bytearray(screen.cells if screen is not None else bytes(SIZE))
-    for key, value in changes.items():
+    for entry in rows:
         try:
-            row = int(key)
-            text, attrs_hex = value
+            row, text, attrs_text = entry
+            if isinstance(row, bool) or not isinstance(row, int) or not 0 <= row < ROWS:
+                raise ValueError("the row is not 0-24")
             chars = encode_cp437(text)
-            attrs = bytes.fromhex(attrs_hex)
+            if len(chars) > COLS:
+                raise ValueError("more than 80 characters")
+            attrs = decode_attrs(attrs_text)
         except (TypeError, ValueError) as e:
-            raise ValueError(f"bad screen row record {key!r}: {e}") from None
-        if not 0 <= row < ROWS or len(chars) > COLS or len(attrs) not in (1, COLS):
-            raise ValueError(f"bad screen row record {key!r}")
-        chars = chars.ljust(COLS, b" ")
-        attrs = attrs * COLS if len(attrs) == 1 else attrs
+            raise ValueError(f"bad screen row {entry!r:.60}: {e}") from None
         base = row * COLS * 2
-        cells[base:base + COLS * 2:2] = chars
+        cells[base:base + COLS * 2:2] = chars.ljust(COLS, b" ")
         cells[base + 1:base + COLS * 2:2] = attrs
     return Screen(bytes(cells), cursor)
 
