@@ -7,20 +7,23 @@ the run ends; never at a host-timed moment. A sample that differs from the last 
 as it verifies output lines, and re-drive and goldens can compare it (docs/trace-format.md).
 
 A row is stored as its text and its attributes:
-- text: the 80 characters decoded as code page 437 (NUL shows as a space), trailing spaces
-  dropped;
+- text: the 80 characters decoded as code page 437 as a VGA draws them (control bytes as their
+  glyphs: 0x01 is ☺, 0x1b ←; NUL shows as a space), trailing spaces dropped;
 - attributes: run-length encoded, `"1f*11,07*69"` for 11 cells of 0x1f then 69 of 0x07.
 """
 
 from __future__ import annotations
+
+from .screen import decode_cp437
 
 COLS, ROWS = 80, 25
 ROW_BYTES = COLS * 2
 
 
 def decode_text(cells: bytes) -> str:
-    """The characters of a row of cells (char, attribute pairs), CP437, NUL as a space."""
-    return cells[0::2].replace(b"\0", b" ").decode("cp437").rstrip(" ")
+    """The characters of a row of cells (char, attribute pairs), CP437 as a VGA draws it
+    (vmm.screen: control bytes as their glyphs, never as control characters), NUL as a space."""
+    return decode_cp437(cells[0::2]).rstrip(" ")
 
 
 def encode_attrs(cells: bytes) -> str:
