@@ -96,8 +96,7 @@ class Machine:
         self.bus = PortBus()
         self.devices: dict[str, object] = {}       # by name, for stats and tests
         context = BoardContext(inputs, self._output)
-        for slot in self.board.slots:
-            device = slot.make(context)
+        for slot, device in self.board.build(context):
             self.bus.register(device, slot.port, slot.count)
             self.devices[device.name] = device
             next_event = getattr(device, "next_event_after", None)
