@@ -256,3 +256,22 @@ def test_inspect_shows_the_screen_changes_and_the_final_screen(vmm, tmp_path, vg
     assert "screen row 0: 'Hi'" in text
     summary = json.loads(vmm("inspect", "--json", trace).stdout)
     assert summary["screen"][:2] == ["Hi", "!"] and summary["counts"]["screen_changes"] == 2
+
+
+def test_inspect_renders_the_final_screen_as_a_png(vmm, tmp_path, vga_guest):
+    from PIL import Image
+    trace = tmp_path / "vga.trace"
+    assert vmm("record", vga_guest, "--board", "pc", "-o", trace).returncode == 0
+    png = tmp_path / "screen.png"
+    r = vmm("inspect", trace, "--png", png)
+    assert r.returncode == 0 and "wrote the final screen" in r.stderr, r
+    image = Image.open(png).convert("RGB")
+    assert image.size == (80 * 8, 25 * 13)
+    cell_h = {image.getpixel((x, y)) for x in range(8) for y in range(13)}
+    assert cell_h == {(0x00, 0x00, 0xAA), (0xFF, 0xFF, 0xFF)}      # white 'H' on blue
+    assert image.getpixel((8 * 40, 13 * 12)) == (0, 0, 0)          # the rest: black
+    plain = tmp_path / "p3.trace"
+    (tmp_path / "hlt.bin").write_bytes(b"\xf4")
+    assert vmm("record", tmp_path / "hlt.bin", "-o", plain).returncode == 0
+    r = vmm("inspect", plain, "--png", png)
+    assert r.returncode == 2 and "has no screen" in r.stderr, r

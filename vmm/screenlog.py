@@ -14,9 +14,9 @@ A row is stored as its text and its attributes:
 
 from __future__ import annotations
 
-from .screen import decode_cp437
+from .screen import COLS, ROWS, decode_cp437
+from .screen import encode_attrs as _encode_runs
 
-COLS, ROWS = 80, 25
 ROW_BYTES = COLS * 2
 
 
@@ -27,13 +27,8 @@ def decode_text(cells: bytes) -> str:
 
 
 def encode_attrs(cells: bytes) -> str:
-    attrs = cells[1::2]
-    runs, start = [], 0
-    for i in range(1, len(attrs) + 1):
-        if i == len(attrs) or attrs[i] != attrs[start]:
-            runs.append(f"{attrs[start]:02x}*{i - start}")
-            start = i
-    return ",".join(runs)
+    """A row of cells' attributes, run-length encoded (vmm.screen.encode_attrs)."""
+    return _encode_runs(cells[1::2])
 
 
 def screen_text(rows: list[str]) -> str:
