@@ -14,8 +14,10 @@ from .units import parse_address, parse_duration, parse_size
 
 EPILOG_EXIT_CODES = """\
 exit status:
-  0          the guest halted (HLT), or went idle with nothing more to come (virtual clock)
-  (v<<1)|1   the guest wrote v to the exit device at port 0xf4 (as QEMU's isa-debug-exit)
+  0          the guest halted (HLT), or went idle with nothing more to come (virtual clock);
+             pc board: it shut down (ACPI at 0x604/0xb004, the Bochs string at 0x8900)
+  (v<<1)|1   the guest wrote v to the exit device at port 0xf4 (as QEMU's isa-debug-exit;
+             pc board: also at 0x501)
   2          bad command-line usage
   10         the guest file cannot be booted (missing, empty, malformed, does not fit)
   12         no usable CPU backend (/dev/kvm with --backend kvm, or the emulator)
@@ -25,6 +27,7 @@ exit status:
   28         --timeout or --max-time ran out                30  output past --max-output
   32         KVM/emulator error      34  a --script expect step's text did not come
   36         the quit key (Ctrl-]) was pressed
+  50         the guest spins forever: no I/O, and its state came round exactly
   130        interrupted (Ctrl-C)    143 terminated (SIGTERM)
 """
 

@@ -60,6 +60,7 @@ EXIT_CODES = {
     "memory-outside-ram": 24,
     "unknown-port": 26,
     "timeout": 28,         # --timeout (wall clock) ran out
+    "spin": 50,            # the guest loops forever with no I/O in a state that repeats exactly
     "max-time": 28,        # --max-time (virtual clock) ran out
     "script-end": 0,       # --script: the last step is done and the guest went idle
     "session-end": 0,      # harness.session: the test closed the session
