@@ -275,3 +275,23 @@ def test_inspect_renders_the_final_screen_as_a_png(vmm, tmp_path, vga_guest):
     assert vmm("record", tmp_path / "hlt.bin", "-o", plain).returncode == 0
     r = vmm("inspect", plain, "--png", png)
     assert r.returncode == 2 and "has no screen" in r.stderr, r
+
+
+def test_the_crtc_start_address_scrolls_the_screen_that_is_sampled(vmm, tmp_path):
+    code = bytes([
+        0xB8, 0x00, 0xB8, 0x8E, 0xC0,                   # es = 0xb800
+        0x26, 0xC7, 0x06, 0x00, 0x00, 0x41, 0x07,       # 'A' at row 0
+        0x26, 0xC7, 0x06, 0xA0, 0x00, 0x42, 0x07,       # 'B' at row 1
+        0xBA, 0xD4, 0x03, 0xB0, 0x0C, 0xEE,             # CRTC index 0x0c (start, high)
+        0x42, 0xB0, 0x00, 0xEE,                         # ... = 0
+        0x4A, 0xB0, 0x0D, 0xEE,                         # CRTC index 0x0d (start, low)
+        0x42, 0xB0, 0x50, 0xEE,                         # ... = 80 cells: one row down
+        0xF4,
+    ])
+    guest = tmp_path / "scroll.bin"
+    guest.write_bytes(code)
+    r = vmm("run", guest, "--board", "pc", "--screen", "final")
+    assert r.returncode == 0 and r.stdout == "B\n", r
+    r = vmm("run", guest, "--board", "pc", "--mem", "512K", "--screen", "final")
+    assert r.returncode == 24 and r.stdout == "", r    # no RAM at 0xb8000: no screen, and
+    assert "outside its 512K of RAM" in r.stderr        # the write is outside RAM

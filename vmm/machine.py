@@ -113,9 +113,11 @@ class Machine:
         for address, data in image.chunks:
             backend.memory[address:address + len(data)] = data
         self.screen: ScreenLog | None = None       # the board's text screen, if it has one
-        if self.board.screen is not None:
+        if self.board.screen is not None and sum(self.board.screen) <= image.mem_size:
+            vga = self.devices.get("vga")
             self.screen = ScreenLog(backend.memory, *self.board.screen,
-                                    on_change=self._screen_changed)
+                                    on_change=self._screen_changed,
+                                    base_of=(lambda: vga.screen_address) if vga else None)
             script = getattr(inputs, "script", None)
             if script is not None:
                 script.screen = lambda: self.screen.rows

@@ -59,8 +59,11 @@ def transcript_lines(rows: list[str] | None) -> list[str]:
 class ScreenLog:
     """Samples a text buffer in guest memory and reports the rows that changed."""
 
-    def __init__(self, memory, base: int, size: int, on_change=None):
+    def __init__(self, memory, base: int, size: int, on_change=None, base_of=None):
+        """`base_of()`, if given, says where the screen starts at each sample (a VGA's CRTC
+        start address scrolls it); it must stay within `memory`."""
         self._memory, self._base, self._end = memory, base, base + size
+        self._size, self._base_of = size, base_of
         self._last = bytes(memory[base:self._end])     # what the guest starts with: no record
         self._rows = [decode_text(self._row(self._last, r)) for r in range(ROWS)]
         self.on_change = on_change                    # on_change(n, [(row, text, attrs)])
@@ -71,6 +74,10 @@ class ScreenLog:
         return cells[row * ROW_BYTES:(row + 1) * ROW_BYTES]
 
     def sample(self, n: int) -> None:
+        if self._base_of is not None:
+            base = self._base_of()
+            if base + self._size <= len(self._memory):
+                self._base, self._end = base, base + self._size
         now = bytes(self._memory[self._base:self._end])
         if now == self._last:
             return
