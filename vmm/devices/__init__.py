@@ -9,9 +9,11 @@ from .bus import Device, PortBus, PortConflict
 from .console import LineOutput
 from .exitdev import ExitDevice
 from .keyboard import Keyboard
+from .pic import PicChip, PicPair
+from .pit import Pit8254, Port61
 from .serial import Serial16550
 from .timer import IntervalTimer
 from .web import WebDevice
 
 __all__ = ["Device", "PortBus", "PortConflict", "LineOutput", "ExitDevice", "Keyboard",
-           "Serial16550", "IntervalTimer", "WebDevice"]
+           "Serial16550", "IntervalTimer", "WebDevice", "PicChip", "PicPair", "Pit8254", "Port61"]
