@@ -9,6 +9,8 @@ from .bus import Device, PortBus, PortConflict
 from .console import LineOutput
 from .exitdev import AcpiShutdown, BochsShutdown, DebugExitPort, ExitDevice, PostCodePort
 from .keyboard import Keyboard
+from .pic import PicChip, PicPair
+from .pit import Pit8254, Port61
 from .serial import Serial16550
 from .timer import IntervalTimer
 from .vga import VgaText
@@ -16,4 +18,5 @@ from .web import WebDevice
 
 __all__ = ["Device", "PortBus", "PortConflict", "LineOutput", "ExitDevice", "Keyboard",
            "Serial16550", "IntervalTimer", "WebDevice", "VgaText", "DebugExitPort",
-           "AcpiShutdown", "BochsShutdown", "PostCodePort"]
+           "AcpiShutdown", "BochsShutdown", "PostCodePort", "PicChip", "PicPair", "Pit8254",
+           "Port61"]
