@@ -23,7 +23,8 @@ from __future__ import annotations
 from typing import Callable
 
 from .devices import (AcpiShutdown, BochsShutdown, DebugExitPort, ExitDevice, IntervalTimer,
-                      Keyboard, LineOutput, PostCodePort, Serial16550, VgaText, WebDevice)
+                      Keyboard, LineOutput, PicPair, Pit8254, Port61, PostCodePort, Serial16550,
+                      VgaText, WebDevice)
 from .devices.vga import MONO_BASE, MONO_COUNT, PORT_BASE as VGA_BASE, PORT_COUNT as VGA_COUNT
 from .devices.web import AIR_DEVICES, HEADLINE, WEATHER_DEVICES
 from .record_type import Record, factory
@@ -61,6 +62,7 @@ class Board(Record, frozen=True):
     slots: tuple
     default_mem: int
     screen: tuple[int, int] | None = None   # (address, bytes) of a text screen in guest RAM
+    controller: str | None = None   # the device that is the interrupt controller (its .pair)
 
     def build(self, context: BoardContext) -> list[tuple[Slot, object]]:
         """Each slot's device, made in table order (a slot may use an earlier one's device)."""
@@ -115,6 +117,10 @@ PC = Board(
     summary="a PC for multiboot kernels: VGA text at 0xB8000, COM1 0x3f8, COM2 0x2f8, debug "
             "console 0xe9, POST 0x80, exit and shutdown ports",
     slots=(
+        Slot(lambda ctx: PicPair().master, 0x20, 2),
+        Slot(lambda ctx: ctx.devices["pic-master"].pair.slave, 0xA0, 2),
+        Slot(lambda ctx: Pit8254(ctx.inputs.device_time), 0x40, 4, irq=0),
+        Slot(lambda ctx: Port61(ctx.devices["pit"]), 0x61),
         Slot(lambda ctx: PostCodePort(), 0x80, batch=True),
         Slot(_line("debugcon"), 0xE9, batch=True),
         Slot(lambda ctx: ExitDevice(), 0xF4),                       # isa-debug-exit (QEMU -device)
@@ -131,6 +137,7 @@ PC = Board(
     ),
     default_mem=128 * MiB,
     screen=(VGA_TEXT_BASE, VGA_TEXT_SIZE),
+    controller="pic-master",
 )
 
 BOARDS = {board.name: board for board in (P3, PC)}

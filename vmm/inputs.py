@@ -124,6 +124,21 @@ class InputSource:
     def observe(self) -> None:
         self.obs += 1
 
+    def device_time(self) -> int:
+        """Guest time as a device shows it to the guest (the PIT's counts, the RTC's date):
+        recorded whenever it changed since it was last told, so a replay tells the same."""
+        raise NotImplementedError
+
+    def irq_edges(self, line: int, device) -> int:
+        """At an interrupt point: the rising edges of an edge-triggered source (the PIT's
+        `take_edges(now)`) since the last time, recorded as an `edge` event when there are any."""
+        raise NotImplementedError
+
+    def idle_until_interrupt(self) -> None:
+        """HLT with interrupts enabled: an idle point where time may move on to the next
+        deadline; raises StopRun when the run ends there (idle, max-time, a stop)."""
+        self.idle()
+
     def wait_key(self, device: str) -> int:
         """A read that waits for input (COM1's RBR): idle points until a byte arrives."""
         while True:
@@ -169,9 +184,25 @@ class LiveInput(InputSource):
         self._host = bytearray()              # virtual clock: read from the host, not released
         self.script = ScriptRunner(script, self._queue) if script is not None else None
         self.timer_firings = 0                # every firing of the guest's timer (wait N ticks)
+        self._time_told = 0                   # the guest time devices last told the guest
 
     def now(self) -> int:
         return self.clock.now()
+
+    def device_time(self) -> int:
+        now = self.now()
+        if now != self._time_told:
+            self._time_told = now
+            if self.record is not None:
+                self.record.time(self.obs, now)
+        return now
+
+    def irq_edges(self, line: int, device) -> int:
+        now = self.clock.now()
+        count = device.take_edges(now)
+        if count and self.record is not None:
+            self.record.edge(self.obs, now, line, count)
+        return count
 
     def _queue(self, data: bytes, now: int) -> None:
         self.pending.extend((b, now) for b in data)
@@ -322,9 +353,39 @@ class ReplayInput(InputSource):
         self._stop_at = stop_at            # stop at this observation (an end recorded at a read)
         self._stop_reason = stop_reason
         self._last_stamp = last_stamp      # truncated trace: stop past the last recorded stamp
+        self._time_told = 0
 
     def now(self) -> int:
         return self._now
+
+    def device_time(self) -> int:
+        e = self._take("time")
+        if e is not None:
+            self._time_told = e["at"]
+        return self._time_told
+
+    def irq_edges(self, line: int, device) -> int:
+        if self.index >= len(self.events):
+            return 0
+        e = self.events[self.index]
+        if e["n"] != self.obs or e["type"] != "edge" or e["line"] != line:
+            return 0
+        self.index += 1
+        self._now = e["at"]
+        device.take_edges(e["at"])        # the device's own count, kept in step
+        return e["count"]
+
+    final_stop: StopRun | None = None     # how the recording ended (replay_inputs_for)
+
+    def idle_until_interrupt(self) -> None:
+        """Replay: the recording went on here only if it has more events at this observation
+        (an edge, a key); otherwise this is where it ended."""
+        self.idle()
+        if self.index < len(self.events) and self.events[self.index]["n"] == self.obs:
+            return
+        raise self.final_stop or StopRun("diverged", f"the replayed guest waits for an "
+                                                     f"interrupt at observation {self.obs}, "
+                                                     "where the recording went on")
 
     def observe(self) -> None:
         self.obs += 1
@@ -332,6 +393,8 @@ class ReplayInput(InputSource):
             e = self.events[self.index]
             what = (f"key {_byte_repr(e['byte'])} for {e['dev']}" if e["type"] == "key"
                     else f"the {e['dev']} fetch {e['text']!r}" if e["type"] == "fetch"
+                    else f"the time {e['at']} ns" if e["type"] == "time"
+                    else f"an edge on IRQ {e['line']}" if e["type"] == "edge"
                     else "a timer firing")
             raise StopRun("diverged", f"the recording gave the guest {what} at observation "
                                       f"{e['n']}, but the replayed guest did not ask for it there")

@@ -22,7 +22,7 @@ from .record_type import Record
 
 from . import boot
 from .cpu.backend import (CpuBackend, FailEntry, Halt, InternalError, Interrupted, IoIn, IoOut,
-                          Mmio, Shutdown, UnknownExit)
+                          IrqWindow, Mmio, Shutdown, UnknownExit)
 from .boards import BoardContext, get_board
 from .devices import LineOutput, PortBus
 from .devices.exitdev import ExitRequested
@@ -41,6 +41,7 @@ COALESCE_AFTER = 1024
 COALESCE_MARGIN = 32 << 10
 
 WATCHDOG_TICK = 0.05          # seconds between watchdog kicks while one is armed
+RFLAGS_IF = 1 << 9
 UNKNOWN_PORT_LOG_LIMIT = 10   # --ignore-unknown-ports: log this many, then only count
 STOP_GRACE_S = 0.25           # a host-side stop waits this long for the next read boundary
 NO_CHECKPOINT = -1
@@ -69,6 +70,10 @@ class Observer:
     def on_screen(self, n: int, rows: list) -> None:
         """The text screen changed by observation n: [(row, text, attributes)] (vmm.screenlog)."""
 
+    def on_interrupt(self, n: int, at: int, vector: int, point: str) -> None:
+        """External interrupt `vector` was injected at `point` ("in" or "hlt") after
+        observation n, at guest time `at`."""
+
     wants_ticks = False
 
     def tick(self) -> None:
@@ -96,12 +101,24 @@ class Machine:
         self.bus = PortBus()
         self.devices: dict[str, object] = {}       # by name, for stats and tests
         context = BoardContext(inputs, self._output)
+        irq_sources = []
         for slot, device in self.board.build(context):
             self.bus.register(device, slot.port, slot.count)
             self.devices[device.name] = device
+            if slot.irq is not None:
+                irq_sources.append((slot.irq, device))
             next_event = getattr(device, "next_event_after", None)
-            if next_event is not None:               # a device with a schedule (the timer)
+            if next_event is not None:               # a device with a schedule (timers)
                 inputs.deadline_sources.append(next_event)
+        # Interrupts (DESIGN §10): the board's controller, and the devices wired to its lines:
+        # edge sources (the PIT: take_edges) report through the input source, so a replay sees
+        # the same edges at the same points; level sources (UARTs: irq_pending) follow their
+        # registers, which only the guest's accesses and recorded input change.
+        self.interrupts = (self.devices[self.board.controller].pair
+                           if self.board.controller is not None else None)
+        self._edge_sources = [(line, d) for line, d in irq_sources if hasattr(d, "take_edges")]
+        self._level_sources = [(line, d) for line, d in irq_sources if hasattr(d, "irq_pending")]
+        self.interrupts_injected = 0
         inputs.stop_check = self._check_stop
         self._line_devices = [d if isinstance(d, LineOutput) else d.tx
                               for _, _, d in self.bus.devices
@@ -249,12 +266,15 @@ class Machine:
         return {"exits": self.exits, "coalesced_writes": self.coalesced_writes,
                 "observations": self.inputs.obs,
                 "output_bytes": self.output_bytes, "unknown_ports": self.unknown_ports,
+                **({"interrupts": self.interrupts_injected} if self.interrupts is not None
+                   else {}),
                 "devices": {d.name: d.stats() for _, _, d in self.bus.devices if d.stats()}}
 
     def _loop(self) -> None:
         run, lookup, inputs = self.backend.run, self.bus.lookup, self.inputs
         complete_in = self.backend.complete_in
         screen = self.screen
+        interrupts = self.interrupts
         while True:
             exit_ = run()
             self.exits += 1
@@ -293,6 +313,8 @@ class Machine:
                     complete_in(b"".join((device.read(offset, size) & mask).to_bytes(size, "little")
                                          for _ in range(count)))
                 self._in_read = False
+                if interrupts is not None:
+                    self._service_interrupts("in")
             elif kind is Interrupted:
                 if self._stop is not None:
                     self._stopping()
@@ -303,6 +325,8 @@ class Machine:
                 self._spin_tick()
             elif kind is Halt:
                 self._halted()
+            elif kind is IrqWindow:
+                self._service_interrupts("window")
             else:
                 self._fault(exit_)
 
@@ -341,9 +365,48 @@ class Machine:
         self._next_checkpoint += self._checkpoint_every
         self.observer.on_checkpoint(self.inputs.obs, self.backend.cpu_state())
 
+    # --- interrupts -----------------------------------------------------------------------------
+    def _service_interrupts(self, point: str) -> bool:
+        """At a point a replay finds again (after an IN, at a HLT with interrupts enabled):
+        bring the controller's lines up to date, and inject its interrupt if the guest can
+        take it now. True if one was injected.
+
+        An interrupt that comes while the guest has interrupts off waits for the next such
+        point with them on. The interrupt-window exit (after STI, POPF, IRET) would deliver
+        it sooner, but this project's KVM host (a PVM nested hypervisor) reports the window
+        only at its next exit of any kind, a moment no replay can find again; so vmm does not
+        use it (docs/devices.md, "Interrupts")."""
+        pic, inputs, backend = self.interrupts, self.inputs, self.backend
+        for line, device in self._edge_sources:
+            if inputs.irq_edges(line, device):
+                pic.pulse(line)
+        for line, device in self._level_sources:
+            poll = getattr(device, "poll_rx", None)
+            if poll is not None:
+                poll()                       # a byte on the wire raises the line unasked
+            pic.set_irq(line, device.irq_pending())
+        if not pic.has_interrupt() or not backend.interrupt_ready():
+            return False
+        vector = pic.acknowledge()
+        backend.inject_interrupt(vector)
+        self.interrupts_injected += 1
+        if self.observer is not None:
+            self.observer.on_interrupt(inputs.obs, inputs.now(), vector, point)
+        return True
+
+    def _wait_for_interrupt(self) -> None:
+        """HLT with interrupts enabled, on a board with an interrupt controller: an idle point.
+        Time moves on (virtual clock: to the next deadline) until an interrupt comes; a run with
+        nothing more to come ends there as any idle run does (DESIGN §10)."""
+        while not self._service_interrupts("hlt"):
+            self.inputs.idle_until_interrupt()
+
     def _halted(self) -> None:
         cpu = self.backend.cpu_state()
         vector = boot.stub_vector(cpu.linear_rip, self.image.stub_base)
+        if vector is None and self.interrupts is not None and cpu.regs["rflags"] & RFLAGS_IF:
+            self._wait_for_interrupt()
+            return
         if vector is None:
             raise StopRun("halt", f"guest halted at rip={cpu.rip:#x}")
         real = self.image.entry.mode == "real"

@@ -111,11 +111,14 @@ class TraceRecorder(Observer):
         info = {"created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
                 "host": uname.nodename, "platform": f"{uname.sysname} {uname.release} {uname.machine}",
                 "python": sys.version.split()[0], "backend": machine.backend.name}
-        self._write(make_header(
+        # First, before anything the devices recorded while the machine was built (the PIT
+        # reads the time when port 0x61 sets its gate).
+        self._lines.insert(0, encode(make_header(
             guest_name=machine.image.guest_name, guest_bytes=machine.image.guest_bytes,
             machine=machine_config(machine, boot_options, cpuid, clock, max_time_ns, feeds),
             clock=clock, script=script, info=info, vmm_version=__version__,
-            guest_path=guest_path))
+            guest_path=guest_path)))
+        self._hand_over()
 
     # --- what happens during the run (the input source calls key/timer) --------------------------
     def key(self, n: int, at: int, device: str, byte: int) -> None:
@@ -134,6 +137,27 @@ class TraceRecorder(Observer):
         lines = self._lines
         lines.append(b'{"type":"timer","n":%d,"at":%d,"count":%d}\n' % (n, at, count))
         if len(lines) >= self.BATCH:
+            self._hand_over()
+
+    def time(self, n: int, at: int) -> None:
+        lines = self._lines
+        lines.append(b'{"type":"time","n":%d,"at":%d}\n' % (n, at))
+        if len(lines) >= self.BATCH:
+            self._hand_over()
+
+    def edge(self, n: int, at: int, line: int, count: int) -> None:
+        self._lines.append(b'{"type":"edge","n":%d,"at":%d,"line":%d,"count":%d}\n'
+                           % (n, at, line, count))
+        if len(self._lines) >= self.BATCH:
+            self._hand_over()
+
+    def on_interrupt(self, n: int, at: int, vector: int, point: str) -> None:
+        self.interrupt(n, at, vector, point)
+
+    def interrupt(self, n: int, at: int, vector: int, point: str) -> None:
+        self._lines.append(b'{"type":"irq","n":%d,"at":%d,"vector":%d,"point":"%s"}\n'
+                           % (n, at, vector, point.encode("ascii")))
+        if len(self._lines) >= self.BATCH:
             self._hand_over()
 
     def fetch(self, n: int, at: int, device: str, text: str) -> None:

@@ -69,6 +69,8 @@ class ReplayVerifier(Observer):
         self.recent: list[str] = []
         self.screens = trace.screens()
         self.screen_position = 0
+        self.irqs = trace.interrupts()
+        self.irq_position = 0
         end = trace.end or {}
         # A recording stopped by the host between reads left a screen sampled at a moment the
         # replay cannot find again: its last sample is not compared.
@@ -111,6 +113,21 @@ class ReplayVerifier(Observer):
         if want["n"] != n or want["rows"] != got:
             raise StopRun("diverged", "the screen differs: " + screen_difference(want, n, got))
         self.screen_position += 1
+
+    def on_interrupt(self, n: int, at: int, vector: int, point: str) -> None:
+        if self.irq_position >= len(self.irqs):
+            if self.trace.truncated:
+                raise StopRun("truncated-end", "replayed the truncated trace's whole prefix")
+            raise StopRun("diverged", f"at observation {n} the replay injected interrupt "
+                                      f"vector {vector:#x} ({point}), after all the interrupts "
+                                      "the recording has")
+        want = self.irqs[self.irq_position]
+        if (want["n"], want["vector"], want["point"]) != (n, vector, point):
+            raise StopRun("diverged", f"interrupts differ: the recording injected vector "
+                                      f"{want['vector']:#x} at observation {want['n']} "
+                                      f"({want['point']}), the replay vector {vector:#x} at "
+                                      f"observation {n} ({point})")
+        self.irq_position += 1
 
     def on_checkpoint(self, n: int, cpu) -> None:
         want = self.checkpoints.get(n)
@@ -174,7 +191,13 @@ def replay_inputs_for(trace: Trace):
                        exit_code=end["exit_code"])
         return ReplayInput(trace.inputs(), end["n"], stop)
     last = max((r["n"] for r in trace.records), default=0) if trace.truncated else None
-    return ReplayInput(trace.inputs(), None, None, last_stamp=last)
+    inputs = ReplayInput(trace.inputs(), None, None, last_stamp=last)
+    if end is not None:                   # where a guest waiting for an interrupt stopped
+        inputs.final_stop = StopRun(end["reason"], end.get("message") or end["reason"],
+                                    exit_code=end["exit_code"])
+    elif trace.truncated:
+        inputs.final_stop = StopRun("truncated-end", "replayed the truncated trace's prefix")
+    return inputs
 
 
 def exact_verdict(trace: Trace, verifier: ReplayVerifier, end: RunEnd, machine) -> Verdict:
@@ -182,9 +205,13 @@ def exact_verdict(trace: Trace, verifier: ReplayVerifier, end: RunEnd, machine) 
     recorded = trace.end
     tail = [f"  last output: {line}" for line in verifier.recent]
     checked = f"{verifier.position} output lines and {verifier.checked} checkpoints"
-    if verifier.screens:
-        checked = (f"{verifier.position} output lines, {verifier.screen_position} screen changes "
-                   f"and {verifier.checked} checkpoints")
+    if verifier.screens or verifier.irqs:
+        parts = [f"{verifier.position} output lines"]
+        if verifier.screens:
+            parts.append(f"{verifier.screen_position} screen changes")
+        if verifier.irqs:
+            parts.append(f"{verifier.irq_position} interrupts")
+        checked = ", ".join(parts) + f" and {verifier.checked} checkpoints"
     if end.reason == "diverged":
         return Verdict(EXIT_CODES["diverged"], [f"vmm: replay diverged: {end.message}"]
                        + ([f"  at rip={end.cpu.rip:#x}"] if end.cpu else []) + tail)
@@ -198,6 +225,10 @@ def exact_verdict(trace: Trace, verifier: ReplayVerifier, end: RunEnd, machine) 
             f"vmm: the trace is truncated (the recording was cut short); its prefix replayed "
             f"identically: {checked}, up to observation {end.observation}"])
     problems = []
+    if verifier.irq_position != len(verifier.irqs):
+        missing = verifier.irqs[verifier.irq_position]
+        problems.append(f"the replay ended before injecting interrupt vector "
+                        f"{missing['vector']:#x} (observation {missing['n']}, {missing['point']})")
     if verifier.screen_position != len(verifier.screens):
         missing = verifier.screens[verifier.screen_position]
         if missing["n"] != verifier._unverified_screen_n:

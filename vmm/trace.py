@@ -40,8 +40,12 @@ RECORD_FIELDS = {
     "end": {"n": _INT, "reason": (str,), "exit_code": _INT},
     "fetch": {"n": _INT, "at": _INT, "dev": (str,), "text": (str,)},
     "screen": {"n": _INT, "rows": (list,)},
+    "time": {"n": _INT, "at": _INT},
+    "edge": {"n": _INT, "at": _INT, "line": _INT, "count": _INT},
+    "irq": {"n": _INT, "at": _INT, "vector": _INT, "point": (str,)},
 }
-INPUT_TYPES = frozenset({"key", "timer", "fetch"})
+INPUT_TYPES = frozenset({"key", "timer", "fetch", "time", "edge"})
+IRQ_POINTS = frozenset({"in", "hlt"})   # where vmm injects an interrupt (vmm.machine)
 
 
 @dataclass
@@ -64,6 +68,9 @@ class Trace:
 
     def checkpoints(self) -> list[dict]:
         return [r for r in self.records if r["type"] == "cp"]
+
+    def interrupts(self) -> list[dict]:
+        return [r for r in self.records if r["type"] == "irq"]
 
     def screens(self) -> list[dict]:
         return [r for r in self.records if r["type"] == "screen"]
@@ -276,6 +283,14 @@ def _check_record(path: str, number: int, record: dict, version: int = VERSION) 
         _check_fetch(path, number, record, version)
     elif kind == "screen":
         _check_screen(path, number, record, version)
+    elif kind in ("time", "irq", "edge"):
+        if version < 4:
+            raise TraceError(f"corrupt trace {path}: line {number} ({kind}): {kind} records "
+                             f"need trace format version 4, the header says {version}")
+        if kind == "irq" and (record["point"] not in IRQ_POINTS
+                              or not 0 <= record["vector"] <= 255):
+            raise TraceError(f"corrupt trace {path}: line {number} (irq) has a value out of "
+                             "range")
 
 
 SCREEN_ROWS, SCREEN_COLS = 25, 80

@@ -70,6 +70,11 @@ READY, WANT_ICW2, WANT_ICW3, WANT_ICW4 = 0, 2, 3, 4
 class PicChip(Device):
     """One 8259A. Its fields are its registers; the pair it belongs to is not state."""
 
+    @property
+    def pair(self) -> "PicPair":
+        """The pair this chip belongs to: the interrupt controller the run loop talks to."""
+        return self._pair
+
     def __init__(self, pair: "PicPair", name: str, master: bool):
         self._pair = pair
         self.name = name
