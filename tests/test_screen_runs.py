@@ -183,24 +183,32 @@ def test_script_steps_wait_for_screen_text(vmm, tmp_path, vga_guest):
     assert r.returncode == 0, r
     bad = tmp_path / "bad.vmms"
     bad.write_text('expect screen "Bye" within 1s\n')
-    r = vmm("run", vga_guest, "--board", "pc", "--script", bad, "--screen", "none")
+    waiting = tmp_path / "waiting.bin"                  # reads COM1's status for ever after
+    waiting.write_bytes(VGA_GUEST[:-1] + bytes([0xEB, 0xF6]))     # hlt -> jmp back to the IN
+    r = vmm("run", waiting, "--board", "pc", "--script", bad, "--screen", "none")
     assert r.returncode == 34, r
-    assert "expected 'Bye' on the screen within 1s of guest time; the screen shows 'Hi'" \
+    assert "expected 'Bye' on the screen within 1s of guest time; the screen shows 'Hi | !'" \
         in r.stderr
 
 
-def test_a_session_shows_its_screen_and_expect_screen_waits_for_it(vga_guest):
+def test_a_session_shows_its_screen_and_expect_screen_waits_for_it(vga_guest, tmp_path):
     import pexpect
 
     from harness.session import GuestSession
-    with GuestSession(str(vga_guest), board="pc") as s:
+    waiting = tmp_path / "waiting.bin"                  # reads COM1's status for ever after
+    waiting.write_bytes(VGA_GUEST[:-1] + bytes([0xEB, 0xF6]))     # hlt -> jmp back to the IN
+    with GuestSession(str(waiting), board="pc") as s:
         assert s.expect_screen("Hi", timeout=1) == "Hi"
         assert s.screen[0] == "Hi"
         with pytest.raises(pexpect.TIMEOUT, match="the screen did not show 'Bye'"):
-            s.expect_screen("Bye", timeout=1)     # the guest waits in its read: no more changes
-        assert s.now == 1.0
-    # Closed in its read: the run ends there, before the guest wrote row 1.
-    assert s.reason == "session-end" and s.screen[:2] == ["Hi", ""] and s.screen_text == "Hi\n"
+            s.expect_screen("Bye", timeout=1)
+        assert 1.0 <= s.now < 1.1
+        assert s.screen[:2] == ["Hi", "!"]
+    assert s.reason == "session-end" and s.screen_text == "Hi\n!\n"
+    with GuestSession(str(vga_guest), board="pc") as once:
+        with pytest.raises(pexpect.EOF, match="without showing 'Bye'"):
+            once.expect_screen("Bye", timeout=5)      # it halts first: the run ended
+        assert once.reason == "halt" and once.screen[:2] == ["Hi", "!"]
     with GuestSession(str(vga_guest), mode="real") as plain:
         assert plain.screen is None
         with pytest.raises(ValueError, match="has no screen"):
