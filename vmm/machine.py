@@ -42,6 +42,7 @@ COALESCE_MARGIN = 32 << 10
 
 WATCHDOG_TICK = 0.05          # seconds between watchdog kicks while one is armed
 RFLAGS_IF = 1 << 9
+SPIN_CPU_S = 0.02             # CPU time the guest must have had between two spin samples
 UNKNOWN_PORT_LOG_LIMIT = 10   # --ignore-unknown-ports: log this many, then only count
 STOP_GRACE_S = 0.25           # a host-side stop waits this long for the next read boundary
 NO_CHECKPOINT = -1
@@ -146,6 +147,7 @@ class Machine:
         self.ticks = 0                             # host-side returns (Interrupted exits)
         self._guest_exits_at_tick = -1             # exits - ticks at the last tick
         self._spin_sample = None                   # the state at the last quiet tick
+        self._spin_cpu_mark = 0.0                  # this thread's CPU time after that sample
         self._coalesce_at = config.coalesce_after  # output bytes at which batching starts
         if self._coalesce_at == 0:
             self._start_coalescing()
@@ -342,14 +344,25 @@ class Machine:
             self._guest_exits_at_tick = guest_exits
             self._spin_sample = None
             return
+        # The guest must really have run since the last sample: CPU time of this thread, which
+        # KVM_RUN and the emulator both spend, not wall time (a process the host did not
+        # schedule, or a second kick at once, returns with the guest where it was).
+        if self._stop is not None or time.thread_time() - self._spin_cpu_mark < SPIN_CPU_S:
+            return
         cpu = self.backend.cpu_state()
         sample = (cpu.digest(legacy=True), cpu.rip, cpu.cs_selector, cpu.cr0, cpu.cr3, cpu.cr4, cpu.efer,
                   self.output_bytes, self.coalesced_writes, self.backend.memory_digest())
-        if sample == self._spin_sample:
+        if sample == self._spin_sample and not self._can_be_interrupted(cpu):
             raise StopRun("spin", f"the guest spins forever at rip={cpu.rip:#x}: with no I/O, "
                                   "its registers and memory came round to the same state, and "
-                                  "nothing on this board can interrupt it")
+                                  "nothing can interrupt it")
         self._spin_sample = sample
+        self._spin_cpu_mark = time.thread_time()
+
+    def _can_be_interrupted(self, cpu) -> bool:
+        """Whether an interrupt could still end the loop (the board has a controller and the
+        guest has interrupts on): then it waits for one, and is no spin without end."""
+        return self.interrupts is not None and bool(cpu.regs["rflags"] & RFLAGS_IF)
 
     def _stopping(self) -> None:
         """A stop was requested from outside (timeout, signal). Let the guest run on to its next

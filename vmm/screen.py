@@ -23,9 +23,9 @@ bright background: vmm does not blink), in the 16 standard VGA colours (`PALETTE
 
 from __future__ import annotations
 
-import hashlib
-from dataclasses import dataclass
 from functools import lru_cache
+
+from .record_type import Record
 
 COLS, ROWS = 80, 25
 CELLS = COLS * ROWS
@@ -67,15 +67,16 @@ def encode_cp437(text: str) -> bytes:
         raise ValueError(f"{e.args[0]!r} is not a CP437 character") from None
 
 
-@dataclass(frozen=True)
-class Screen:
+class Screen(Record, frozen=True):
     """One sample of the text screen: `cells` is the 4000 bytes (char, attr per cell) and
-    `cursor` the visible cursor's (row, col), or None."""
+    `cursor` the visible cursor's (row, col), or None. (A Record, not a dataclass: this
+    module is on `vmm run`'s path, vmm.record_type.)"""
 
     cells: bytes
     cursor: tuple[int, int] | None = None
 
-    def __post_init__(self):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
         if len(self.cells) != SIZE:
             raise ValueError(f"a text screen is {SIZE} bytes, not {len(self.cells)}")
 
@@ -126,6 +127,7 @@ class Screen:
 
     def digest(self) -> str:
         """sha256 of the 4000 bytes: equal screens, equal digests."""
+        import hashlib          # here, not at the top: OpenSSL's load is off `vmm run`'s path
         return hashlib.sha256(self.cells).hexdigest()
 
 
