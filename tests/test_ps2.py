@@ -520,6 +520,14 @@ def test_keyboard_queue_is_bounded_and_overruns_are_counted(kbc):
     assert dev.overruns == 20 - 1 - ps2.KBD_QUEUE_BYTES
 
 
+def test_controller_answers_nobody_reads_are_bounded(kbc):
+    dev = kbc()
+    for _ in range(100):
+        command(dev, 0x20)
+    assert drain(dev) == [0x65] * (1 + ps2.CTRL_QUEUE_BYTES)
+    assert dev.overruns == 100 - 1 - ps2.CTRL_QUEUE_BYTES
+
+
 def test_a_status_read_with_nothing_is_an_idle_point(source):
     inputs = source(b"")
     dev = PS2Controller(inputs)
@@ -585,7 +593,7 @@ def test_stats(kbc):
     send(dev, 0xEE)
     drain(dev)
     stats = dev.stats()
-    assert stats["keys"] == 2 and stats["scancodes"] == 4 + 1   # the echo came from the keyboard
+    assert stats["keys"] == 2 and stats["scancodes"] == 4       # key bytes, not the echo
     assert stats["commands"] == 1 and stats["keyboard_commands"] == 1
 
 
@@ -612,3 +620,12 @@ def test_port92_bit_0_already_set_does_not_reset_again():
     port.from_state({"value": 0x01, "writes": 0})
     port.write(0, 1, 0x03)                            # no 0 -> 1 edge
     assert port.read(0, 1) == 0x03
+
+
+def test_a_data_read_with_nothing_waiting_takes_the_next_key(source):
+    """Kernels that read 0x60 in a loop without the status register still get each byte; such
+    a read that finds nothing is an idle point."""
+    inputs = source(b"a")
+    dev = PS2Controller(inputs)
+    assert [dev.read(DATA, 1) for _ in range(3)] == [0x1E, 0x9E, 0x9E]
+    assert inputs.idle_points == 1

@@ -6,9 +6,12 @@ requested by raising vmm.outcome.StopRun. The full model is documented in docs/d
 """
 
 from .bus import Device, PortBus, PortConflict
+from .cmos import CMOS
 from .console import LineOutput
 from .exitdev import AcpiShutdown, BochsShutdown, DebugExitPort, ExitDevice, PostCodePort
 from .keyboard import Keyboard
+from .port92 import SystemControlA
+from .ps2 import PortAlias, PS2Controller
 from .serial import Serial16550
 from .timer import IntervalTimer
 from .vga import VgaText
@@ -16,4 +19,5 @@ from .web import WebDevice
 
 __all__ = ["Device", "PortBus", "PortConflict", "LineOutput", "ExitDevice", "Keyboard",
            "Serial16550", "IntervalTimer", "WebDevice", "VgaText", "DebugExitPort",
-           "AcpiShutdown", "BochsShutdown", "PostCodePort"]
+           "AcpiShutdown", "BochsShutdown", "PostCodePort", "PS2Controller", "PortAlias", "CMOS",
+           "SystemControlA"]

@@ -50,6 +50,8 @@ CB_XLATE = 0x40                       # translate set 2 to set 1
 # flag set, port 2 disabled.
 DEFAULT_COMMAND_BYTE = CB_XLATE | CB_AUX_DISABLE | CB_SYS | CB_KBD_INT      # 0x65
 RAM_SIZE = 32                         # controller RAM: 0x20-0x3f read, 0x60-0x7f write
+CTRL_QUEUE_BYTES = 16                 # controller answers not yet read (an 8042 has one
+                                      # register; a guest that never reads cannot grow this)
 
 # --- the output port (0xd0 read, 0xd1 write) ---------------------------------------------------
 OP_RESET = 0x01                       # the CPU reset line, active low: writing 0 resets
@@ -147,8 +149,10 @@ ESCAPE_FINALS = {ord("A"): "up", ord("B"): "down", ord("C"): "right", ord("D"): 
 ESCAPE_INTRODUCERS = (ord("["), ord("O"))
 
 # where the output buffer's byte came from (ints or'ed into queued bytes: plain state). Port-1
-# bytes (the keyboard's and the controller's own answers) raise IRQ 1, port-2 bytes IRQ 12.
+# bytes (keys, the keyboard's answers, the controller's own answers) raise IRQ 1, port-2 bytes
+# IRQ 12.
 FROM_KBD, FROM_CTRL, FROM_AUX, FROM_AUX_TIMEOUT = 0x000, 0x400, 0x100, 0x300
+FROM_KBD_ANSWER = 0x800
 PORT2 = 0x100
 
 
@@ -228,11 +232,11 @@ class PS2Controller(Device):
         # stats
         self.keys = 0                      # input bytes taken from the input source
         self.unmapped = 0                  # input bytes with no key (>= 0x80): dropped
-        self.scancodes = 0                 # keyboard bytes the guest read from 0x60
+        self.scancodes = 0                 # key scancode bytes the guest read from 0x60
         self.commands = 0                  # controller commands (0x64 writes)
         self.kbd_commands = 0              # bytes written to the keyboard
         self.unknown_commands = 0          # controller commands vmm ignores
-        self.overruns = 0                  # keyboard answers dropped: its buffer was full
+        self.overruns = 0                  # answers dropped: a queue was full
         self.aux_writes = 0                # bytes sent to port 2 (no device: timeouts)
 
     # --- what the board and the PIC ask -----------------------------------------------------
@@ -317,13 +321,17 @@ class PS2Controller(Device):
         if not self.kbd_queue and pull:
             self._take_input()
         if self.kbd_queue:
-            self._load(self.kbd_queue.popleft(), FROM_KBD)
+            item = self.kbd_queue.popleft()
+            self._load(item & 0xFF, item & ~0xFF)
 
     def _load(self, byte: int, source: int) -> None:
         self.out_byte, self.out_from, self.obf = byte, source, True
 
     def _answer(self, byte: int, source: int = FROM_CTRL) -> None:
         """A controller answer (or a byte it was told to place): ahead of the keyboard's."""
+        if len(self.ctrl_queue) >= CTRL_QUEUE_BYTES:
+            self.overruns += 1
+            return
         self.ctrl_queue.append(byte | source)
 
     # --- the controller ---------------------------------------------------------------------
@@ -398,12 +406,13 @@ class PS2Controller(Device):
         is accepted but sends set-2 codes)."""
         return 1 if self.ram[0] & CB_XLATE or self.scancode_set == 1 else 2
 
-    def _send(self, *data: int) -> None:
+    def _send(self, *data: int, source: int = FROM_KBD_ANSWER) -> None:
+        """The keyboard sends bytes: its answers (the default) or a key's scancodes."""
         for byte in data:
             if len(self.kbd_queue) >= KBD_QUEUE_BYTES:
                 self.overruns += 1
                 continue
-            self.kbd_queue.append(byte)
+            self.kbd_queue.append(byte | source)
             self.last_sent = byte
 
     def _defaults(self) -> None:
@@ -499,7 +508,7 @@ class PS2Controller(Device):
             return
         if len(self.held) == 2 and byte in ESCAPE_FINALS:
             self.held.clear()
-            self._send(*key_codes(ESCAPE_FINALS[byte], (), self.output_set))
+            self._send(*key_codes(ESCAPE_FINALS[byte], (), self.output_set), source=FROM_KBD)
             return
         # not a sequence we know: the keys held, then this byte afresh
         self._flush_held()
@@ -519,7 +528,7 @@ class PS2Controller(Device):
             self.unmapped += 1
             return
         key, modifiers = entry
-        self._send(*key_codes(key, modifiers, self.output_set))
+        self._send(*key_codes(key, modifiers, self.output_set), source=FROM_KBD)
 
     def stats(self) -> dict:
         return {"keys": self.keys, "scancodes": self.scancodes, "commands": self.commands,
