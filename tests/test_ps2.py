@@ -202,7 +202,7 @@ def test_pulsing_output_line_0_resets(kbc, value):
     dev = kbc()
     with pytest.raises(StopRun) as stop:
         command(dev, value)
-    assert stop.value.reason == "reset" and stop.value.exit_code == EXIT_CODES["reset"] == 50
+    assert stop.value.reason == "reset" and stop.value.exit_code == EXIT_CODES["reset"] == 52
     assert f"8042 command {value:#04x}" in stop.value.message
 
 
@@ -611,7 +611,7 @@ def test_port92_fast_reset_on_a_rising_bit_0():
     port = SystemControlA()
     with pytest.raises(StopRun) as stop:
         port.write(0, 1, 0x03)
-    assert stop.value.reason == "reset" and stop.value.exit_code == 50
+    assert stop.value.reason == "reset" and stop.value.exit_code == 52
     assert "port 0x92" in stop.value.message
 
 

@@ -3,7 +3,7 @@
 - bit 1: the fast A20 gate (stored; `a20`). On a PC the A20 line is this OR the 8042 output
   port's bit 1 (vmm.devices.ps2.PS2Controller.a20).
 - bit 0: fast reset. A write that takes it from 0 to 1 resets the machine, which ends the run
-  (vmm.devices.reset, exit status 50). Writing 1 when it already reads 1 does nothing.
+  (vmm.devices.reset, exit status 52). Writing 1 when it already reads 1 does nothing.
 - Reads return the bits last written (bit 0 included: a reset never returns here).
 """
 
