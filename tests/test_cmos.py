@@ -383,3 +383,33 @@ def test_stats():
     stats = dev.stats()
     assert stats["reads"] == 2 and stats["writes"] == 1
     assert stats["updates"] == 1 and stats["periodic"] == 1024
+
+
+def test_a_halting_guest_gets_every_periodic_interrupt_of_a_second():
+    """The board's loop under the virtual clock: the guest halts (an idle point), time jumps to
+    the CMOS's next event, IRQ 8 rises, the handler reads C. 1024 Hz gives 1024 interrupts in a
+    second of guest time, at the exact period boundaries."""
+    dev, inputs = polled()
+    put(dev, 0x0B, 0x42)                               # PIE at rate 6
+    times = []
+    while inputs.now() < S:
+        inputs.idle()                                  # HLT
+        if dev.irq_pending():
+            times.append(inputs.now())
+            assert reg(dev, 0x0C) & 0xE0 == 0xC0            # IRQF | PF (UF at the second)
+    assert len(times) == 1024
+    assert times[0] == 976_563 and times[-1] == S
+    assert all(t == -(-k * S // 1024) for k, t in enumerate(times, 1))
+
+
+def test_the_update_interrupt_arrives_once_a_second():
+    dev, inputs = polled()
+    put(dev, 0x0A, 0x20)                               # no periodic rate
+    put(dev, 0x0B, 0x12)                               # UIE
+    seconds = []
+    while len(seconds) < 3:
+        inputs.idle()
+        if dev.irq_pending():
+            seconds.append((inputs.now(), reg(dev, 0x00)))
+            reg(dev, 0x0C)
+    assert seconds == [(S, 0x01), (2 * S, 0x02), (3 * S, 0x03)]

@@ -10,8 +10,11 @@ the virtual clock (one byte released per idle point, as a pipe under --clock vir
 from __future__ import annotations
 
 import os
+import re
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from vmm.devices import PortAlias, PortBus, PS2Controller, SystemControlA
 from vmm.devices import ps2
@@ -629,3 +632,62 @@ def test_a_data_read_with_nothing_waiting_takes_the_next_key(source):
     dev = PS2Controller(inputs)
     assert [dev.read(DATA, 1) for _ in range(3)] == [0x1E, 0x9E, 0x9E]
     assert inputs.idle_points == 1
+
+
+# --- property: a guest's keymap gets the text back --------------------------------------------
+SET1_CHARS = {s1: (plain, shifted) for plain, shifted, s1, _ in ps2._CHAR_KEYS}
+SET1_SPECIAL = {0x39: " ", 0x1C: "\n", 0x0E: "\b", 0x0F: "\t", 0x01: "\x1b"}
+SET1_ARROWS = {0x48: "\x1b[A", 0x50: "\x1b[B", 0x4D: "\x1b[C", 0x4B: "\x1b[D", 0x47: "\x1b[H",
+               0x4F: "\x1b[F"}
+
+
+def decode_set1(codes: list[int]) -> str:
+    """What a tutorial kernel's set-1 keyboard handler makes of the codes: shift and ctrl state,
+    E0 prefixes, characters on make codes only."""
+    shift = ctrl = extended = False
+    out = []
+    for code in codes:
+        if code == 0xE0:
+            extended = True
+            continue
+        make, key = not code & 0x80, code & 0x7F
+        if extended:
+            extended = False
+            if make:
+                out.append(SET1_ARROWS[key])
+        elif key == 0x2A:
+            shift = make
+        elif key == 0x1D:
+            ctrl = make
+        elif make:
+            if key in SET1_SPECIAL:
+                out.append(SET1_SPECIAL[key])
+            else:
+                plain, shifted = SET1_CHARS[key]
+                char = shifted if shift else plain
+                if ctrl:
+                    char = chr(ord(char.upper()) & 0x1F) if char.isalpha() else \
+                        {"2": "\x00", "6": "\x1e", "-": "\x1f", "\\": "\x1c", "]": "\x1d"}[plain]
+                out.append(char)
+    assert not (shift or ctrl or extended), "a modifier or prefix was left pending"
+    return "".join(out)
+
+
+def normalised(text: str) -> str:
+    """The keys are what a keyboard can say: Enter for \\r, Backspace for DEL, ESC [ for ESC O."""
+    return re.sub("\x1bO([ABCDHF])", "\x1b[\\1", text.replace("\r", "\n").replace("\x7f", "\b"))
+
+
+TOKENS = ["\x1b[A", "\x1b[B", "\x1b[C", "\x1b[D", "\x1bOA", "\x1b", "\x03", "A", "a", "O", "~",
+          "\n", "["]
+
+
+@given(st.text(alphabet=st.characters(min_codepoint=0, max_codepoint=0x7F), max_size=40)
+       | st.lists(st.sampled_from(TOKENS), max_size=12).map("".join))
+@settings(max_examples=100, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_any_ascii_text_decodes_back_through_a_set1_keymap(kbc, text):
+    dev = kbc(text.encode())
+    codes = drain(dev, limit=20 * len(text) + 8)
+    assert decode_set1(codes) == normalised(text)
+    assert dev.keys == len(text)
