@@ -10,8 +10,8 @@ ESC [ A..D (and ESC O A..D; H/F for Home/End) become the E0-prefixed arrow keys.
 
 Timing and interrupts (the lead's PIC samples `irq_pending()` after each access and at injection
 points): a byte enters the output buffer only at a read of 0x64, a read of 0x60 that finds the
-buffer empty, a `poll()`, or at once when a command's answer is produced — never at the read of
-0x60 that takes the previous byte. So every byte shows IRQ 1 going low (after the read that takes
+buffer empty, a `poll()`, or at a write to 0x60/0x64 (the answer it produced, or a byte the
+keyboard had already sent) — never at the read of 0x60 that takes the previous byte. So every byte shows IRQ 1 going low (after the read that takes
 it) and high again (when the next is loaded): a rising edge per byte for an edge-triggered 8259.
 
 Nothing here reads a clock, a terminal or the host; a reset request ends the run (vmm.devices.
