@@ -143,6 +143,6 @@ def test_output_batched_before_a_spin_shows_within_a_watchdog_tick(test_guests):
     started = time.monotonic()
     result = live_run(LiveRun(guest=str(test_guests["print-spin"]), timeout_ns=1_000_000_000,
                               coalesce_after=0), sink=Stamped())
-    assert result.end.reason == "timeout"
+    assert result.end.reason in ("timeout", "spin")     # `jmp .` after printing: a spin
     assert result.output.lines == [("console", "printed, now spinning", False)]
     assert arrived[0] - started < 0.7           # a tick (50 ms), not the end of the run

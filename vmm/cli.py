@@ -28,6 +28,7 @@ exit status:
   32         KVM/emulator error      34  a --script expect step's text did not come
   36         the quit key (Ctrl-]) was pressed
   50         the guest spins forever: no I/O, and its state came round exactly
+  52         pc board: the guest reset the machine (8042 0xfe or 0xd1 bit 0, port 0x92)
   130        interrupted (Ctrl-C)    143 terminated (SIGTERM)
 """
 

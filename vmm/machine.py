@@ -25,6 +25,7 @@ from .cpu.backend import (CpuBackend, FailEntry, Halt, InternalError, Interrupte
                           IrqWindow, Mmio, Shutdown, UnknownExit)
 from .boards import BoardContext, get_board
 from .devices import LineOutput, PortBus
+from .devices.cmos import VIRTUAL_EPOCH
 from .devices.exitdev import ExitRequested
 from .outcome import RunEnd, StopRun
 from .screenlog import ScreenLog
@@ -56,6 +57,9 @@ class RunConfig(Record):
     kick_for_input: bool = False         # kick KVM_RUN periodically to read the terminal
     checkpoint_every: int = 0            # observations between register checkpoints (0: none)
     coalesce_after: int | None = COALESCE_AFTER  # output bytes before OUTs to batched ports
+    rtc_epoch: int = VIRTUAL_EPOCH       # the CMOS clock at guest time 0 (Unix seconds): the
+                                         # virtual clock's fixed 2000-01-01, or the start of a
+                                         # real-clock run (kept in its trace)
                                                   # are batched (0: at once; None: never)
 
 
@@ -101,7 +105,8 @@ class Machine:
         self.board = get_board(image.board)
         self.bus = PortBus()
         self.devices: dict[str, object] = {}       # by name, for stats and tests
-        context = BoardContext(inputs, self._output)
+        context = BoardContext(inputs, self._output, mem_size=image.mem_size,
+                               rtc_epoch=config.rtc_epoch)
         irq_sources = []
         for slot, device in self.board.build(context):
             self.bus.register(device, slot.port, slot.count)
@@ -394,9 +399,9 @@ class Machine:
             if inputs.irq_edges(line, device):
                 pic.pulse(line)
         for line, device in self._level_sources:
-            poll = getattr(device, "poll_rx", None)
+            poll = getattr(device, "poll_rx", None) or getattr(device, "poll", None)
             if poll is not None:
-                poll()                       # a byte on the wire raises the line unasked
+                poll()                       # a byte that arrives raises the line unasked
             pic.set_irq(line, device.irq_pending())
         if not pic.has_interrupt() or not backend.interrupt_ready():
             return False

@@ -183,6 +183,15 @@ def replay_machine_parts(trace: Trace, guest_name: str | None = None,
     return image, cpuid
 
 
+def recorded_rtc_epoch(machine_cfg: dict) -> int:
+    """The CMOS clock's epoch a trace's machine ran with (the virtual clock's, if it says none)."""
+    from .devices.cmos import MAX_EPOCH, VIRTUAL_EPOCH
+    epoch = machine_cfg.get("rtc_epoch", VIRTUAL_EPOCH)
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or not 0 <= epoch <= MAX_EPOCH:
+        raise TraceError("corrupt trace: machine.rtc_epoch is not a Unix time")
+    return epoch
+
+
 def replay_inputs_for(trace: Trace):
     from .inputs import ReplayInput
     end = trace.end

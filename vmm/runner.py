@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from .record_type import Record, factory
 
 from .boot import BootOptions, build_boot_image, load_guest, read_guest_file
@@ -185,6 +186,8 @@ def live_run(spec: LiveRun, *, feed=None, terminal: bool = False, sink=None,
                        ignore_unknown_ports=spec.ignore_unknown_ports,
                        checkpoint_every=spec.checkpoint_every if recorder else 0,
                        kick_for_input=terminal and clock_name == "real")
+    if clock_name == "real":
+        config.rtc_epoch = int(time.time())       # the real date: the trace keeps it
     if not spec.coalesce_output:
         config.coalesce_after = None
     elif spec.coalesce_after is not None:
@@ -234,7 +237,8 @@ def replay_trace(path: str, *, guest: str | None = None, boot_override: dict | N
     ("kvm", "emu", or None/"auto": see create_backend)."""
     from .inputs import LiveInput, NullFeed, VirtualClock
     from .machine import Machine, RunConfig
-    from .replay import (ReplayVerifier, exact_verdict, recorded_fetches, redrive_script,
+    from .replay import (ReplayVerifier, exact_verdict, recorded_fetches, recorded_rtc_epoch,
+                         redrive_script,
                          redrive_verdict, replay_inputs_for, replay_machine_parts)
     from .trace import read_trace
 
@@ -247,7 +251,8 @@ def replay_trace(path: str, *, guest: str | None = None, boot_override: dict | N
     max_output = machine_cfg.get("max_output")
     config = RunConfig(timeout_ns=timeout_ns,
                        max_output=max_output if isinstance(max_output, int) else None,
-                       ignore_unknown_ports=bool(machine_cfg.get("ignore_unknown_ports")))
+                       ignore_unknown_ports=bool(machine_cfg.get("ignore_unknown_ports")),
+                       rtc_epoch=recorded_rtc_epoch(machine_cfg))
     output = sink if isinstance(sink, OutputCollector) else OutputCollector()
     if guest is None:
         if boot_override is not None:

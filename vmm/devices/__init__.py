@@ -6,11 +6,14 @@ requested by raising vmm.outcome.StopRun. The full model is documented in docs/d
 """
 
 from .bus import Device, PortBus, PortConflict
+from .cmos import CMOS
 from .console import LineOutput
 from .exitdev import AcpiShutdown, BochsShutdown, DebugExitPort, ExitDevice, PostCodePort
 from .keyboard import Keyboard
 from .pic import PicChip, PicPair
 from .pit import Pit8254, Port61
+from .port92 import SystemControlA
+from .ps2 import PortAlias, PS2Controller
 from .serial import Serial16550
 from .timer import IntervalTimer
 from .vga import VgaText
@@ -19,4 +22,4 @@ from .web import WebDevice
 __all__ = ["Device", "PortBus", "PortConflict", "LineOutput", "ExitDevice", "Keyboard",
            "Serial16550", "IntervalTimer", "WebDevice", "VgaText", "DebugExitPort",
            "AcpiShutdown", "BochsShutdown", "PostCodePort", "PicChip", "PicPair", "Pit8254",
-           "Port61"]
+           "Port61", "PS2Controller", "PortAlias", "CMOS", "SystemControlA"]

@@ -47,7 +47,8 @@ def replay_spec(path: str, backend: str | None, log) -> tuple[RunSpec, object]:
     """A RunSpec that builds the exact replay of `path`, as `vmm replay` does, without a
     wall-clock timeout (a debugged replay waits for the user)."""
     from ..machine import Machine, RunConfig
-    from ..replay import ReplayVerifier, exact_verdict, replay_inputs_for, replay_machine_parts
+    from ..replay import (ReplayVerifier, exact_verdict, recorded_rtc_epoch, replay_inputs_for,
+                          replay_machine_parts)
     from ..runner import create_backend
     from ..trace import read_trace
 
@@ -63,7 +64,7 @@ def replay_spec(path: str, backend: str | None, log) -> tuple[RunSpec, object]:
                            max_output=max_output if isinstance(max_output, int) else None,
                            ignore_unknown_ports=bool(machine_cfg.get("ignore_unknown_ports")),
                            checkpoint_every=every if isinstance(every, int) and every > 0 else 0,
-                           coalesce_after=None)
+                           coalesce_after=None, rtc_epoch=recorded_rtc_epoch(machine_cfg))
         verifier = ReplayVerifier(trace)
         machine = Machine(image, create_backend(backend, image.mem_size, log_once),
                           replay_inputs_for(trace), sink, log, config, cpuid, observer=verifier)
