@@ -538,15 +538,9 @@ def _print_grade_summary(report: dict, out: str) -> None:
 
 
 def cmd_inspect(args) -> int:
-    import json
-
-    from .summary import format_summary, summarize
-    from .trace import read_trace
-    summary = summarize(read_trace(args.trace), args.limit)
-    if args.json:
-        print(json.dumps(summary, indent=2))
-    else:
-        print(format_summary(summary))
+    from .summary import write_summary
+    from .trace import open_trace
+    write_summary(open_trace(args.trace), args.limit, args.json, sys.stdout)
     return 0
 
 

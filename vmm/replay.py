@@ -17,12 +17,12 @@ import difflib
 from dataclasses import dataclass, field
 
 from .boot import BootOptions, build_boot_image
-from .errors import EXIT_CODES, TraceError
+from .errors import EXIT_CODES, GuestImageError, TraceError, UsageError
 from .machine import Observer
 from .outcome import RunEnd, StopRun
 from .record import HOST_REASONS, OutputDigest
 from .script import validate_steps
-from .trace import Trace
+from .trace import CHECKPOINT, INPUT, OUTPUT, ReplayStream, Trace, TraceFile
 
 
 def legacy_digest(trace: Trace) -> bool:
@@ -36,40 +36,56 @@ def _fmt(device: str, text: str, partial: bool = False) -> str:
 
 
 class ReplayVerifier(Observer):
-    """Compares a replay, as it happens, with the recording."""
+    """Compares a replay, as it happens, with the recording. The recorded outputs and
+    checkpoints come from `stream` (shared with the replay's input source: one pass over the
+    file), read as the replay reaches them."""
 
-    def __init__(self, trace: Trace):
+    def __init__(self, trace: Trace | TraceFile, stream: ReplayStream | None = None):
         self.trace = trace
-        self.expected = trace.outputs()
+        self.stream = stream if stream is not None else ReplayStream(trace, (OUTPUT, CHECKPOINT))
+        self.total_outputs = trace.counts["out"]
         self.position = 0
-        self.checkpoints = {c["n"]: c["regs"] for c in trace.checkpoints()}
         self.legacy_digest = legacy_digest(trace)
         self.checked = 0
         self.outputs = OutputDigest()
         self.recent: list[str] = []
 
+    def next_expected(self) -> dict | None:
+        """The next recorded output line the replay has not printed (None: no more)."""
+        try:
+            return self.stream.peek(OUTPUT)
+        except StopRun:
+            return None
+
     def on_output(self, n: int, device: str, text: str, partial: bool) -> None:
         self.outputs.add(device, text, partial)
         self.recent = (self.recent + [_fmt(device, text, partial)])[-5:]
-        if self.position >= len(self.expected):
+        e = self.stream.peek(OUTPUT) if self.position < self.total_outputs else None
+        if e is None:
             if self.trace.truncated:
                 raise StopRun("truncated-end", "replayed the truncated trace's whole prefix")
             raise StopRun("diverged", f"at observation {n} the replayed guest printed "
                                       f"{_fmt(device, text, partial)!r}, after all the output "
                                       "the recording has")
-        e = self.expected[self.position]
         got = (n, device, text, partial)
         want = (e["n"], e["dev"], e["text"], bool(e.get("partial")))
         if got != want:
             raise StopRun("diverged", f"output differs: the recording printed "
                                       f"{_fmt(*want[1:])!r} at observation {want[0]}, the replay "
                                       f"printed {_fmt(device, text, partial)!r} at observation {n}")
+        self.stream.pop(OUTPUT)
         self.position += 1
 
     def on_checkpoint(self, n: int, cpu) -> None:
-        want = self.checkpoints.get(n)
-        if want is None:
-            return
+        stream = self.stream
+        while True:                          # checkpoints before n were never reached: skipped
+            e = stream.peek(CHECKPOINT, n + 1)
+            if e is None or e["n"] > n:
+                return
+            stream.pop(CHECKPOINT)
+            if e["n"] == n:
+                break
+        want = e["regs"]
         got = cpu.digest(self.legacy_digest)
         if got != want:
             raise StopRun("diverged", f"registers differ at the checkpoint at observation {n}: "
@@ -104,7 +120,11 @@ def replay_machine_parts(trace: Trace, guest_name: str | None = None,
         raise TraceError(f"corrupt trace {trace.path}: the machine configuration is "
                          f"incomplete ({e})") from None
     if guest_bytes is None:
-        image = build_boot_image(trace.header["guest"]["name"], trace.guest_bytes, options)
+        try:
+            image = build_boot_image(trace.header["guest"]["name"], trace.guest_bytes, options)
+        except (UsageError, GuestImageError) as e:     # the trace's fault, not the user's
+            raise TraceError(f"corrupt trace {trace.path}: its machine cannot be built: {e}") \
+                from None
         if image.load_map != machine.get("load_map") or image.entry.to_dict() != machine.get("entry"):
             raise TraceError(f"{trace.path}: this vmm lays the guest out differently from the "
                              "vmm that recorded it; the trace cannot be replayed exactly")
@@ -118,15 +138,23 @@ def replay_machine_parts(trace: Trace, guest_name: str | None = None,
     return image, cpuid
 
 
-def replay_inputs_for(trace: Trace):
+def replay_streams(trace: Trace | TraceFile):
+    """The input source and the verifier of an exact replay, sharing one pass over the
+    trace's records."""
+    stream = ReplayStream(trace)
+    return replay_inputs_for(trace, stream), ReplayVerifier(trace, stream)
+
+
+def replay_inputs_for(trace: Trace | TraceFile, stream: ReplayStream | None = None):
     from .inputs import ReplayInput
+    events = stream if stream is not None else ReplayStream(trace, (INPUT,))
     end = trace.end
     if end is not None and end.get("at_read"):
         stop = StopRun(end["reason"], end.get("message") or end["reason"],
                        exit_code=end["exit_code"])
-        return ReplayInput(trace.inputs(), end["n"], stop)
-    last = max((r["n"] for r in trace.records), default=0) if trace.truncated else None
-    return ReplayInput(trace.inputs(), None, None, last_stamp=last)
+        return ReplayInput(events, end["n"], stop)
+    last = trace.last_stamp if trace.truncated else None
+    return ReplayInput(events, None, None, last_stamp=last)
 
 
 def exact_verdict(trace: Trace, verifier: ReplayVerifier, end: RunEnd, machine) -> Verdict:
@@ -138,7 +166,7 @@ def exact_verdict(trace: Trace, verifier: ReplayVerifier, end: RunEnd, machine) 
         return Verdict(EXIT_CODES["diverged"], [f"vmm: replay diverged: {end.message}"]
                        + ([f"  at rip={end.cpu.rip:#x}"] if end.cpu else []) + tail)
     if trace.truncated:
-        missing = len(verifier.expected) - verifier.position
+        missing = verifier.total_outputs - verifier.position
         if missing and end.reason != "truncated-end":
             return Verdict(EXIT_CODES["diverged"], [
                 f"vmm: replay diverged: the replay ended ({end.message}) before printing "
@@ -147,8 +175,8 @@ def exact_verdict(trace: Trace, verifier: ReplayVerifier, end: RunEnd, machine) 
             f"vmm: the trace is truncated (the recording was cut short); its prefix replayed "
             f"identically: {checked}, up to observation {end.observation}"])
     problems = []
-    if verifier.position != len(verifier.expected):
-        missing = verifier.expected[verifier.position]
+    missing = verifier.next_expected() if verifier.position != verifier.total_outputs else None
+    if missing is not None:
         problems.append(f"the replay ended before printing {_fmt(missing['dev'], missing['text'])!r} "
                         f"(observation {missing['n']})")
     host_end_outside_read = recorded["reason"] in HOST_REASONS and not recorded.get("at_read")
@@ -194,7 +222,7 @@ def redrive_script(trace: Trace) -> list[dict]:
             raise TraceError(f"corrupt trace {trace.path}: its script is malformed "
                              f"({str(e).splitlines()[0]})") from None
     steps = []
-    for e in trace.inputs():
+    for e in trace.iter_records():
         if e["type"] == "key":
             steps.append({"op": "at", "ns": e["at"]})
             steps.append({"op": "send", "data": chr(e["byte"])})
@@ -207,7 +235,7 @@ def redrive_script(trace: Trace) -> list[dict]:
 def recorded_fetches(trace: Trace) -> dict[str, list[str]]:
     """Re-drive: the recorded web-data answers, in order, per device (served without network)."""
     answers: dict[str, list[str]] = {}
-    for e in trace.inputs():
+    for e in trace.iter_records():
         if e["type"] == "fetch":
             answers.setdefault(e["dev"], []).append(e["text"])
     return answers
@@ -215,7 +243,8 @@ def recorded_fetches(trace: Trace) -> dict[str, list[str]]:
 
 def redrive_verdict(trace: Trace, actual: list[tuple[str, str, bool]], end: RunEnd,
                     guest_name: str) -> Verdict:
-    expected = [_fmt(r["dev"], r["text"], bool(r.get("partial"))) for r in trace.outputs()]
+    expected = [_fmt(r["dev"], r["text"], bool(r.get("partial"))) for r in trace.iter_records()
+                if r["type"] == "out"]
     got = [_fmt(*o) for o in actual]
     if expected == got:
         return Verdict(0, [f"vmm: re-drive identical: {guest_name} printed the same "

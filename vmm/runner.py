@@ -234,11 +234,11 @@ def replay_trace(path: str, *, guest: str | None = None, boot_override: dict | N
     ("kvm", "emu", or None/"auto": see create_backend)."""
     from .inputs import LiveInput, NullFeed, VirtualClock
     from .machine import Machine, RunConfig
-    from .replay import (ReplayVerifier, exact_verdict, recorded_fetches, redrive_script,
-                         redrive_verdict, replay_inputs_for, replay_machine_parts)
-    from .trace import read_trace
+    from .replay import (exact_verdict, recorded_fetches, redrive_script, redrive_verdict,
+                         replay_machine_parts, replay_streams)
+    from .trace import open_trace
 
-    trace = read_trace(path)
+    trace = open_trace(path)
     machine_cfg = trace.header["machine"]
     recorded_wall = ((trace.end or {}).get("info") or {}).get("wall_ns")
     if timeout_ns is None:
@@ -254,8 +254,7 @@ def replay_trace(path: str, *, guest: str | None = None, boot_override: dict | N
             raise UsageError("--mode, --load and --entry apply to re-drive (--guest) only: an "
                              "exact replay boots the way the recording did")
         image, cpuid = replay_machine_parts(trace)
-        inputs = replay_inputs_for(trace)
-        observer = ReplayVerifier(trace)
+        inputs, observer = replay_streams(trace)
         every = machine_cfg.get("checkpoint_every")
         config.checkpoint_every = every if isinstance(every, int) and every > 0 else 0
     else:
