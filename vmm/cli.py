@@ -473,7 +473,8 @@ def cmd_replay(args) -> int:
         override = dict(mode=args.mode, load=args.load, entry=args.entry)
     result = replay_trace(args.trace, guest=args.guest, boot_override=override,
                           timeout_ns=args.timeout,
-                          sink=OutputCollector(None if args.quiet else sys.stdout.buffer),
+                          sink=OutputCollector(None if args.quiet else sys.stdout.buffer,
+                                               keep=args.guest is not None),   # re-drive compares
                           log=_log, backend=args.backend)
     for line in result.report:
         print(line, file=sys.stderr)

@@ -69,15 +69,18 @@ def create_backend(choice: str | None, mem_size: int, log=lambda text: None):
 
 
 class OutputCollector:
-    """A sink that keeps every output line; with a stream, also writes each line to it."""
+    """A sink that keeps every output line (unless `keep` is false: `vmm replay` keeps none, so
+    that a long replay runs in small memory); with a stream, also writes each line to it."""
 
-    def __init__(self, stream=None):
+    def __init__(self, stream=None, keep: bool = True):
         self.stream = stream
+        self.keep = keep
         self.lines: list[tuple[str, str, bool]] = []
         self._shown: dict[str, int] = {}     # per device: bytes of its unfinished line shown
 
     def __call__(self, device: str, text: str, partial: bool) -> None:
-        self.lines.append((device, text, partial))
+        if self.keep:
+            self.lines.append((device, text, partial))
         if self.stream is not None:
             shown = self._shown.pop(device, 0)
             self._write(text[shown:] + ("" if partial else "\n"))

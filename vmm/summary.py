@@ -79,8 +79,8 @@ def summarize(trace: Trace | TraceFile, limit: int = 40, *, with_timeline: bool 
             "wall_time_s": _seconds(end_info.get("wall_ns")),
             "digests": {k: end.get(k) for k in ("regs", "mem", "output")}},
         "timeline": shown,
-        "timeline_omitted": events - (len(shown) if with_timeline or limit <= 0
-                                      else min(limit, events)),
+        "timeline_omitted": events - (len(shown) if with_timeline else
+                                      events if limit <= 0 else min(limit, events)),
     }
 
 
