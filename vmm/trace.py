@@ -589,6 +589,12 @@ def _check_machine(path: str, machine: dict) -> None:
         if not MIN_MEM <= value <= MAX_MEM:
             raise TraceError(f"{path}: refused: the trace asks for {value} bytes of RAM "
                              f"({where}); a guest has {MIN_MEM >> 10} KiB to {MAX_MEM >> 30} GiB")
+    if boot is not None:
+        from .boot import MODES
+        entry = boot.get("entry")
+        if boot.get("mode") not in (None, *MODES) or not (entry in (None, "reset") or _whole(entry)) \
+                or not all(boot.get(k) is None or _whole(boot[k]) for k in ("load", "stack")):
+            raise TraceError(f"{bad} boot options are malformed")
     for name, limit, fields, top in (("cpuid", MAX_CPUID_ENTRIES, ("function", "index", "flags",
                                                                   "eax", "ebx", "ecx", "edx"), 32),
                                      ("load_map", MAX_LOAD_MAP, ("addr", "size"), 64),
