@@ -231,8 +231,8 @@ def test_signal_at_a_random_moment_leaves_a_replayable_trace(tmp_path, guests, v
 
 
 def test_timeout_of_a_guest_that_never_reads_replays_without_final_state(tmp_path, guests, vmm):
-    path = tmp_path / "spin.trace"
-    r = vmm("record", guests / "faults" / "spin.bin", "--timeout", "300ms", "-o", path)
+    path = tmp_path / "busy.trace"
+    r = vmm("record", guests / "faults" / "busy.bin", "--timeout", "300ms", "-o", path)
     assert r.returncode == 28
     assert read_trace(str(path)).end["at_read"] is False
     rep = vmm("replay", "--timeout", "1s", path)
@@ -255,8 +255,8 @@ def _rewrite(path, edit) -> None:
 @pytest.mark.parametrize("edit, message", [
     (lambda ls: ls[:3] + ["{not json"] + ls[3:], "line 4 is not valid JSON"),
     (lambda ls: ls[1:], "is not a vmm trace"),
-    (lambda ls: [ls[0].replace('"version":3', '"version":99')] + ls[1:],
-     "version 99; this vmm reads versions 1, 2 and 3 only (upgrade vmm)"),
+    (lambda ls: [ls[0].replace('"version":4', '"version":99')] + ls[1:],
+     "version 99; this vmm reads versions 1, 2, 3 and 4 only (upgrade vmm)"),
     (lambda ls: [ls[0].replace('"sha256":"', '"sha256":"00')] + ls[1:],
      "does not match its recorded size and sha256"),
     (lambda ls: ls[:2] + ['{"type":"key","n":"x"}'] + ls[2:], "lacks a valid 'n'"),

@@ -14,8 +14,10 @@ from .units import parse_address, parse_duration, parse_size
 
 EPILOG_EXIT_CODES = """\
 exit status:
-  0          the guest halted (HLT), or went idle with nothing more to come (virtual clock)
-  (v<<1)|1   the guest wrote v to the exit device at port 0xf4 (as QEMU's isa-debug-exit)
+  0          the guest halted (HLT), or went idle with nothing more to come (virtual clock);
+             pc board: it shut down (ACPI at 0x604/0xb004, the Bochs string at 0x8900)
+  (v<<1)|1   the guest wrote v to the exit device at port 0xf4 (as QEMU's isa-debug-exit;
+             pc board: also at 0x501)
   2          bad command-line usage
   10         the guest file cannot be booted (missing, empty, malformed, does not fit)
   12         no usable CPU backend (/dev/kvm with --backend kvm, or the emulator)
@@ -25,6 +27,7 @@ exit status:
   28         --timeout or --max-time ran out                30  output past --max-output
   32         KVM/emulator error      34  a --script expect step's text did not come
   36         the quit key (Ctrl-]) was pressed
+  50         the guest spins forever: no I/O, and its state came round exactly
   130        interrupted (Ctrl-C)    143 terminated (SIGTERM)
 """
 
@@ -105,17 +108,28 @@ def add_machine_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("machine")
     g.add_argument("--mode", choices=("real", "protected", "long"),
                    help="CPU mode at entry for a raw binary (default real; ELF32: protected, "
-                        "ELF64: long)")
+                        "ELF64: long; real also starts an ELF32 at a 16-bit entry; multiboot "
+                        "kernels: protected, docs/boot.md)")
     g.add_argument("--load", type=_address, metavar="ADDR",
                    help="where a raw binary is loaded (default 0x1000)")
     g.add_argument("--entry", type=_entry, metavar="ADDR|reset",
                    help="entry address (default: the load address or the ELF entry); 'reset' "
                         "loads a 64 KiB image at 0xF0000 and starts at F000:FFF0")
-    g.add_argument("--mem", type=_size, default="16M", metavar="SIZE",
-                   help="guest RAM, e.g. 16M (default), 64K..2G")
+    g.add_argument("--board", metavar="NAME",
+                   help="the machine's devices: p3 (the seeds' port-I/O devices) or pc (VGA "
+                        "text, 16550 UARTs, PC exit ports; docs/devices.md). Default: pc for "
+                        "multiboot kernels, p3 for everything else")
+    g.add_argument("--mem", type=_size, metavar="SIZE",
+                   help="guest RAM, 64K..2G (default: the board's, 16M on p3, 128M on pc)")
     g.add_argument("--stack", type=_address, metavar="ADDR",
                    help="initial stack pointer (default: top of RAM, below vmm's page tables "
                         "in long mode; top of conventional memory in real mode)")
+    g.add_argument("--cmdline", metavar="TEXT",
+                   help="multiboot kernels: the command line (multiboot 1 receives 'FILE TEXT', "
+                        "FILE the kernel's file name, as QEMU's -append; multiboot 2 TEXT)")
+    g.add_argument("--module", action="append", metavar="FILE[=STRING]",
+                   help="multiboot kernels: load FILE as a boot module, with STRING (default "
+                        "FILE) as its string; repeatable, in order, like QEMU's -initrd a,b")
     g.add_argument("--cpuid", choices=("portable", "host"), default="portable",
                    help="CPUID table the guest sees: a fixed portable one (default) or this "
                         "host's")
@@ -184,9 +198,21 @@ class _RawHelpFormatter(_HelpFormatter, argparse.RawDescriptionHelpFormatter):
     pass
 
 
+SCREEN_MODES = ("auto", "live", "final", "none")
+
+
+def add_screen_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--screen", choices=SCREEN_MODES, default="auto",
+                   help="the text screen of boards that have one (pc): live (drawn in place "
+                        "under the output lines), final (printed as text when the run ends: "
+                        "the form for pipes and CI), none; auto (default): live on a terminal, "
+                        "else final when the screen holds text (docs/devices.md)")
+
+
 def _add_run(run: argparse.ArgumentParser) -> None:
     run.add_argument("guest", help="raw binary or ELF file")
     add_machine_options(run)
+    add_screen_option(run)
     add_clock_options(run)
     add_feeds_options(run)
     run.add_argument("-v", "--verbose", action="store_true",
@@ -202,6 +228,7 @@ def _add_record(record: argparse.ArgumentParser) -> None:
     record.add_argument("-o", "--output", required=True, metavar="TRACE",
                         help="trace file to write (gzip-compressed if it ends in .gz)")
     add_machine_options(record)
+    add_screen_option(record)
     add_clock_options(record)
     add_feeds_options(record)
     record.add_argument("--checkpoint-every", type=_positive, default=1024, metavar="N",
@@ -222,6 +249,7 @@ def _add_replay(replay: argparse.ArgumentParser) -> None:
                         help="wall-clock bound on the replay (default: twice the recording's "
                              "wall time plus 10s)")
     add_backend_option(replay)
+    add_screen_option(replay)
     d = replay.add_argument_group("debugging (docs/debugging.md)")
     d.add_argument("--gdb", metavar="[HOST:]PORT",
                    help="wait for gdb on this port (host 127.0.0.1 unless given) before the "
@@ -291,6 +319,9 @@ def _add_grade_bundle(bundle: argparse.ArgumentParser) -> None:
 def _add_inspect(inspect: argparse.ArgumentParser) -> None:
     inspect.add_argument("trace", help="a trace written by vmm record")
     inspect.add_argument("--json", action="store_true", help="print the summary as JSON")
+    inspect.add_argument("--png", metavar="FILE",
+                         help="also render the screen at the end of the run as a PNG (boards with "
+                              "a text screen: pc), CP437 glyphs in the 16 VGA colours")
     inspect.add_argument("--limit", type=_count, default=40, metavar="N",
                          help="timeline entries to show (default 40; 0 = all)")
     inspect.set_defaults(func=cmd_inspect)
@@ -399,9 +430,11 @@ def _command_in(argv: list[str]) -> str | None:
 
 
 def boot_options(args):
-    from .boot import BootOptions
+    from .boot import BootOptions, read_module_file
+    modules = tuple(read_module_file(spec) for spec in getattr(args, "module", None) or ())
     return BootOptions(mode=args.mode, load=args.load, entry=args.entry, mem=args.mem,
-                       stack=args.stack)
+                       stack=args.stack, board=args.board, cmdline=getattr(args, "cmdline", None),
+                       modules=modules)
 
 
 def _stdin_feed():
@@ -447,10 +480,52 @@ def cmd_run(args) -> int:
         spec.timeout_ns = None
         out = OutputCollector(sys.stdout.buffer)
         return serve(live_spec(spec, feed or NullFeed(), _log), args.gdb, out, _log)
-    result = live_run(spec, feed=feed, terminal=terminal,
-                      sink=OutputCollector(sys.stdout.buffer), log=_log)
+    sink = _output_sink(args.screen, None)
+    result = live_run(spec, feed=feed, terminal=terminal, sink=sink, log=_log)
+    _show_final_screen(args.screen, sink, result.end)
     report_end(result.end, args.verbose)
     return result.end.exit_code
+
+
+def _output_sink(screen: str, stream=None, keep: bool = True):
+    """Where the guest's output goes: stdout, through the live screen panel on a terminal.
+    `keep`: whether the sink keeps every line (OutputCollector)."""
+    from .runner import OutputCollector
+    stream = sys.stdout.buffer if stream is None else stream
+    if screen == "live" or (screen == "auto" and _stdout_is_terminal()):
+        from .screen_panel import ScreenPanel
+        panel = ScreenPanel(stream)
+        panel.keep = keep
+        return panel
+    return OutputCollector(stream, keep=keep)
+
+
+def _stdout_is_terminal() -> bool:
+    try:
+        return os.isatty(sys.stdout.fileno())
+    except (OSError, ValueError):
+        return False
+
+
+def _show_final_screen(mode: str, sink, end) -> None:
+    """At the end of a run on a board with a screen: the final screen, as --screen asks. A
+    kernel whose only output is its screen never ends looking like a silent success."""
+    finish = getattr(sink, "finish", None)
+    if finish is not None:
+        finish()                           # the live panel: its last state drawn
+    rows = end.screen
+    if rows is None or getattr(sink, "showed_screen", False):
+        return
+    from .screenlog import screen_text
+    text = screen_text(rows)
+    if mode == "final" or (mode == "auto" and text):
+        if text:
+            print("vmm: the screen at the end of the run:", file=sys.stderr, flush=True)
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    elif mode == "none" and text and not sink.lines:
+        print("vmm: the guest printed nothing, but its screen holds text (not shown: "
+              "--screen none)", file=sys.stderr)
 
 
 def cmd_replay(args) -> int:
@@ -471,11 +546,13 @@ def cmd_replay(args) -> int:
     override = None
     if args.mode or args.load is not None or args.entry is not None:
         override = dict(mode=args.mode, load=args.load, entry=args.entry)
+    keep = args.guest is not None      # re-drive compares the lines; exact replay keeps none
+    sink = (OutputCollector(None, keep=keep) if args.quiet
+            else _output_sink(args.screen, keep=keep))
     result = replay_trace(args.trace, guest=args.guest, boot_override=override,
-                          timeout_ns=args.timeout,
-                          sink=OutputCollector(None if args.quiet else sys.stdout.buffer,
-                                               keep=args.guest is not None),   # re-drive compares
-                          log=_log, backend=args.backend)
+                          timeout_ns=args.timeout, sink=sink, log=_log, backend=args.backend)
+    if not args.quiet:
+        _show_final_screen(args.screen, sink, result.end)
     for line in result.report:
         print(line, file=sys.stderr)
     return result.exit_code
@@ -541,8 +618,31 @@ def _print_grade_summary(report: dict, out: str) -> None:
 def cmd_inspect(args) -> int:
     from .summary import write_summary
     from .trace import open_trace
-    write_summary(open_trace(args.trace), args.limit, args.json, sys.stdout)
+    trace = open_trace(args.trace)
+    if args.png:
+        _write_screen_png(trace, args.png)
+    write_summary(trace, args.limit, args.json, sys.stdout)
     return 0
+
+
+def _write_screen_png(trace, path: str) -> None:
+    """The final screen of a trace, rebuilt from its screen records, as a PNG."""
+    from .errors import TraceError
+    from .screen import apply_rows, render_png
+    if not trace.counts.get("screen") and trace.header["machine"].get("board", "p3") != "pc":
+        raise UsageError(f"--png: {trace.path} has no screen (its board has no text screen)")
+    screen = None
+    try:
+        for record in trace.iter_records():          # one at a time (a trace streams)
+            if record["type"] == "screen":
+                screen = apply_rows(screen, record["rows"])
+    except ValueError as e:
+        raise TraceError(f"corrupt trace {trace.path}: {e}") from None
+    try:
+        render_png(screen if screen is not None else apply_rows(None, []), path)
+    except OSError as e:
+        raise UsageError(f"--png: cannot write {path}: {e.strerror}") from None
+    print(f"vmm: wrote the final screen to {path}", file=sys.stderr)
 
 
 def report_end(end, verbose: bool) -> None:

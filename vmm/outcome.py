@@ -27,8 +27,9 @@ class RunEnd(Record):
     stats: dict = factory(dict)
     observation: int = 0         # the observation counter when the run ended
     at_read: bool = False        # ended during read number `observation`, before answering it
+    screen: list[str] | None = None  # the text screen's 25 rows at the end (boards with one)
 
     @property
     def is_error(self) -> bool:
         return self.reason not in ("halt", "idle", "quit", "exit-device", "script-end",
-                                   "session-end")
+                                   "session-end", "shutdown")

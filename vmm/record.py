@@ -56,7 +56,10 @@ def machine_config(machine, boot_options: dict, cpuid: list[dict], clock: str,
     """The complete machine configuration, as recorded in a trace header (with `feeds`, the
     web-data feeds configuration: vmm.feeds.FeedsConfig.describe())."""
     image, config = machine.image, machine.config
+    if image.options is not None:         # as built: the board and the RAM size resolved
+        boot_options = image.options.to_dict()
     return {
+        "board": image.board,
         "boot": boot_options,
         "kind": image.kind,
         "mem": image.mem_size,
@@ -152,6 +155,11 @@ class TraceRecorder(Observer):
         if len(lines) >= self.BATCH:
             self._hand_over()
 
+    def on_screen(self, n: int, rows: list) -> None:
+        self._lines.append(encode({"type": "screen", "n": n, "rows": [list(r) for r in rows]}))
+        if len(self._lines) >= self.BATCH:
+            self._hand_over()
+
     def tick(self) -> None:
         self._hand_over()
         self.writer.flush()
@@ -171,7 +179,10 @@ class TraceRecorder(Observer):
 
 
 # Ends caused by the host: unless they happened at a read, where the guest was is chance.
-HOST_REASONS = frozenset({"timeout", "interrupted", "terminated", "quit"})
+# Ends found at a host-timed moment, between reads: a replay's final state is not compared.
+# ("spin" is found at a watchdog tick: the loop never ends, but which of its states was seen
+# depends on when the host looked.)
+HOST_REASONS = frozenset({"timeout", "interrupted", "terminated", "quit", "spin"})
 
 
 def end_record(end, machine, output_digest: str, info: dict) -> dict:

@@ -16,13 +16,33 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass, field
 
-from .boot import BootOptions, build_boot_image
+from .boards import BOARDS
+from .boot import BootOptions, build_boot_image, detect_protocol
 from .errors import EXIT_CODES, GuestImageError, TraceError, UsageError
 from .machine import Observer
 from .outcome import RunEnd, StopRun
 from .record import HOST_REASONS, OutputDigest
 from .script import validate_steps
-from .trace import CHECKPOINT, INPUT, OUTPUT, ReplayStream, Trace, TraceFile
+from .trace import CHECKPOINT, INPUT, OUTPUT, SCREEN, ReplayStream, Trace, TraceFile
+
+
+def screen_difference(want: dict, n: int, got: list) -> str:
+    """The first differing row of a screen change, recorded against replayed."""
+    recorded = {row: (text, attrs) for row, text, attrs in want["rows"]}
+    replayed = {row: (text, attrs) for row, text, attrs in got}
+    if want["n"] != n:
+        where = (f"the recording's screen changed at observation {want['n']}, the replay's at "
+                 f"observation {n}")
+    else:
+        where = f"at observation {n}"
+    for row in sorted(set(recorded) | set(replayed)):
+        if recorded.get(row) != replayed.get(row):
+            a, b = recorded.get(row, ("(unchanged)", "")), replayed.get(row, ("(unchanged)", ""))
+            what = "text" if a[0] != b[0] else "colours"
+            return (f"{where}, row {row} ({what}): recorded {a[0]!r}"
+                    + (f" [{a[1]}]" if what == "colours" else "") + f", replayed {b[0]!r}"
+                    + (f" [{b[1]}]" if what == "colours" else ""))
+    return where
 
 
 def legacy_digest(trace: Trace) -> bool:
@@ -42,18 +62,33 @@ class ReplayVerifier(Observer):
 
     def __init__(self, trace: Trace | TraceFile, stream: ReplayStream | None = None):
         self.trace = trace
-        self.stream = stream if stream is not None else ReplayStream(trace, (OUTPUT, CHECKPOINT))
+        self.stream = stream if stream is not None else ReplayStream(trace,
+                                                                     (OUTPUT, SCREEN, CHECKPOINT))
         self.total_outputs = trace.counts["out"]
         self.position = 0
         self.legacy_digest = legacy_digest(trace)
         self.checked = 0
         self.outputs = OutputDigest()
         self.recent: list[str] = []
+        self.total_screens = trace.counts.get("screen", 0)
+        self.screen_position = 0
+        end = trace.end or {}
+        # A recording stopped by the host between reads left a screen sampled at a moment the
+        # replay cannot find again: its last sample is not compared.
+        self._unverified_screen_n = (end.get("n") if end.get("reason") in HOST_REASONS
+                                     and not end.get("at_read") else None)
 
     def next_expected(self) -> dict | None:
         """The next recorded output line the replay has not printed (None: no more)."""
         try:
             return self.stream.peek(OUTPUT)
+        except StopRun:
+            return None
+
+    def next_screen(self) -> dict | None:
+        """The next recorded screen change the replay has not shown (None: no more)."""
+        try:
+            return self.stream.peek(SCREEN)
         except StopRun:
             return None
 
@@ -75,6 +110,27 @@ class ReplayVerifier(Observer):
                                       f"printed {_fmt(device, text, partial)!r} at observation {n}")
         self.stream.pop(OUTPUT)
         self.position += 1
+
+    def on_screen(self, n: int, rows: list) -> None:
+        got = [list(row) for row in rows]
+        want = self.stream.peek(SCREEN) if self.screen_position < self.total_screens else None
+        if want is None:
+            if self.trace.truncated:
+                raise StopRun("truncated-end", "replayed the truncated trace's whole prefix")
+            if n == self._unverified_screen_n:
+                return
+            row, text, _ = got[0]
+            raise StopRun("diverged", f"at observation {n} the replayed guest's screen changed "
+                                      f"(row {row}: {text!r}), after all the screen changes the "
+                                      "recording has")
+        if want["n"] == n == self._unverified_screen_n:
+            self.stream.pop(SCREEN)
+            self.screen_position += 1
+            return
+        if want["n"] != n or want["rows"] != got:
+            raise StopRun("diverged", "the screen differs: " + screen_difference(want, n, got))
+        self.stream.pop(SCREEN)
+        self.screen_position += 1
 
     def on_checkpoint(self, n: int, cpu) -> None:
         stream = self.stream
@@ -109,13 +165,10 @@ def replay_machine_parts(trace: Trace, guest_name: str | None = None,
         boot = dict(machine["boot"])
         cpuid = [{k: int(e[k]) for k in ("function", "index", "flags", "eax", "ebx", "ecx",
                                          "edx")} for e in machine["cpuid"]]
-        for key in ("mode", "load", "entry", "mem", "stack"):
-            value = boot.get(key)
-            if value is not None and not isinstance(value, (int, str)):
-                raise ValueError(key)
-        options = BootOptions(mode=boot.get("mode"), load=boot.get("load"),
-                              entry=boot.get("entry"), mem=int(boot["mem"]),
-                              stack=boot.get("stack"))
+        board = machine.get("board", "p3")         # traces before boards ran on p3
+        if not isinstance(board, str) or board not in BOARDS:
+            raise ValueError(f"board {board!r}")
+        options = BootOptions.from_dict(dict(boot, board=board))  # with cmdline and modules
     except (KeyError, TypeError, ValueError) as e:
         raise TraceError(f"corrupt trace {trace.path}: the machine configuration is "
                          f"incomplete ({e})") from None
@@ -131,9 +184,14 @@ def replay_machine_parts(trace: Trace, guest_name: str | None = None,
     else:
         if boot_override is not None:
             options = BootOptions(**boot_override)
+        elif detect_protocol(guest_bytes) is not None:
+            # A multiboot kernel: boots as its header says, with the recording's command line
+            # and modules, in the same RAM size.
+            options = BootOptions(mem=options.mem, board=options.board,
+                                  cmdline=options.cmdline, modules=options.modules)
         elif guest_bytes[:4] == b"\x7fELF" or trace.header["machine"].get("kind") != "raw":
             # Another kind of file: boot it the way its own kind boots, in the same RAM size.
-            options = BootOptions(mem=options.mem)
+            options = BootOptions(mem=options.mem, board=options.board)
         image = build_boot_image(guest_name, guest_bytes, options)
     return image, cpuid
 
@@ -162,6 +220,9 @@ def exact_verdict(trace: Trace, verifier: ReplayVerifier, end: RunEnd, machine) 
     recorded = trace.end
     tail = [f"  last output: {line}" for line in verifier.recent]
     checked = f"{verifier.position} output lines and {verifier.checked} checkpoints"
+    if verifier.total_screens:
+        checked = (f"{verifier.position} output lines, {verifier.screen_position} screen changes "
+                   f"and {verifier.checked} checkpoints")
     if end.reason == "diverged":
         return Verdict(EXIT_CODES["diverged"], [f"vmm: replay diverged: {end.message}"]
                        + ([f"  at rip={end.cpu.rip:#x}"] if end.cpu else []) + tail)
@@ -175,6 +236,12 @@ def exact_verdict(trace: Trace, verifier: ReplayVerifier, end: RunEnd, machine) 
             f"vmm: the trace is truncated (the recording was cut short); its prefix replayed "
             f"identically: {checked}, up to observation {end.observation}"])
     problems = []
+    if verifier.screen_position != verifier.total_screens:
+        missing = verifier.next_screen()
+        if missing is not None and missing["n"] != verifier._unverified_screen_n:
+            row, text, _ = missing["rows"][0]
+            problems.append(f"the replay ended before its screen showed row {row} {text!r} "
+                            f"(observation {missing['n']})")
     missing = verifier.next_expected() if verifier.position != verifier.total_outputs else None
     if missing is not None:
         problems.append(f"the replay ended before printing {_fmt(missing['dev'], missing['text'])!r} "
@@ -243,16 +310,27 @@ def recorded_fetches(trace: Trace) -> dict[str, list[str]]:
 
 def redrive_verdict(trace: Trace, actual: list[tuple[str, str, bool]], end: RunEnd,
                     guest_name: str) -> Verdict:
+    from .screenlog import replay_rows, transcript_lines
     expected = [_fmt(r["dev"], r["text"], bool(r.get("partial"))) for r in trace.iter_records()
                 if r["type"] == "out"]
     got = [_fmt(*o) for o in actual]
+    if trace.counts.get("screen") or end.screen is not None:
+        expected += transcript_lines(replay_rows(r for r in trace.iter_records()
+                                                 if r["type"] == "screen"))
+        got += transcript_lines(end.screen)
     if expected == got:
+        screen = " and left the same screen" if end.screen is not None else ""
         return Verdict(0, [f"vmm: re-drive identical: {guest_name} printed the same "
-                           f"{len(got)} output lines as the recording"])
+                           f"{len(actual)} output lines as the recording{screen}"])
     diff = list(difflib.unified_diff(expected, got, fromfile=f"recorded ({trace.header['guest']['name']})",
                                      tofile=f"re-driven ({guest_name})", lineterm="", n=2))
     first = next((i for i, (a, b) in enumerate(zip(expected, got)) if a != b),
                  min(len(expected), len(got)))
+    differing = (got[first] if first < len(got) else "") or (
+        expected[first] if first < len(expected) else "")
+    if differing.startswith("[screen]"):
+        what = f"the screen differs from the recording's ({differing.split(':')[0][9:]})"
+    else:
+        what = f"console output differs from the recording at line {first + 1}"
     return Verdict(EXIT_CODES["redrive-differs"],
-                   [f"vmm: re-drive differs: console output differs from the recording at line "
-                    f"{first + 1} (the run ended: {end.message})"] + diff)
+                   [f"vmm: re-drive differs: {what} (the run ended: {end.message})"] + diff)

@@ -207,7 +207,7 @@ def live_run(spec: LiveRun, *, feed=None, terminal: bool = False, sink=None,
             machine = Machine(image, backend, inputs, output, log, config, cpuid,
                               observer=recorder)
             if recorder is not None:
-                recorder.write_header(machine, boot_options=spec.boot.to_dict(), cpuid=cpuid,
+                recorder.write_header(machine, boot_options=image.options.to_dict(), cpuid=cpuid,
                                       clock=clock_name, script=spec.script, max_time_ns=max_time,
                                       feeds=feeds.describe(spec.offline))
                 if inputs.script is not None:
@@ -243,7 +243,8 @@ def replay_trace(path: str, *, guest: str | None = None, boot_override: dict | N
 
     trace = open_trace(path)
     machine_cfg = trace.header["machine"]
-    recorded_wall = ((trace.end or {}).get("info") or {}).get("wall_ns")
+    end_info = (trace.end or {}).get("info")          # informational: free-form
+    recorded_wall = end_info.get("wall_ns") if isinstance(end_info, dict) else None
     if timeout_ns is None:
         timeout_ns = (2 * recorded_wall + 10_000_000_000 if isinstance(recorded_wall, int)
                       else 120_000_000_000)

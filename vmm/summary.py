@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from .screenlog import replay_rows, screen_text
 from .trace import Trace, TraceFile
 
 
@@ -27,7 +28,18 @@ def _describe(record: dict) -> str:
         return f"checkpoint {record['regs']}"
     if kind == "fetch":
         return f"fetch {record['dev']}: {record['text']}"
+    if kind == "screen":
+        return "screen " + ", ".join(f"row {row}: {text!r}" for row, text, _ in record["rows"])
     return kind
+
+
+def _boot_summary(boot):
+    """The boot options, with each multiboot module's contents (base64) left out: its name,
+    string, size and sha256 say which it was."""
+    if not isinstance(boot, dict) or not isinstance(boot.get("modules"), list):
+        return boot
+    return dict(boot, modules=[{k: v for k, v in m.items() if k != "data"}
+                               if isinstance(m, dict) else m for m in boot["modules"]])
 
 
 def timeline(trace: Trace | TraceFile):
@@ -42,7 +54,7 @@ def summarize(trace: Trace | TraceFile, limit: int = 40, *, with_timeline: bool 
     `with_timeline=False` leaves it empty, for write_summary to stream."""
     h, end = trace.header, trace.end
     counts = trace.counts
-    events = sum(counts.values()) - counts["cp"]
+    events = sum(counts.values()) - counts.get("cp", 0)
     shown = []
     if with_timeline:
         for entry in timeline(trace):
@@ -59,8 +71,9 @@ def summarize(trace: Trace | TraceFile, limit: int = 40, *, with_timeline: bool 
         "recorded_by": f"vmm {h.get('vmm')}",
         "info": info,
         "guest": {k: h["guest"][k] for k in ("name", "size", "sha256")},
-        "machine": {"kind": machine.get("kind"), "mode": machine.get("mode"),
-                    "mem": machine.get("mem"), "boot": machine.get("boot"),
+        "machine": {"board": machine.get("board", "p3"),
+                    "kind": machine.get("kind"), "mode": machine.get("mode"),
+                    "mem": machine.get("mem"), "boot": _boot_summary(machine.get("boot")),
                     "load_map": machine.get("load_map"), "devices": machine.get("devices"),
                     "feeds": machine.get("feeds") if isinstance(machine.get("feeds"), dict)
                     else None,
@@ -70,7 +83,10 @@ def summarize(trace: Trace | TraceFile, limit: int = 40, *, with_timeline: bool 
         "script_steps": len(h["script"]) if isinstance(h.get("script"), list) else None,
         "counts": {"keys": counts.get("key", 0), "timer_firings": counts.get("timer", 0),
                    "output_lines": counts.get("out", 0), "checkpoints": counts.get("cp", 0),
-                   "script_steps_done": counts.get("step", 0), "fetches": counts.get("fetch", 0)},
+                   "script_steps_done": counts.get("step", 0), "fetches": counts.get("fetch", 0),
+                   "screen_changes": counts.get("screen", 0)},
+        "screen": (replay_rows(r for r in trace.iter_records() if r["type"] == "screen")
+                   if machine.get("board") == "pc" or counts.get("screen") else None),
         "truncated": trace.truncated,
         "end": None if end is None else {
             "reason": end["reason"], "exit_code": end["exit_code"],
@@ -93,7 +109,8 @@ def write_summary(trace: Trace | TraceFile, limit: int, as_json: bool, out) -> N
     memory stays small however many events it has. The same text as format_summary (or
     json.dumps(indent=2)) of summarize(trace, limit)."""
     s = summarize(trace, limit, with_timeline=False)
-    shown = min(limit, sum(trace.counts.values()) - trace.counts["cp"]) if limit > 0 else None
+    shown = (min(limit, sum(trace.counts.values()) - trace.counts.get("cp", 0)) if limit > 0
+             else None)
     entries = timeline(trace)
     if shown is not None:
         entries = (e for _, e in zip(range(shown), entries))
@@ -131,7 +148,7 @@ def format_summary(s: dict) -> str:
     lines = [
         f"trace     {s['path']} ({s['format']}, {s['recorded_by']})",
         f"guest     {g['name']}  {g['size']} bytes  sha256 {g['sha256'][:16]}...",
-        f"machine   {m['kind']} guest, {m['mode']} mode, {_kib(m['mem'])} RAM, "
+        f"machine   {m['board']} board, {m['kind']} guest, {m['mode']} mode, {_kib(m['mem'])} RAM, "
         f"{len(m['devices'] or [])} devices, {m['cpuid_leaves']} CPUID leaves",
         f"clock     {s['clock']}" + (f", script of {s['script_steps']} steps"
                                      if s["script_steps"] is not None else ""),
@@ -139,7 +156,8 @@ def format_summary(s: dict) -> str:
         f"({s['info'].get('backend', '?')})",
         f"counts    {c['keys']} keys, {c['timer_firings']} timer firings, "
         f"{c['output_lines']} output lines, {c['checkpoints']} checkpoints"
-        + (f", {c['fetches']} web fetches" if c["fetches"] else ""),
+        + (f", {c['fetches']} web fetches" if c["fetches"] else "")
+        + (f", {c['screen_changes']} screen changes" if c.get("screen_changes") else ""),
     ]
     feeds = m.get("feeds")
     if feeds is not None:
@@ -155,6 +173,10 @@ def format_summary(s: dict) -> str:
                      f"{end['observations']} observations, {end['guest_time_s']}s of guest time"
                      + (f", {wall}s wall" if wall is not None else ""))
         lines.append(f"          {end['message']}")
+    if s.get("screen") is not None:
+        text = screen_text(s["screen"])
+        lines.append("screen    at the end of the run" + ("" if text else ": blank"))
+        lines += [f"  |{row}" for row in text.splitlines()]
     lines.append("timeline  (observation, clock time, event)")
     for e in s["timeline"]:
         lines.append(_timeline_line(e))

@@ -26,8 +26,9 @@ from dataclasses import dataclass, field
 from .errors import TraceError
 
 FORMAT = "vmm-trace"
-VERSION = 3                  # 2: fetch records (web data) added; 3: register digests narrowed
-READABLE_VERSIONS = (1, 2, 3)  # version 1 traces are version 2 traces without fetch records
+VERSION = 4                  # 2: fetch records (web data) added; 3: register digests narrowed;
+                             # 4: boards (machine.board) and screen records
+READABLE_VERSIONS = (1, 2, 3, 4)  # version 1 traces are version 2 traces without fetch records
 LEGACY_DIGEST_VERSIONS = (1, 2)  # their register digests cover all of RFLAGS (docs/trace-format.md)
 GZIP_MAGIC = b"\x1f\x8b"
 
@@ -59,6 +60,7 @@ RECORD_FIELDS = {
     "step": {"n": _INT, "at": _INT, "index": _INT},
     "end": {"n": _INT, "reason": (str,), "exit_code": _INT},
     "fetch": {"n": _INT, "at": _INT, "dev": (str,), "text": (str,)},
+    "screen": {"n": _INT, "rows": (list,)},
 }
 INPUT_TYPES = frozenset({"key", "timer", "fetch"})
 # Optional fields: name -> accepted types (None allowed where listed).
@@ -110,6 +112,8 @@ class Trace:
     def cursor(self) -> "ListCursor":
         return ListCursor(self.records)
 
+    def screens(self) -> list[dict]:
+        return [r for r in self.records if r["type"] == "screen"]
 
 
 def encode(record: dict) -> bytes:
@@ -472,6 +476,8 @@ def _check_record(path: str, number: int, record: dict, version: int = VERSION) 
         raise TraceError(f"corrupt trace {path}: line {number} ({kind}) has a value out of range")
     if kind == "fetch":
         _check_fetch(path, number, record, version)
+    elif kind == "screen":
+        _check_screen(path, number, record, version)
 
 
 def _check_fetch(path: str, number: int, record: dict, version: int) -> None:
@@ -568,6 +574,28 @@ def _ram(machine: dict) -> int | None:
     boot = machine.get("boot")
     mem = boot.get("mem") if isinstance(boot, dict) else None
     return mem if mem is not None else machine.get("mem")
+
+
+SCREEN_ROWS, SCREEN_COLS = 25, 80
+
+
+def _check_screen(path: str, number: int, record: dict, version: int) -> None:
+    """A screen record: the rows that changed, each [row, text, attributes] (vmm.screenlog)."""
+    where = f"corrupt trace {path}: line {number} (screen)"
+    if version < 4:
+        raise TraceError(f"{where}: screen records need trace format version 4, the header "
+                         f"says {version}")
+    rows = record["rows"]
+    if not 0 < len(rows) <= SCREEN_ROWS:
+        raise TraceError(f"{where}: expected 1 to {SCREEN_ROWS} rows")
+    for entry in rows:
+        if not (isinstance(entry, list) and len(entry) == 3
+                and isinstance(entry[0], int) and not isinstance(entry[0], bool)
+                and 0 <= entry[0] < SCREEN_ROWS and isinstance(entry[1], str)
+                and len(entry[1]) <= SCREEN_COLS and isinstance(entry[2], str)
+                and len(entry[2]) <= 6 * SCREEN_COLS):
+            raise TraceError(f"{where}: a row is not [row 0-24, text of at most 80 characters, "
+                             "attributes]")
 
 
 def _check_machine(path: str, machine: dict) -> None:
@@ -716,8 +744,11 @@ class TraceFile:
         distinct = set(batch)
         if len(distinct) > _SEEN or self.end is not None:
             return False
-        records = {line: _cached_record(cache, self.path, number, line, True, self.version)
-                   for line in distinct}
+        try:
+            records = {line: _cached_record(cache, self.path, number, line, True, self.version)
+                       for line in distinct}
+        except TraceError:
+            return False                 # line by line, for the message to name the line
         first = records[batch[0]]
         if any(r["n"] != first["n"] or r["type"] in ("cp", "step", "end")
                for r in records.values()):
@@ -831,8 +862,9 @@ def read_trace(path: str) -> Trace:
 
 
 # --- replaying: the records each consumer of a replay takes, in order ---------------------------
-INPUT, OUTPUT, CHECKPOINT = "input", "out", "cp"
-GROUPS = {"key": INPUT, "timer": INPUT, "fetch": INPUT, "out": OUTPUT, "cp": CHECKPOINT}
+INPUT, OUTPUT, SCREEN, CHECKPOINT = "input", "out", "screen", "cp"
+GROUPS = {"key": INPUT, "timer": INPUT, "fetch": INPUT, "out": OUTPUT, "screen": SCREEN,
+          "cp": CHECKPOINT}
 MAX_LOOKAHEAD = 4096     # records read ahead of a consumer before a replay is called diverged
 
 
@@ -844,11 +876,11 @@ class ReplayStream:
     and is stopped as diverged. Stamps never decrease (the reader checks), so `peek(group,
     before=n)` stops reading at the first record stamped n or later."""
 
-    def __init__(self, trace, groups=(INPUT, OUTPUT, CHECKPOINT)):
+    def __init__(self, trace, groups=(INPUT, OUTPUT, SCREEN, CHECKPOINT)):
         self.trace = trace
         self.cursor = trace.cursor()
         self.groups = frozenset(groups)
-        self.queues = {g: collections.deque() for g in (INPUT, OUTPUT, CHECKPOINT)}
+        self.queues = {g: collections.deque() for g in (INPUT, OUTPUT, SCREEN, CHECKPOINT)}
         self.frontier = -1           # the stamp of the last record read
         self.taken = dict.fromkeys(self.queues, 0)
 
@@ -891,7 +923,7 @@ class ReplayStream:
             self.queues[group].popleft()
             return
         e = self.queues[group][0]
-        what = "output line" if group == OUTPUT else "input"
+        what = {OUTPUT: "output line", SCREEN: "screen change"}.get(group, "input")
         raise StopRun("diverged", f"the replay went more than {MAX_LOOKAHEAD} records past the "
                                   f"recording's {what} at observation {e['n']} without taking it")
 

@@ -81,6 +81,7 @@ class Snapshot:
     reads: list[int]
     streams: list = field(default_factory=list)   # the replay's trace streams' places
     size: int = field(default=0)       # bytes of page data not shared with the previous one
+    screen: dict | None = None         # the machine's screen log (vmm.screenlog), if it has one
 
 
 def _streams(machine) -> list:
@@ -119,7 +120,7 @@ def take(execution, previous: Snapshot | None) -> Snapshot:
         digest=verifier.outputs.state() if verifier is not None else None,
         sink=(execution.sink.count, list(execution.sink.lines)),
         reads=list(execution.reads), streams=[s.save() for s in _streams(machine)],
-        size=fresh)
+        size=fresh, screen=machine.screen.state() if machine.screen is not None else None)
 
 
 def restore(execution, snap: Snapshot) -> None:
@@ -147,3 +148,5 @@ def restore(execution, snap: Snapshot) -> None:
         stream.restore(state)
     execution.sink.count, execution.sink.lines = snap.sink[0], list(snap.sink[1])
     execution.reads = list(snap.reads)
+    if snap.screen is not None:
+        machine.screen.from_state(snap.screen)
