@@ -393,3 +393,24 @@ def test_write_summary_streams_what_summarize_gives(tmp_path, limit, as_json):
     assert summarize(trace, limit) == summary
     assert out.getvalue() == (json.dumps(summary, indent=2) if as_json
                               else format_summary(summary)) + "\n"
+
+
+def test_a_guest_too_large_to_embed_is_not_recorded(tmp_path):
+    guest = tmp_path / "big.bin"
+    guest.write_bytes(b"\xf4" + bytes(MAX_GUEST_BYTES))
+    trace = tmp_path / "big.trace"
+    proc = subprocess.run(vmm_command("record", "--mode", "protected", "--load", "0x100000",
+                                      "--mem", "64M", "-o", str(trace), str(guest)),
+                          capture_output=True, cwd=ROOT, timeout=60)
+    assert proc.returncode == 10 and b"a trace embeds at most 16 MiB" in proc.stderr
+    assert not trace.exists()                   # refused before the file is made
+
+
+@pytest.mark.parametrize("modules", ["x", [1], [{"size": 3, "data": "AAAAAAAA"}],
+                                     [{"size": MAX_GUEST_BYTES, "data": "A" * 8}],
+                                     [{"size": 0, "data": ""}] * 65])
+def test_multiboot_modules_are_bounded_before_decoding(tmp_path, modules):
+    header = golden_header()
+    header["machine"]["boot"]["modules"] = modules
+    with pytest.raises(TraceError):
+        open_trace(write(tmp_path / "t.trace", header, *golden_lines()[1:]))

@@ -183,6 +183,8 @@ def live_run(spec: LiveRun, *, feed=None, terminal: bool = False, sink=None,
     recorder = None
     if spec.trace_path is not None:
         from .record import TraceRecorder
+        from .trace import make_header_check        # before the file is created
+        make_header_check(image.guest_bytes, {"boot": image.options.to_dict()})
         recorder = TraceRecorder(spec.trace_path)
     config = RunConfig(timeout_ns=spec.timeout_ns, max_output=spec.max_output or None,
                        ignore_unknown_ports=spec.ignore_unknown_ports,

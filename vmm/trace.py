@@ -37,8 +37,10 @@ GZIP_MAGIC = b"\x1f\x8b"
 # built from it, so that a malformed or hostile trace is refused quickly and in small memory.
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
 MAX_TRACE_BYTES = 256 * MiB      # decompressed bytes in all: some 4 million records
-MAX_GUEST_BYTES = 16 * MiB       # the embedded guest (and never more than the header's RAM)
-MAX_HEADER_LINE = MAX_GUEST_BYTES * 4 // 3 + 4 * MiB    # its base64, and the rest of the header
+MAX_GUEST_BYTES = 16 * MiB       # the embedded guest and its multiboot modules, together (and
+                                 # never more than the header's RAM)
+MAX_MODULES = 64                 # multiboot modules (machine.boot.modules)
+MAX_HEADER_LINE = MAX_GUEST_BYTES * 4 // 3 + 4 * MiB    # their base64, and the rest of the header
 MAX_RECORD_LINE = 64 * KiB       # any other line (an output line is at most 4096 characters)
 MAX_TEXT = 4096                  # characters of an output line (vmm.devices.console.MAX_LINE)
 MAX_NAME = 64                    # characters of a device name, an end reason, a digest
@@ -184,6 +186,7 @@ class TraceWriter:
 def make_header(*, guest_name: str, guest_bytes: bytes, machine: dict, clock: str,
                 script: list[dict] | None, info: dict, vmm_version: str,
                 guest_path: str | None = None) -> dict:
+    make_header_check(guest_bytes, machine)
     guest = {"name": guest_name, "size": len(guest_bytes),
              "sha256": hashlib.sha256(guest_bytes).hexdigest(),
              "data": base64.b64encode(guest_bytes).decode("ascii")}
@@ -551,9 +554,11 @@ def _check_header(path: str, header: dict) -> None:
     if len(guest["name"]) > 4096 or not isinstance(guest.get("path", ""), str):
         raise TraceError(f"{bad} guest entry is malformed")
     size, ram = guest["size"], _ram(machine)
-    if not 0 <= size <= MAX_GUEST_BYTES or ram is not None and size > ram:
-        raise TraceError(f"{path}: refused: the embedded guest is {size} bytes; a trace's guest "
-                         f"is at most {MAX_GUEST_BYTES >> 20} MiB and no more than its RAM")
+    total = size + _modules_size(path, machine)
+    if not 0 <= size or total > MAX_GUEST_BYTES or ram is not None and total > ram:
+        raise TraceError(f"{path}: refused: the embedded guest (with its modules) is {total} "
+                         f"bytes; a trace's guest is at most {MAX_GUEST_BYTES >> 20} MiB and no "
+                         "more than its RAM")
     if len(guest["data"]) != (size + 2) // 3 * 4:          # checked before decoding
         raise TraceError(f"corrupt trace {path}: the embedded guest does not match its recorded "
                          "size and sha256")
@@ -568,6 +573,35 @@ def _check_header(path: str, header: dict) -> None:
     if script is not None and (not isinstance(script, list) or len(script) > MAX_SCRIPT_STEPS
                                or not all(isinstance(s, dict) for s in script)):
         raise TraceError(f"{bad} script is not a list of at most {MAX_SCRIPT_STEPS} steps")
+
+
+def _modules_size(path: str, machine: dict) -> int:
+    """The multiboot modules' bytes (machine.boot.modules), checked before anything decodes
+    them: at most MAX_MODULES, each with a size and base64 data of the matching length."""
+    boot = machine.get("boot")
+    modules = boot.get("modules") if isinstance(boot, dict) else None
+    if modules is None:
+        return 0
+    if not isinstance(modules, list) or len(modules) > MAX_MODULES or not all(
+            isinstance(m, dict) and _whole(m.get("size")) and isinstance(m.get("data"), str)
+            and len(m["data"]) == (m["size"] + 2) // 3 * 4 for m in modules):
+        raise TraceError(f"corrupt trace {path}: the header's multiboot modules are malformed "
+                         f"(at most {MAX_MODULES}, each with its size and data)")
+    return sum(m["size"] for m in modules)
+
+
+def make_header_check(guest_bytes: bytes, machine: dict) -> None:
+    """What a trace may embed (MAX_GUEST_BYTES): a recording that replay would refuse is not
+    started."""
+    from .errors import GuestImageError
+    try:
+        modules = _modules_size("", machine)
+    except TraceError:
+        modules = 0
+    if len(guest_bytes) + modules > MAX_GUEST_BYTES:
+        raise GuestImageError(f"the guest (with its modules) is {len(guest_bytes) + modules} "
+                              f"bytes: a trace embeds at most {MAX_GUEST_BYTES >> 20} MiB, so "
+                              "this run cannot be recorded")
 
 
 def _ram(machine: dict) -> int | None:
