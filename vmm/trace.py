@@ -204,7 +204,7 @@ def make_header(*, guest_name: str, guest_bytes: bytes, machine: dict, clock: st
     return header
 
 
-# --- reading: decompressed lines, with the bounds --------------------------------------------------
+# --- reading: decompressed lines, with the bounds ----------------------------------------------
 class _Lines:
     """The lines of a trace file, decompressed as they are read (gzip is detected by its
     magic), in bounded memory: at most a line and a chunk are held. `offset` is where the next
@@ -392,7 +392,8 @@ _FAST = {
     ord("o"): (re.compile(rb'\{"type":"out","n":' + _NUM + rb',"dev":' + _DEV
                           + rb',"text":"([ !#-\[\]-~]{0,4096})"(,"partial":true)?\}'),
                lambda g: dict({"type": "out", "n": int(g[0]), "dev": g[1].decode("ascii"),
-                               "text": g[2].decode("ascii")}, **({"partial": True} if g[3] else {}))),
+                               "text": g[2].decode("ascii")},
+                              **({"partial": True} if g[3] else {}))),
     ord("c"): (re.compile(rb'\{"type":"cp","n":' + _NUM + rb',"regs":"([0-9a-f]{1,64})"\}'),
                lambda g: {"type": "cp", "n": int(g[0]), "regs": g[1].decode("ascii")}),
 }
@@ -654,7 +655,8 @@ def _check_machine(path: str, machine: dict) -> None:
     if boot is not None:
         from .boot import MODES
         entry = boot.get("entry")
-        if boot.get("mode") not in (None, *MODES) or not (entry in (None, "reset") or _whole(entry)) \
+        if boot.get("mode") not in (None, *MODES) \
+                or not (entry in (None, "reset") or _whole(entry)) \
                 or not all(boot.get(k) is None or _whole(boot[k]) for k in ("load", "stack")):
             raise TraceError(f"{bad} boot options are malformed")
     for name, limit, fields, top in (("cpuid", MAX_CPUID_ENTRIES, ("function", "index", "flags",
@@ -711,8 +713,10 @@ def record_line_limit(header: dict) -> int:
     message quotes the script (an expect's text), as JSON escapes can make it (6 bytes per
     character)."""
     script = header.get("script")
+    if not isinstance(script, list):
+        return MAX_RECORD_LINE
     quoted = sum(len(v) for step in script for k, v in step.items()
-                 if k in ("text", "regex") and isinstance(v, str)) if isinstance(script, list) else 0
+                 if k in ("text", "regex") and isinstance(v, str))
     return MAX_RECORD_LINE + 6 * quoted
 
 
