@@ -23,7 +23,7 @@ else
   GUESTS_MAKE := $(MAKE) -s --no-print-directory -C guests
 endif
 
-.PHONY: all run test bench guests check-tools clean help
+.PHONY: all run test fuzz bench guests check-tools clean help
 
 all: $(STAMP) guests
 
@@ -31,6 +31,8 @@ help:
 	@echo "make run     record the bundled monitor guest with scripted keys, then replay the trace"
 	@echo "make test    build guests, install into .venv (and .venv-oldest: OLDEST_PYTHON, default"
 	@echo "             /usr/bin/python3), run the whole suite on both Pythons, with coverage"
+	@echo "make fuzz    mutate recorded traces for ~5-10 min (FUZZ_EXAMPLES=$(FUZZ_EXAMPLES)): every one is"
+	@echo "             refused (exit 14) or replayed, never a traceback; make test runs 40"
 	@echo "make bench   benchmarks against baselines (a C KVM loop, python -c pass, QEMU); ~3 min"
 	@echo "make guests  build the guest kernels into guests/build/"
 	@echo "make clean   remove build products and the virtualenv"
@@ -119,6 +121,12 @@ test: $(STAMP) $(TEST_OLDEST) guests
 	  [ $$old_status = 0 ] || status=1; \
 	fi; \
 	exit $$status
+
+# The trace-mutation test of `make test` (tests/test_trace_fuzz.py), with many more examples.
+FUZZ_EXAMPLES ?= 50000
+fuzz: $(STAMP) guests
+	VMM_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest -p no:cacheprovider -q \
+	  tests/test_trace_fuzz.py tests/test_trace_bounds.py $(PYTEST_ARGS)
 
 # Not part of `make test`: minutes of timing on a quiet machine. Writes bench/results/latest.json.
 bench: $(STAMP) guests

@@ -488,14 +488,17 @@ def cmd_run(args) -> int:
     return result.end.exit_code
 
 
-def _output_sink(screen: str, stream=None):
-    """Where the guest's output goes: stdout, through the live screen panel on a terminal."""
+def _output_sink(screen: str, stream=None, keep: bool = True):
+    """Where the guest's output goes: stdout, through the live screen panel on a terminal.
+    `keep`: whether the sink keeps every line (OutputCollector)."""
     from .runner import OutputCollector
     stream = sys.stdout.buffer if stream is None else stream
     if screen == "live" or (screen == "auto" and _stdout_is_terminal()):
         from .screen_panel import ScreenPanel
-        return ScreenPanel(stream)
-    return OutputCollector(stream)
+        panel = ScreenPanel(stream)
+        panel.keep = keep
+        return panel
+    return OutputCollector(stream, keep=keep)
 
 
 def _stdout_is_terminal() -> bool:
@@ -544,8 +547,9 @@ def cmd_replay(args) -> int:
     override = None
     if args.mode or args.load is not None or args.entry is not None:
         override = dict(mode=args.mode, load=args.load, entry=args.entry)
-    sink = (OutputCollector(None) if args.quiet
-            else _output_sink(args.screen))
+    keep = args.guest is not None      # re-drive compares the lines; exact replay keeps none
+    sink = (OutputCollector(None, keep=keep) if args.quiet
+            else _output_sink(args.screen, keep=keep))
     result = replay_trace(args.trace, guest=args.guest, boot_override=override,
                           timeout_ns=args.timeout, sink=sink, log=_log, backend=args.backend)
     if not args.quiet:
@@ -613,18 +617,12 @@ def _print_grade_summary(report: dict, out: str) -> None:
 
 
 def cmd_inspect(args) -> int:
-    import json
-
-    from .summary import format_summary, summarize
-    from .trace import read_trace
-    trace = read_trace(args.trace)
-    summary = summarize(trace, args.limit)
+    from .summary import write_summary
+    from .trace import open_trace
+    trace = open_trace(args.trace)
     if args.png:
         _write_screen_png(trace, args.png)
-    if args.json:
-        print(json.dumps(summary, indent=2))
-    else:
-        print(format_summary(summary))
+    write_summary(trace, args.limit, args.json, sys.stdout)
     return 0
 
 
@@ -632,13 +630,13 @@ def _write_screen_png(trace, path: str) -> None:
     """The final screen of a trace, rebuilt from its screen records, as a PNG."""
     from .errors import TraceError
     from .screen import apply_rows, render_png
-    screens = trace.screens()
-    if not screens and trace.header["machine"].get("board", "p3") != "pc":
+    if not trace.counts.get("screen") and trace.header["machine"].get("board", "p3") != "pc":
         raise UsageError(f"--png: {trace.path} has no screen (its board has no text screen)")
     screen = None
     try:
-        for record in screens:
-            screen = apply_rows(screen, record["rows"])
+        for record in trace.iter_records():          # one at a time (a trace streams)
+            if record["type"] == "screen":
+                screen = apply_rows(screen, record["rows"])
     except ValueError as e:
         raise TraceError(f"corrupt trace {trace.path}: {e}") from None
     try:

@@ -342,13 +342,20 @@ class LiveInput(InputSource):
 
 # --- the replay input source --------------------------------------------------------------------
 class ReplayInput(InputSource):
-    """Answers only from recorded events, each at the observation it is stamped with."""
+    """Answers only from recorded events, each at the observation it is stamped with. The
+    events come from a vmm.trace.ReplayStream (read as the replay goes, never all held), or
+    from a list."""
 
-    def __init__(self, events: list[dict], stop_at: int | None, stop_reason: StopRun | None,
+    def __init__(self, events, stop_at: int | None, stop_reason: StopRun | None,
                  last_stamp: int | None = None):
         super().__init__()
-        self.events = events
-        self.index = 0
+        from .trace import INPUT, ReplayStream, Trace
+        if not isinstance(events, ReplayStream):
+            events = ReplayStream(Trace(header={}, records=list(events)), groups=(INPUT,))
+        self.stream = events
+        self._queue = events.queues[INPUT]   # the input records read ahead (usually 0 or 1)
+        self._INPUT = INPUT
+        self.index = 0                     # input records taken
         self._now = 0
         self._stop_at = stop_at            # stop at this observation (an end recorded at a read)
         self._stop_reason = stop_reason
@@ -364,12 +371,15 @@ class ReplayInput(InputSource):
             self._time_told = e["at"]
         return self._time_told
 
+    def _next_input(self) -> dict | None:
+        queue = self._queue
+        return queue[0] if queue else self.stream.peek(self._INPUT, self.obs + 1)
+
     def irq_edges(self, line: int, device) -> int:
-        if self.index >= len(self.events):
+        e = self._next_input()
+        if e is None or e["n"] != self.obs or e["type"] != "edge" or e["line"] != line:
             return 0
-        e = self.events[self.index]
-        if e["n"] != self.obs or e["type"] != "edge" or e["line"] != line:
-            return 0
+        self.stream.pop(self._INPUT)
         self.index += 1
         self._now = e["at"]
         device.take_edges(e["at"])        # the device's own count, kept in step
@@ -381,7 +391,8 @@ class ReplayInput(InputSource):
         """Replay: the recording went on here only if it has more events at this observation
         (an edge, a key); otherwise this is where it ended."""
         self.idle()
-        if self.index < len(self.events) and self.events[self.index]["n"] == self.obs:
+        e = self._next_input()
+        if e is not None and e["n"] == self.obs:
             return
         raise self.final_stop or StopRun("diverged", f"the replayed guest waits for an "
                                                      f"interrupt at observation {self.obs}, "
@@ -389,8 +400,14 @@ class ReplayInput(InputSource):
 
     def observe(self) -> None:
         self.obs += 1
-        if self.index < len(self.events) and self.events[self.index]["n"] < self.obs:
-            e = self.events[self.index]
+        queue = self._queue
+        if queue:
+            e = queue[0]
+        elif self.stream.frontier < self.obs:
+            e = self.stream.peek(self._INPUT, self.obs)
+        else:
+            e = None                       # every input left is stamped obs or later
+        if e is not None and e["n"] < self.obs:
             what = (f"key {_byte_repr(e['byte'])} for {e['dev']}" if e["type"] == "key"
                     else f"the {e['dev']} fetch {e['text']!r}" if e["type"] == "fetch"
                     else f"the time {e['at']} ns" if e["type"] == "time"
@@ -400,20 +417,32 @@ class ReplayInput(InputSource):
                                       f"{e['n']}, but the replayed guest did not ask for it there")
         if self.obs == self._stop_at:
             raise self._stop_reason
-        if self._last_stamp is not None and self.obs > self._last_stamp and \
-                self.index >= len(self.events):
+        if self._last_stamp is not None and self.obs > self._last_stamp and e is None:
             raise StopRun("truncated-end", f"replayed the truncated trace's prefix up to "
                                            f"observation {self._last_stamp}")
 
     def _take(self, kind: str, device: str | None = None) -> dict | None:
-        if self.index >= len(self.events):
+        e = self._next_input()
+        if e is None or e["n"] != self.obs or e["type"] != kind or (
+                device is not None and e["dev"] != device):
             return None
-        e = self.events[self.index]
-        if e["n"] != self.obs or e["type"] != kind or (device is not None and e["dev"] != device):
-            return None
+        self.stream.pop(self._INPUT)
         self.index += 1
         self._now = e["at"]
         return e
+
+    def upcoming(self, count: int) -> list[dict]:
+        """The next `count` input records (for a debugger), leaving the replay where it is."""
+        state = self.stream.save()
+        found = []
+        try:
+            while len(found) < count and self.stream.peek(self._INPUT) is not None:
+                found.append(self.stream.pop(self._INPUT))
+        except StopRun:
+            pass
+        finally:
+            self.stream.restore(state)
+        return found
 
     def key(self, device: str) -> int | None:
         e = self._take("key", device)

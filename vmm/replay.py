@@ -18,12 +18,12 @@ from dataclasses import dataclass, field
 
 from .boards import BOARDS
 from .boot import BootOptions, build_boot_image, detect_protocol
-from .errors import EXIT_CODES, TraceError
+from .errors import EXIT_CODES, GuestImageError, TraceError, UsageError
 from .machine import Observer
 from .outcome import RunEnd, StopRun
 from .record import HOST_REASONS, OutputDigest
 from .script import validate_steps
-from .trace import Trace
+from .trace import CHECKPOINT, INPUT, IRQ, OUTPUT, SCREEN, ReplayStream, Trace, TraceFile
 
 
 def screen_difference(want: dict, n: int, got: list) -> str:
@@ -56,20 +56,23 @@ def _fmt(device: str, text: str, partial: bool = False) -> str:
 
 
 class ReplayVerifier(Observer):
-    """Compares a replay, as it happens, with the recording."""
+    """Compares a replay, as it happens, with the recording. The recorded outputs and
+    checkpoints come from `stream` (shared with the replay's input source: one pass over the
+    file), read as the replay reaches them."""
 
-    def __init__(self, trace: Trace):
+    def __init__(self, trace: Trace | TraceFile, stream: ReplayStream | None = None):
         self.trace = trace
-        self.expected = trace.outputs()
+        self.stream = stream if stream is not None else ReplayStream(
+            trace, (OUTPUT, SCREEN, CHECKPOINT, IRQ))
+        self.total_outputs = trace.counts["out"]
         self.position = 0
-        self.checkpoints = {c["n"]: c["regs"] for c in trace.checkpoints()}
         self.legacy_digest = legacy_digest(trace)
         self.checked = 0
         self.outputs = OutputDigest()
         self.recent: list[str] = []
-        self.screens = trace.screens()
+        self.total_screens = trace.counts.get("screen", 0)
         self.screen_position = 0
-        self.irqs = trace.interrupts()
+        self.total_irqs = trace.counts.get("irq", 0)
         self.irq_position = 0
         end = trace.end or {}
         # A recording stopped by the host between reads left a screen sampled at a moment the
@@ -77,27 +80,43 @@ class ReplayVerifier(Observer):
         self._unverified_screen_n = (end.get("n") if end.get("reason") in HOST_REASONS
                                      and not end.get("at_read") else None)
 
+    def next_expected(self) -> dict | None:
+        """The next recorded output line the replay has not printed (None: no more)."""
+        try:
+            return self.stream.peek(OUTPUT)
+        except StopRun:
+            return None
+
+    def next_screen(self) -> dict | None:
+        """The next recorded screen change the replay has not shown (None: no more)."""
+        try:
+            return self.stream.peek(SCREEN)
+        except StopRun:
+            return None
+
     def on_output(self, n: int, device: str, text: str, partial: bool) -> None:
         self.outputs.add(device, text, partial)
         self.recent = (self.recent + [_fmt(device, text, partial)])[-5:]
-        if self.position >= len(self.expected):
+        e = self.stream.peek(OUTPUT) if self.position < self.total_outputs else None
+        if e is None:
             if self.trace.truncated:
                 raise StopRun("truncated-end", "replayed the truncated trace's whole prefix")
             raise StopRun("diverged", f"at observation {n} the replayed guest printed "
                                       f"{_fmt(device, text, partial)!r}, after all the output "
                                       "the recording has")
-        e = self.expected[self.position]
         got = (n, device, text, partial)
         want = (e["n"], e["dev"], e["text"], bool(e.get("partial")))
         if got != want:
             raise StopRun("diverged", f"output differs: the recording printed "
                                       f"{_fmt(*want[1:])!r} at observation {want[0]}, the replay "
                                       f"printed {_fmt(device, text, partial)!r} at observation {n}")
+        self.stream.pop(OUTPUT)
         self.position += 1
 
     def on_screen(self, n: int, rows: list) -> None:
         got = [list(row) for row in rows]
-        if self.screen_position >= len(self.screens):
+        want = self.stream.peek(SCREEN) if self.screen_position < self.total_screens else None
+        if want is None:
             if self.trace.truncated:
                 raise StopRun("truncated-end", "replayed the truncated trace's whole prefix")
             if n == self._unverified_screen_n:
@@ -106,33 +125,47 @@ class ReplayVerifier(Observer):
             raise StopRun("diverged", f"at observation {n} the replayed guest's screen changed "
                                       f"(row {row}: {text!r}), after all the screen changes the "
                                       "recording has")
-        want = self.screens[self.screen_position]
         if want["n"] == n == self._unverified_screen_n:
+            self.stream.pop(SCREEN)
             self.screen_position += 1
             return
         if want["n"] != n or want["rows"] != got:
             raise StopRun("diverged", "the screen differs: " + screen_difference(want, n, got))
+        self.stream.pop(SCREEN)
         self.screen_position += 1
 
+    def next_interrupt(self) -> dict | None:
+        try:
+            return self.stream.peek(IRQ)
+        except StopRun:
+            return None
+
     def on_interrupt(self, n: int, at: int, vector: int, point: str) -> None:
-        if self.irq_position >= len(self.irqs):
+        want = self.stream.peek(IRQ) if self.irq_position < self.total_irqs else None
+        if want is None:
             if self.trace.truncated:
                 raise StopRun("truncated-end", "replayed the truncated trace's whole prefix")
             raise StopRun("diverged", f"at observation {n} the replay injected interrupt "
                                       f"vector {vector:#x} ({point}), after all the interrupts "
                                       "the recording has")
-        want = self.irqs[self.irq_position]
         if (want["n"], want["vector"], want["point"]) != (n, vector, point):
             raise StopRun("diverged", f"interrupts differ: the recording injected vector "
                                       f"{want['vector']:#x} at observation {want['n']} "
                                       f"({want['point']}), the replay vector {vector:#x} at "
                                       f"observation {n} ({point})")
+        self.stream.pop(IRQ)
         self.irq_position += 1
 
     def on_checkpoint(self, n: int, cpu) -> None:
-        want = self.checkpoints.get(n)
-        if want is None:
-            return
+        stream = self.stream
+        while True:                          # checkpoints before n were never reached: skipped
+            e = stream.peek(CHECKPOINT, n + 1)
+            if e is None or e["n"] > n:
+                return
+            stream.pop(CHECKPOINT)
+            if e["n"] == n:
+                break
+        want = e["regs"]
         got = cpu.digest(self.legacy_digest)
         if got != want:
             raise StopRun("diverged", f"registers differ at the checkpoint at observation {n}: "
@@ -164,7 +197,11 @@ def replay_machine_parts(trace: Trace, guest_name: str | None = None,
         raise TraceError(f"corrupt trace {trace.path}: the machine configuration is "
                          f"incomplete ({e})") from None
     if guest_bytes is None:
-        image = build_boot_image(trace.header["guest"]["name"], trace.guest_bytes, options)
+        try:
+            image = build_boot_image(trace.header["guest"]["name"], trace.guest_bytes, options)
+        except (UsageError, GuestImageError) as e:     # the trace's fault, not the user's
+            raise TraceError(f"corrupt trace {trace.path}: its machine cannot be built: {e}") \
+                from None
         if image.load_map != machine.get("load_map") or image.entry.to_dict() != machine.get("entry"):
             raise TraceError(f"{trace.path}: this vmm lays the guest out differently from the "
                              "vmm that recorded it; the trace cannot be replayed exactly")
@@ -192,15 +229,23 @@ def recorded_rtc_epoch(machine_cfg: dict) -> int:
     return epoch
 
 
-def replay_inputs_for(trace: Trace):
+def replay_streams(trace: Trace | TraceFile):
+    """The input source and the verifier of an exact replay, sharing one pass over the
+    trace's records."""
+    stream = ReplayStream(trace)
+    return replay_inputs_for(trace, stream), ReplayVerifier(trace, stream)
+
+
+def replay_inputs_for(trace: Trace | TraceFile, stream: ReplayStream | None = None):
     from .inputs import ReplayInput
+    events = stream if stream is not None else ReplayStream(trace, (INPUT,))
     end = trace.end
     if end is not None and end.get("at_read"):
         stop = StopRun(end["reason"], end.get("message") or end["reason"],
                        exit_code=end["exit_code"])
-        return ReplayInput(trace.inputs(), end["n"], stop)
-    last = max((r["n"] for r in trace.records), default=0) if trace.truncated else None
-    inputs = ReplayInput(trace.inputs(), None, None, last_stamp=last)
+        return ReplayInput(events, end["n"], stop)
+    last = trace.last_stamp if trace.truncated else None
+    inputs = ReplayInput(events, None, None, last_stamp=last)
     if end is not None:                   # where a guest waiting for an interrupt stopped
         inputs.final_stop = StopRun(end["reason"], end.get("message") or end["reason"],
                                     exit_code=end["exit_code"])
@@ -214,18 +259,18 @@ def exact_verdict(trace: Trace, verifier: ReplayVerifier, end: RunEnd, machine) 
     recorded = trace.end
     tail = [f"  last output: {line}" for line in verifier.recent]
     checked = f"{verifier.position} output lines and {verifier.checked} checkpoints"
-    if verifier.screens or verifier.irqs:
+    if verifier.total_screens or verifier.total_irqs:
         parts = [f"{verifier.position} output lines"]
-        if verifier.screens:
+        if verifier.total_screens:
             parts.append(f"{verifier.screen_position} screen changes")
-        if verifier.irqs:
+        if verifier.total_irqs:
             parts.append(f"{verifier.irq_position} interrupts")
         checked = ", ".join(parts) + f" and {verifier.checked} checkpoints"
     if end.reason == "diverged":
         return Verdict(EXIT_CODES["diverged"], [f"vmm: replay diverged: {end.message}"]
                        + ([f"  at rip={end.cpu.rip:#x}"] if end.cpu else []) + tail)
     if trace.truncated:
-        missing = len(verifier.expected) - verifier.position
+        missing = verifier.total_outputs - verifier.position
         if missing and end.reason != "truncated-end":
             return Verdict(EXIT_CODES["diverged"], [
                 f"vmm: replay diverged: the replay ended ({end.message}) before printing "
@@ -234,18 +279,20 @@ def exact_verdict(trace: Trace, verifier: ReplayVerifier, end: RunEnd, machine) 
             f"vmm: the trace is truncated (the recording was cut short); its prefix replayed "
             f"identically: {checked}, up to observation {end.observation}"])
     problems = []
-    if verifier.irq_position != len(verifier.irqs):
-        missing = verifier.irqs[verifier.irq_position]
-        problems.append(f"the replay ended before injecting interrupt vector "
-                        f"{missing['vector']:#x} (observation {missing['n']}, {missing['point']})")
-    if verifier.screen_position != len(verifier.screens):
-        missing = verifier.screens[verifier.screen_position]
-        if missing["n"] != verifier._unverified_screen_n:
+    if verifier.irq_position != verifier.total_irqs:
+        missing = verifier.next_interrupt()
+        if missing is not None:
+            problems.append(f"the replay ended before injecting interrupt vector "
+                            f"{missing['vector']:#x} (observation {missing['n']}, "
+                            f"{missing['point']})")
+    if verifier.screen_position != verifier.total_screens:
+        missing = verifier.next_screen()
+        if missing is not None and missing["n"] != verifier._unverified_screen_n:
             row, text, _ = missing["rows"][0]
             problems.append(f"the replay ended before its screen showed row {row} {text!r} "
                             f"(observation {missing['n']})")
-    if verifier.position != len(verifier.expected):
-        missing = verifier.expected[verifier.position]
+    missing = verifier.next_expected() if verifier.position != verifier.total_outputs else None
+    if missing is not None:
         problems.append(f"the replay ended before printing {_fmt(missing['dev'], missing['text'])!r} "
                         f"(observation {missing['n']})")
     host_end_outside_read = recorded["reason"] in HOST_REASONS and not recorded.get("at_read")
@@ -291,7 +338,7 @@ def redrive_script(trace: Trace) -> list[dict]:
             raise TraceError(f"corrupt trace {trace.path}: its script is malformed "
                              f"({str(e).splitlines()[0]})") from None
     steps = []
-    for e in trace.inputs():
+    for e in trace.iter_records():
         if e["type"] == "key":
             steps.append({"op": "at", "ns": e["at"]})
             steps.append({"op": "send", "data": chr(e["byte"])})
@@ -304,7 +351,7 @@ def redrive_script(trace: Trace) -> list[dict]:
 def recorded_fetches(trace: Trace) -> dict[str, list[str]]:
     """Re-drive: the recorded web-data answers, in order, per device (served without network)."""
     answers: dict[str, list[str]] = {}
-    for e in trace.inputs():
+    for e in trace.iter_records():
         if e["type"] == "fetch":
             answers.setdefault(e["dev"], []).append(e["text"])
     return answers
@@ -313,11 +360,12 @@ def recorded_fetches(trace: Trace) -> dict[str, list[str]]:
 def redrive_verdict(trace: Trace, actual: list[tuple[str, str, bool]], end: RunEnd,
                     guest_name: str) -> Verdict:
     from .screenlog import replay_rows, transcript_lines
-    expected = [_fmt(r["dev"], r["text"], bool(r.get("partial"))) for r in trace.outputs()]
+    expected = [_fmt(r["dev"], r["text"], bool(r.get("partial"))) for r in trace.iter_records()
+                if r["type"] == "out"]
     got = [_fmt(*o) for o in actual]
-    screens = trace.screens()
-    if screens or end.screen is not None:
-        expected += transcript_lines(replay_rows(screens))
+    if trace.counts.get("screen") or end.screen is not None:
+        expected += transcript_lines(replay_rows(r for r in trace.iter_records()
+                                                 if r["type"] == "screen"))
         got += transcript_lines(end.screen)
     if expected == got:
         screen = " and left the same screen" if end.screen is not None else ""

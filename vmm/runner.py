@@ -70,15 +70,18 @@ def create_backend(choice: str | None, mem_size: int, log=lambda text: None):
 
 
 class OutputCollector:
-    """A sink that keeps every output line; with a stream, also writes each line to it."""
+    """A sink that keeps every output line (unless `keep` is false: `vmm replay` keeps none, so
+    that a long replay runs in small memory); with a stream, also writes each line to it."""
 
-    def __init__(self, stream=None):
+    def __init__(self, stream=None, keep: bool = True):
         self.stream = stream
+        self.keep = keep
         self.lines: list[tuple[str, str, bool]] = []
         self._shown: dict[str, int] = {}     # per device: bytes of its unfinished line shown
 
     def __call__(self, device: str, text: str, partial: bool) -> None:
-        self.lines.append((device, text, partial))
+        if self.keep:
+            self.lines.append((device, text, partial))
         if self.stream is not None:
             shown = self._shown.pop(device, 0)
             self._write(text[shown:] + ("" if partial else "\n"))
@@ -181,6 +184,8 @@ def live_run(spec: LiveRun, *, feed=None, terminal: bool = False, sink=None,
     recorder = None
     if spec.trace_path is not None:
         from .record import TraceRecorder
+        from .trace import make_header_check        # before the file is created
+        make_header_check(image.guest_bytes, {"boot": image.options.to_dict()})
         recorder = TraceRecorder(spec.trace_path)
     config = RunConfig(timeout_ns=spec.timeout_ns, max_output=spec.max_output or None,
                        ignore_unknown_ports=spec.ignore_unknown_ports,
@@ -237,14 +242,14 @@ def replay_trace(path: str, *, guest: str | None = None, boot_override: dict | N
     ("kvm", "emu", or None/"auto": see create_backend)."""
     from .inputs import LiveInput, NullFeed, VirtualClock
     from .machine import Machine, RunConfig
-    from .replay import (ReplayVerifier, exact_verdict, recorded_fetches, recorded_rtc_epoch,
-                         redrive_script,
-                         redrive_verdict, replay_inputs_for, replay_machine_parts)
-    from .trace import read_trace
+    from .replay import (exact_verdict, recorded_fetches, recorded_rtc_epoch, redrive_script,
+                         redrive_verdict, replay_machine_parts, replay_streams)
+    from .trace import open_trace
 
-    trace = read_trace(path)
+    trace = open_trace(path)
     machine_cfg = trace.header["machine"]
-    recorded_wall = ((trace.end or {}).get("info") or {}).get("wall_ns")
+    end_info = (trace.end or {}).get("info")          # informational: free-form
+    recorded_wall = end_info.get("wall_ns") if isinstance(end_info, dict) else None
     if timeout_ns is None:
         timeout_ns = (2 * recorded_wall + 10_000_000_000 if isinstance(recorded_wall, int)
                       else 120_000_000_000)
@@ -259,8 +264,7 @@ def replay_trace(path: str, *, guest: str | None = None, boot_override: dict | N
             raise UsageError("--mode, --load and --entry apply to re-drive (--guest) only: an "
                              "exact replay boots the way the recording did")
         image, cpuid = replay_machine_parts(trace)
-        inputs = replay_inputs_for(trace)
-        observer = ReplayVerifier(trace)
+        inputs, observer = replay_streams(trace)
         every = machine_cfg.get("checkpoint_every")
         config.checkpoint_every = every if isinstance(every, int) and every > 0 else 0
     else:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections import Counter
+import json
 
 from .screenlog import replay_rows, screen_text
-from .trace import Trace
+from .trace import Trace, TraceFile
 
 
 def _seconds(ns) -> float | None:
@@ -42,12 +42,25 @@ def _boot_summary(boot):
                                if isinstance(m, dict) else m for m in boot["modules"]])
 
 
-def summarize(trace: Trace, limit: int = 40) -> dict:
+def timeline(trace: Trace | TraceFile):
+    """The trace's events but checkpoints, one at a time, as the summary shows them."""
+    for r in trace.iter_records():
+        if r["type"] != "cp":
+            yield {"n": r["n"], "at_s": _seconds(r.get("at")), "what": _describe(r)}
+
+
+def summarize(trace: Trace | TraceFile, limit: int = 40, *, with_timeline: bool = True) -> dict:
+    """The summary; its timeline holds the first `limit` events (all if limit <= 0).
+    `with_timeline=False` leaves it empty, for write_summary to stream."""
     h, end = trace.header, trace.end
-    counts = Counter(r["type"] for r in trace.records)
-    timeline = [{"n": r["n"], "at_s": _seconds(r.get("at")), "what": _describe(r)}
-                for r in trace.records if r["type"] != "cp"]
-    shown = timeline if limit <= 0 else timeline[:limit]
+    counts = trace.counts
+    events = sum(counts.values()) - counts.get("cp", 0)
+    shown = []
+    if with_timeline:
+        for entry in timeline(trace):
+            if 0 < limit <= len(shown):
+                break
+            shown.append(entry)
     machine = h["machine"]
     end_info = (end or {}).get("info")
     end_info = end_info if isinstance(end_info, dict) else {}
@@ -68,12 +81,12 @@ def summarize(trace: Trace, limit: int = 40) -> dict:
                         machine.get("cpuid"), list) else 0},
         "clock": h["clock"],
         "script_steps": len(h["script"]) if isinstance(h.get("script"), list) else None,
-        "counts": {"keys": counts["key"], "timer_firings": counts["timer"],
-                   "output_lines": counts["out"], "checkpoints": counts["cp"],
-                   "script_steps_done": counts["step"], "fetches": counts["fetch"],
-                   "screen_changes": counts["screen"]},
-        "screen": (replay_rows(trace.screens())
-                   if machine.get("board") == "pc" or counts["screen"] else None),
+        "counts": {"keys": counts.get("key", 0), "timer_firings": counts.get("timer", 0),
+                   "output_lines": counts.get("out", 0), "checkpoints": counts.get("cp", 0),
+                   "script_steps_done": counts.get("step", 0), "fetches": counts.get("fetch", 0),
+                   "screen_changes": counts.get("screen", 0)},
+        "screen": (replay_rows(r for r in trace.iter_records() if r["type"] == "screen")
+                   if machine.get("board") == "pc" or counts.get("screen") else None),
         "truncated": trace.truncated,
         "end": None if end is None else {
             "reason": end["reason"], "exit_code": end["exit_code"],
@@ -82,12 +95,52 @@ def summarize(trace: Trace, limit: int = 40) -> dict:
             "wall_time_s": _seconds(end_info.get("wall_ns")),
             "digests": {k: end.get(k) for k in ("regs", "mem", "output")}},
         "timeline": shown,
-        "timeline_omitted": len(timeline) - len(shown),
+        "timeline_omitted": events - (len(shown) if with_timeline else
+                                      events if limit <= 0 else min(limit, events)),
     }
 
 
 def _kib(mem) -> str:
     return f"{mem // 1024} KiB" if isinstance(mem, int) and not isinstance(mem, bool) else "? KiB"
+
+
+def write_summary(trace: Trace | TraceFile, limit: int, as_json: bool, out) -> None:
+    """What `vmm inspect` prints: the summary, its timeline streamed from the trace, so that
+    memory stays small however many events it has. The same text as format_summary (or
+    json.dumps(indent=2)) of summarize(trace, limit)."""
+    s = summarize(trace, limit, with_timeline=False)
+    shown = (min(limit, sum(trace.counts.values()) - trace.counts.get("cp", 0)) if limit > 0
+             else None)
+    entries = timeline(trace)
+    if shown is not None:
+        entries = (e for _, e in zip(range(shown), entries))
+    if not as_json:
+        head = format_summary(s).split("\n")
+        cut = head.index("timeline  (observation, clock time, event)") + 1
+        out.write("\n".join(head[:cut]) + "\n")
+        for e in entries:
+            out.write(_timeline_line(e) + "\n")
+        if s["timeline_omitted"]:
+            out.write(f"  ... {s['timeline_omitted']} more (--limit 0 shows all)\n")
+        return
+    out.write("{")
+    for i, (key, value) in enumerate(s.items()):
+        out.write(("," if i else "") + f"\n  {json.dumps(key)}: ")
+        if key != "timeline":
+            out.write(json.dumps(value, indent=2).replace("\n", "\n  "))
+            continue
+        first = True
+        for e in entries:
+            out.write(("[" if first else ",") + "\n    " +
+                      json.dumps(e, indent=2).replace("\n", "\n    "))
+            first = False
+        out.write("[]" if first else "\n  ]")
+    out.write("\n}\n")
+
+
+def _timeline_line(e: dict) -> str:
+    at = f"{e['at_s']:.3f}s" if e["at_s"] is not None else "      "
+    return f"  {e['n']:>8}  {at:>10}  {e['what']}"
 
 
 def format_summary(s: dict) -> str:
@@ -126,8 +179,7 @@ def format_summary(s: dict) -> str:
         lines += [f"  |{row}" for row in text.splitlines()]
     lines.append("timeline  (observation, clock time, event)")
     for e in s["timeline"]:
-        at = f"{e['at_s']:.3f}s" if e["at_s"] is not None else "      "
-        lines.append(f"  {e['n']:>8}  {at:>10}  {e['what']}")
+        lines.append(_timeline_line(e))
     if s["timeline_omitted"]:
         lines.append(f"  ... {s['timeline_omitted']} more (--limit 0 shows all)")
     return "\n".join(lines)

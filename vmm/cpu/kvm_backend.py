@@ -21,7 +21,7 @@ from . import coalesced, kvm
 from .backend import (DEBUG_STOP, HALT, INTERRUPTED, IRQ_WINDOW, SHUTDOWN, CpuBackend, CpuState,
                       DebugState, EntryState, FailEntry, InternalError, IoIn, IoOut, Mmio,
                       Segment, UnknownExit, GPR_NAMES)
-from ..errors import BackendUnavailable
+from ..errors import BackendUnavailable, TraceError
 
 _io_info = struct.Struct("<BBHIQ").unpack_from          # direction, size, port, count, data_offset
 # The hot path decodes exit_reason (offset 8) and the io member (offset 32) in one call:
@@ -30,6 +30,7 @@ _exit_io = struct.Struct("<I20xBBHIQ").unpack_from
 _mmio_info = struct.Struct("<Q8sIB").unpack_from         # phys_addr, data, len, is_write
 _u32 = struct.Struct("<I").unpack_from
 _internal_info = struct.Struct("<II").unpack_from
+KVM_MAX_CPUID_ENTRIES = 256   # KVM_SET_CPUID2 takes at most this many (E2BIG beyond)
 _HLT = 0xF4
 # MSRs a snapshot keeps (EFER is in the segment registers): SYSENTER CS/ESP/EIP, PAT, STAR,
 # LSTAR, CSTAR, SFMASK, KERNEL_GS_BASE, TSC_AUX.
@@ -92,6 +93,9 @@ class KvmBackend(CpuBackend):
         return [_entry_to_dict(e) for e in self._kvm.get_supported_cpuid()]
 
     def set_cpuid(self, entries: list[dict]) -> None:
+        if len(entries) > KVM_MAX_CPUID_ENTRIES:    # KVM_SET_CPUID2 would fail with E2BIG
+            raise TraceError(f"a CPUID table of {len(entries)} entries: KVM takes at most "
+                             f"{KVM_MAX_CPUID_ENTRIES}")
         self._vcpu.set_cpuid2([kvm.kvm_cpuid_entry2(
             e["function"], e["index"], e["flags"], e["eax"], e["ebx"], e["ecx"], e["edx"])
             for e in entries])

@@ -47,12 +47,11 @@ def replay_spec(path: str, backend: str | None, log) -> tuple[RunSpec, object]:
     """A RunSpec that builds the exact replay of `path`, as `vmm replay` does, without a
     wall-clock timeout (a debugged replay waits for the user)."""
     from ..machine import Machine, RunConfig
-    from ..replay import (ReplayVerifier, exact_verdict, recorded_rtc_epoch, replay_inputs_for,
-                          replay_machine_parts)
+    from ..replay import exact_verdict, recorded_rtc_epoch, replay_machine_parts, replay_streams
     from ..runner import create_backend
-    from ..trace import read_trace
+    from ..trace import open_trace
 
-    trace = read_trace(path)
+    trace = open_trace(path)
     image, cpuid = replay_machine_parts(trace)
     machine_cfg = trace.header["machine"]
     max_output = machine_cfg.get("max_output")
@@ -65,9 +64,9 @@ def replay_spec(path: str, backend: str | None, log) -> tuple[RunSpec, object]:
                            ignore_unknown_ports=bool(machine_cfg.get("ignore_unknown_ports")),
                            checkpoint_every=every if isinstance(every, int) and every > 0 else 0,
                            coalesce_after=None, rtc_epoch=recorded_rtc_epoch(machine_cfg))
-        verifier = ReplayVerifier(trace)
+        inputs, verifier = replay_streams(trace)
         machine = Machine(image, create_backend(backend, image.mem_size, log_once),
-                          replay_inputs_for(trace), sink, log, config, cpuid, observer=verifier)
+                          inputs, sink, log, config, cpuid, observer=verifier)
         machine.verifier = verifier
         return machine
 

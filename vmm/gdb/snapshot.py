@@ -11,8 +11,10 @@ nearest snapshot instead of from the start (DESIGN §11).
   KiB at most and usually much less.
 - Devices: `state()` / `from_state()`, the plain records every device has.
 - The input source, the machine, the replay verifier and the output sink: their plain fields
-  (numbers, strings, byte strings, lists of them), copied; the recorded events themselves are
-  shared, never copied.
+  (numbers, strings, byte strings, lists of them), copied. The recorded events are never
+  copied: the trace is read as the replay goes (vmm.trace.ReplayStream), and a snapshot keeps
+  the stream's place in the file (`save()`: an offset, a line number and the one or two records
+  read ahead), which a restore seeks back to.
 """
 
 from __future__ import annotations
@@ -77,8 +79,20 @@ class Snapshot:
     digest: object                     # the verifier's running output digest (a hash copy)
     sink: tuple
     reads: list[int]
+    streams: list = field(default_factory=list)   # the replay's trace streams' places
     size: int = field(default=0)       # bytes of page data not shared with the previous one
     screen: dict | None = None         # the machine's screen log (vmm.screenlog), if it has one
+
+
+def _streams(machine) -> list:
+    """The trace streams of a replay (input source, verifier), each once."""
+    found = []
+    for owner in (machine.inputs, getattr(machine, "verifier", None)):
+        stream = getattr(owner, "stream", None)
+        if stream is not None and hasattr(stream, "save") and \
+                all(stream is not s for s in found):
+            found.append(stream)
+    return found
 
 
 def take(execution, previous: Snapshot | None) -> Snapshot:
@@ -105,8 +119,8 @@ def take(execution, previous: Snapshot | None) -> Snapshot:
         verifier=plain_state(verifier) if verifier is not None else None,
         digest=verifier.outputs.state() if verifier is not None else None,
         sink=(execution.sink.count, list(execution.sink.lines)),
-        reads=list(execution.reads), size=fresh,
-        screen=machine.screen.state() if machine.screen is not None else None)
+        reads=list(execution.reads), streams=[s.save() for s in _streams(machine)],
+        size=fresh, screen=machine.screen.state() if machine.screen is not None else None)
 
 
 def restore(execution, snap: Snapshot) -> None:
@@ -130,6 +144,8 @@ def restore(execution, snap: Snapshot) -> None:
     if verifier is not None and snap.verifier is not None:
         restore_plain(verifier, snap.verifier)
         verifier.outputs.from_state(snap.digest)
+    for stream, state in zip(_streams(machine), snap.streams):   # after the plain fields
+        stream.restore(state)
     execution.sink.count, execution.sink.lines = snap.sink[0], list(snap.sink[1])
     execution.reads = list(snap.reads)
     if snap.screen is not None:

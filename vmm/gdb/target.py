@@ -595,10 +595,9 @@ class MachineTarget:
 
     def _m_trace(self, args) -> str:
         inputs = self.ex.machine.inputs
-        events = getattr(inputs, "events", None)
-        if events is None:
+        if not hasattr(inputs, "upcoming"):
             return "vmm: a live run has no trace: its inputs come as they happen\n"
-        upcoming = events[inputs.index:inputs.index + MONITOR_EVENTS]
+        upcoming = inputs.upcoming(MONITOR_EVENTS)
         if not upcoming:
             return "vmm: no more input events in the trace\n"
         return "".join(_event_line(e) + "\n" for e in upcoming)
