@@ -327,7 +327,8 @@ COMMANDS = {
                "41 re-driven output differs, 42 the trace is truncated and its prefix replayed "
                "identically, 14 unreadable or malformed trace, 10 bad --guest file, 12 no KVM; "
                "with --gdb: 44 gdb wrote into the replay (diverged by the debugger), 16 cannot "
-               "listen (port in use); --stop-at: 46 the run ended before observation N",
+               "listen (port in use); --stop-at: 46 the run ended before observation N; 48 this "
+               "backend cannot execute the guest (cannot run: try the other --backend)",
         formatter_class=_RawHelpFormatter)),
     "grade": (_add_grade, dict(
         help="score student guests against a rubric; reports and traces to --out",

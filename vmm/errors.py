@@ -69,6 +69,8 @@ EXIT_CODES = {
     "truncated-end": 42,   # vmm replay: a truncated trace's prefix replayed identically
     "debugger": 44,        # vmm replay --gdb: gdb wrote into the replay, which left its trace
     "stop-at-unreached": 46,  # vmm replay --stop-at N: the run ended before observation N
+    "cannot-run": 48,      # vmm replay: this backend cannot execute the guest (a KVM internal
+                           # error or emulation failure where the recording went on)
     "interrupted": 130,    # SIGINT / Ctrl-C
     "terminated": 143,     # SIGTERM
 }

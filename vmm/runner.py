@@ -234,8 +234,9 @@ def replay_trace(path: str, *, guest: str | None = None, boot_override: dict | N
     ("kvm", "emu", or None/"auto": see create_backend)."""
     from .inputs import LiveInput, NullFeed, VirtualClock
     from .machine import Machine, RunConfig
-    from .replay import (ReplayVerifier, exact_verdict, recorded_fetches, redrive_script,
-                         redrive_verdict, replay_inputs_for, replay_machine_parts)
+    from .replay import (ReplayVerifier, exact_verdict, recorded_fetches, recorded_quantum,
+                         redrive_script, redrive_verdict, replay_inputs_for,
+                         replay_machine_parts)
     from .trace import read_trace
 
     trace = read_trace(path)
@@ -270,7 +271,8 @@ def replay_trace(path: str, *, guest: str | None = None, boot_override: dict | N
         inputs = LiveInput(NullFeed(), VirtualClock(), script=redrive_script(trace),
                            max_time_ns=max_time if isinstance(max_time, int)
                            else DEFAULT_MAX_TIME_NS,
-                           fetch_answers=recorded_fetches(trace))
+                           fetch_answers=recorded_fetches(trace),
+                           quantum_ns=recorded_quantum(trace))
         observer = None
     backend = create_backend(backend, image.mem_size, log)
     try:

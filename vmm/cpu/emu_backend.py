@@ -271,6 +271,7 @@ class EmuBackend(CpuBackend):
         self._rf_set = False         # vmm has pushed RF in a fault frame (see _clear_rf)
         self._decoded: dict = {}     # (cs selector, pe, cr3, rip) -> decoded I/O instruction
         self._cs_base_cache: dict[tuple[int, int], int] = {}
+        self._cs_seen = -1           # CS selector | PE << 16 last given its accessed bit
         self._batch: list[list] = []  # coalesced OUTs: [port, size, bytearray]
         self._batch_bytes = 0
         self._coalesced: set[int] = set()
@@ -499,6 +500,11 @@ class EmuBackend(CpuBackend):
             raise GreenletExit
         if self._rf_set:
             self._clear_rf()
+        x86 = self._x86
+        seen = self._rd(x86.UC_X86_REG_CS) | (self._rd(x86.UC_X86_REG_CR0) & CR0_PE) << 16
+        if seen != self._cs_seen:
+            self._cs_seen = seen
+            self._set_accessed(CS)
         self._emulating = False
         value = self._caller.switch(exit_)
         self._emulating = True
@@ -971,7 +977,11 @@ class EmuBackend(CpuBackend):
         key = self._io_regs()                     # RIP, CS selector, CR0, CR3
         info = self._decoded.get(key)
         if info is not None:
-            return info
+            # Valid only while the code bytes are the same: a guest may rewrite them (an INSB
+            # made a REP INSB). One slice compared at the physical address they were read from.
+            physical, code = info["at"]
+            if physical is not None and self._ram[physical:physical + len(code)] == code:
+                return info
         rip, sel, cr0, cr3 = key
         cs_base, cs_flags, cr0 = self._cs(sel, cr0)
         linear = (cs_base + rip) & MASK64
@@ -1011,6 +1021,13 @@ class EmuBackend(CpuBackend):
                 "rep_ins": rep and op in (0x6C, 0x6D),
                 "length": i + (2 if op in (0xE4, 0xE5, 0xE6, 0xE7) else 1),
                 "amask": amask, "ipmask": ipmask, "linear": linear}
+        length = info["length"]
+        try:                                      # where the bytes are, if on a single page
+            physical = (self._walk(linear, False, False, set_ad=False)
+                        if (linear & 0xFFF) + length <= PAGE else None)
+        except (_Fault, _OutsideRam):
+            physical = None
+        info["at"] = (physical, bytes(code[:length]))
         if len(self._decoded) > 4096:
             self._decoded.clear()
         self._decoded[key] = info
@@ -1158,6 +1175,35 @@ class EmuBackend(CpuBackend):
         address = table[1] + index
         raw = self._read_linear(address, 8)
         return _U32.unpack_from(raw, 0)[0], _U32.unpack_from(raw, 4)[0], address, 0
+
+    def _set_accessed(self, *segments: int) -> None:
+        """Set the accessed bit of the GDT/LDT descriptors that `segments` (ES..GS) were loaded
+        from, as the CPU does when it loads a selector. QEMU's TCG does so for data segments
+        and SS (helper_load_seg), not for CS on a far jump, call, return or IRET; vmm does it
+        for CS when it sees a new CS at an exit (and for what its own deliveries load), which
+        covers every CS that a guest runs in up to an exit or the end of the run."""
+        if not self._rd(self._x86.UC_X86_REG_CR0) & CR0_PE or \
+                self._rd(self._x86.UC_X86_REG_RFLAGS) & RFLAGS_VM:
+            return
+        buf = self._save()
+        lay = self._layout
+        for seg in segments:
+            selector = _SEG.unpack_from(buf, lay.segs + 24 * seg)[0]
+            if selector & ~3 == 0:
+                continue                         # the null selector: nothing was loaded
+            table = _SEG.unpack_from(buf, lay.ldt if selector & 4 else lay.gdt)
+            index = selector & ~7
+            if index + 7 > table[2]:
+                continue
+            address = (table[1] + index + 5) & MASK64      # the access byte
+            access = self._peek_linear(address, 1)
+            # A code or data descriptor (S set), present, not yet accessed.
+            if not access or access[0] & 0x91 != 0x90:
+                continue
+            try:
+                self._write_linear(address, bytes([access[0] | 1]))
+            except (_Fault, _OutsideRam):
+                pass
 
     # --- events vmm carries out: exceptions, interrupts, SYSCALL/SYSENTER ------------------------
     def _exception(self, vector: int, error_code: int, software: bool):
@@ -1335,7 +1381,8 @@ class EmuBackend(CpuBackend):
             raise _Fault(TS, (tr[0] & 0xFFFC) | ext)
         return int.from_bytes(self._read_linear(tr[1] + offset, size), "little")
 
-    def _finish_delivery(self, *, rip: int, rsp: int, rflags: int, cs, ss, cpl: int) -> None:
+    def _finish_delivery(self, *, rip: int, rsp: int, rflags: int, cs, ss, cpl: int,
+                         loaded: bool = True) -> None:
         x86 = self._x86
         lay = self._layout
         buf = self._save()
@@ -1351,6 +1398,8 @@ class EmuBackend(CpuBackend):
         self._wr(x86.UC_X86_REG_RIP, rip)
         self._wr(x86.UC_X86_REG_RSP, rsp)
         self._wr(x86.UC_X86_REG_RFLAGS, rflags)
+        if loaded:                               # from descriptors (not SYSCALL/SYSENTER)
+            self._set_accessed(CS, SS) if ss is not None else self._set_accessed(CS)
 
     def _syscall(self, kind: str) -> None:
         """SYSCALL / SYSENTER as the CPU does them (QEMU's helper_syscall/helper_sysenter, which
@@ -1391,7 +1440,8 @@ class EmuBackend(CpuBackend):
             ss = ((sysenter_cs + 8) & 0xFFFC, 0, 0xFFFFFFFF, data)
             rsp = self._rdmsr(MSR_SYSENTER_ESP)
             target = self._rdmsr(MSR_SYSENTER_EIP)
-        self._finish_delivery(rip=target, rsp=rsp, rflags=new_flags, cs=cs, ss=ss, cpl=0)
+        self._finish_delivery(rip=target, rsp=rsp, rflags=new_flags, cs=cs, ss=ss, cpl=0,
+                              loaded=False)
 
     # --- coalesced output ------------------------------------------------------------------------
     def register_coalesced_pio(self, port: int, size: int = 1) -> bool:
@@ -1410,6 +1460,7 @@ class EmuBackend(CpuBackend):
 
     # --- inspection ------------------------------------------------------------------------------
     def memory_digest(self) -> str:
+        self._set_accessed(CS)                   # a CS loaded since the last exit
         from .kvm_backend import _resident_pages
         from ..trace import memory_digest
         return memory_digest(self.memory, _resident_pages(self._ram))

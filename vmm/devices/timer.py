@@ -49,6 +49,7 @@ class IntervalTimer(Device):
 
     def _arm(self) -> None:
         self.deadline = self._inputs.now() + self.period_ms * NS_PER_MS if self.period_ms else None
+        self._inputs.rescheduled()
 
     def _poll(self) -> None:
         if self.deadline is None or not self.enabled:
