@@ -248,6 +248,10 @@ class EmuBackend(CpuBackend):
         self._io_ids = (ctypes.c_int * 4)(x86.UC_X86_REG_RIP, x86.UC_X86_REG_CS,
                                           x86.UC_X86_REG_CR0, x86.UC_X86_REG_CR3)
         self._io_vals = (ctypes.c_uint64 * 4)()
+        self._cs_ids = (ctypes.c_int * 2)(x86.UC_X86_REG_CS, x86.UC_X86_REG_CR0)
+        self._cs_vals = (ctypes.c_uint64 * 2)()
+        self._cs_ptrs = (ctypes.c_void_p * 2)(
+            *[ctypes.addressof(self._cs_vals) + 8 * i for i in range(2)])
         self._io_ptrs = (ctypes.c_void_p * 4)(
             *[ctypes.addressof(self._io_vals) + 8 * i for i in range(4)])
         self._cpuid: dict[tuple[int, int], tuple[int, int, int, int]] = {}
@@ -368,7 +372,10 @@ class EmuBackend(CpuBackend):
         self._events += 1
         if self._in_rest:                      # the rest of a string IN's chunk
             return self._in_rest.popleft()
-        info = self._decode_io()
+        info = self._decode_io()                  # reads RIP, CS, CR0, CR3 into _io_vals
+        io = self._io_vals
+        if io[1] | (io[2] & CR0_PE) << 16 != self._cs_seen:
+            self._note_cs(io[1], io[2])
         rep_ins = info is not None and info["rep_ins"]
         count = self._string_in_count(info, size) if rep_ins else 1
         self._exit_info = info
@@ -405,6 +412,7 @@ class EmuBackend(CpuBackend):
             return
         self._exit_info = ("out", size)       # decoded lazily, if a report needs registers
         self._ins_continues = None
+        self._note_cs()
         self._suspend(IoOut(port, size, data))
         self._exit_info = None
 
@@ -500,16 +508,23 @@ class EmuBackend(CpuBackend):
             raise GreenletExit
         if self._rf_set:
             self._clear_rf()
-        x86 = self._x86
-        seen = self._rd(x86.UC_X86_REG_CS) | (self._rd(x86.UC_X86_REG_CR0) & CR0_PE) << 16
-        if seen != self._cs_seen:
-            self._cs_seen = seen
-            self._set_accessed(CS)
+        if exit_.__class__ is not IoIn and exit_.__class__ is not IoOut:
+            self._note_cs()                      # (the I/O hooks note it themselves, cheaper)
         self._emulating = False
         value = self._caller.switch(exit_)
         self._emulating = True
         self._activity += 1
         return value
+
+    def _note_cs(self, sel: int | None = None, cr0: int | None = None) -> None:
+        """At an exit: a CS not seen at the previous one gets its descriptor's accessed bit."""
+        if sel is None:
+            self._raw.uc_reg_read_batch(self._uch_p, self._cs_ids, self._cs_ptrs, 2)
+            sel, cr0 = self._cs_vals
+        seen = sel | (cr0 & CR0_PE) << 16
+        if seen != self._cs_seen:
+            self._cs_seen = seen
+            self._set_accessed(CS)
 
     def _clear_rf(self) -> None:
         """RF, which a fault's frame carries and IRET restores, is cleared by the CPU once the
