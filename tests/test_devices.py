@@ -71,9 +71,6 @@ class FakeInput:
     def now(self) -> int:
         return self.clock
 
-    def rescheduled(self) -> None:
-        self.rescheduled_count = getattr(self, "rescheduled_count", 0) + 1
-
     def count(self, name: str) -> int:
         return sum(1 for call in self.calls if call[0] == name)
 

@@ -57,8 +57,7 @@ def test_a_rearmed_timer_is_seen_by_the_next_observation():
     inputs.deadline_sources.append(lambda now: deadline[0] if deadline[0] and deadline[0] > now
                                    else None)
     inputs.observe()                                     # horizon: nothing scheduled
-    deadline[0] = 15_000
-    inputs.rescheduled()                                 # what IntervalTimer._arm calls
+    deadline[0] = inputs.now() + 5_000                   # what IntervalTimer._arm does
     inputs.observe()
     assert inputs.now() == 15_000
 

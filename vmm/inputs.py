@@ -134,8 +134,6 @@ class InputSource:
     def observe(self) -> None:
         self.obs += 1
 
-    def rescheduled(self) -> None:
-        """A device's next event time changed (the timer was armed)."""
 
     def wait_key(self, device: str) -> int:
         """A read that waits for input (COM1's RBR): idle points until a byte arrives."""
@@ -217,10 +215,11 @@ class LiveInput(InputSource):
                              self.max_time_ns) if t is not None and t > now]
         return min(times) if times else 1 << 62
 
-    def rescheduled(self) -> None:
-        self._horizon = -1
 
     def now(self) -> int:
+        # A device asks the time only to schedule an event from it (the timer, when armed): the
+        # next observation looks at the schedule afresh.
+        self._horizon = -1
         return self.clock.now()
 
     def _queue(self, data: bytes, now: int) -> None:

@@ -248,10 +248,6 @@ class EmuBackend(CpuBackend):
         self._io_ids = (ctypes.c_int * 4)(x86.UC_X86_REG_RIP, x86.UC_X86_REG_CS,
                                           x86.UC_X86_REG_CR0, x86.UC_X86_REG_CR3)
         self._io_vals = (ctypes.c_uint64 * 4)()
-        self._cs_ids = (ctypes.c_int * 2)(x86.UC_X86_REG_CS, x86.UC_X86_REG_CR0)
-        self._cs_vals = (ctypes.c_uint64 * 2)()
-        self._cs_ptrs = (ctypes.c_void_p * 2)(
-            *[ctypes.addressof(self._cs_vals) + 8 * i for i in range(2)])
         self._io_ptrs = (ctypes.c_void_p * 4)(
             *[ctypes.addressof(self._io_vals) + 8 * i for i in range(4)])
         self._cpuid: dict[tuple[int, int], tuple[int, int, int, int]] = {}
@@ -275,7 +271,7 @@ class EmuBackend(CpuBackend):
         self._rf_set = False         # vmm has pushed RF in a fault frame (see _clear_rf)
         self._decoded: dict = {}     # (cs selector, pe, cr3, rip) -> decoded I/O instruction
         self._cs_base_cache: dict[tuple[int, int], int] = {}
-        self._cs_seen = -1           # CS selector | PE << 16 last given its accessed bit
+        self._cs_seen = -1           # the CS selector last given its accessed bit
         self._batch: list[list] = []  # coalesced OUTs: [port, size, bytearray]
         self._batch_bytes = 0
         self._coalesced: set[int] = set()
@@ -373,9 +369,9 @@ class EmuBackend(CpuBackend):
         if self._in_rest:                      # the rest of a string IN's chunk
             return self._in_rest.popleft()
         info = self._decode_io()                  # reads RIP, CS, CR0, CR3 into _io_vals
-        io = self._io_vals
-        if io[1] | (io[2] & CR0_PE) << 16 != self._cs_seen:
-            self._note_cs(io[1], io[2])
+        sel = self._io_vals[1]
+        if sel != self._cs_seen:
+            self._note_cs(sel)
         rep_ins = info is not None and info["rep_ins"]
         count = self._string_in_count(info, size) if rep_ins else 1
         self._exit_info = info
@@ -516,14 +512,14 @@ class EmuBackend(CpuBackend):
         self._activity += 1
         return value
 
-    def _note_cs(self, sel: int | None = None, cr0: int | None = None) -> None:
-        """At an exit: a CS not seen at the previous one gets its descriptor's accessed bit."""
+    def _note_cs(self, sel: int | None = None) -> None:
+        """At an exit: a CS selector not seen at the previous one gets its descriptor's
+        accessed bit (one register read; a real-mode CS that enters protected mode with the
+        same selector value is not seen: real-mode code at CS 0x08 is rare)."""
         if sel is None:
-            self._raw.uc_reg_read_batch(self._uch_p, self._cs_ids, self._cs_ptrs, 2)
-            sel, cr0 = self._cs_vals
-        seen = sel | (cr0 & CR0_PE) << 16
-        if seen != self._cs_seen:
-            self._cs_seen = seen
+            sel = self._rd(self._x86.UC_X86_REG_CS)
+        if sel != self._cs_seen:
+            self._cs_seen = sel
             self._set_accessed(CS)
 
     def _clear_rf(self) -> None:
@@ -745,7 +741,7 @@ class EmuBackend(CpuBackend):
         vmm keeps beside it (the RDTSC event count, a string IN's pending elements)."""
         return {"context": bytes(self._save()), "events": self._events,
                 "in_rest": list(self._in_rest), "ins_continues": self._ins_continues,
-                "rf_set": self._rf_set, "steps": self.debug.steps}
+                "rf_set": self._rf_set, "steps": self.debug.steps, "cs_seen": self._cs_seen}
 
     def debug_restore(self, saved: dict) -> None:
         """Load what debug_save() returned, before this backend has run (memory is the
@@ -755,6 +751,7 @@ class EmuBackend(CpuBackend):
         self._events = saved["events"]
         self._in_rest = deque(saved["in_rest"])
         self._ins_continues, self._rf_set = saved["ins_continues"], saved["rf_set"]
+        self._cs_seen = saved.get("cs_seen", -1)
         self.debug.steps = saved["steps"]
         self._dbg_in_insn = False
         self._uc.ctl_flush_tb()

@@ -49,7 +49,6 @@ class IntervalTimer(Device):
 
     def _arm(self) -> None:
         self.deadline = self._inputs.now() + self.period_ms * NS_PER_MS if self.period_ms else None
-        self._inputs.rescheduled()
 
     def _poll(self) -> None:
         if self.deadline is None or not self.enabled:
