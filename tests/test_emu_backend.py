@@ -156,6 +156,19 @@ CASES = {
                                   " rep insw\n mov $7, %ecx\n mov $0x200ff0, %esi\n"
                                   " rep outsl\n hlt"),
     "real-ud": ("real", "ud2"),
+    # A REP INSW whose chunk ends beyond ES's limit: KVM reads the chunk, then raises #GP with
+    # nothing stored (issue 12: the backends must agree).
+    "real-ins-past-segment": ("real", "mov $0x2000, %ax\n mov %ax, %es\n mov $0x44, %dx\n"
+                                      " mov $0xfffd, %di\n mov $3, %cx\n rep insw\n hlt"),
+    "real-insb-to-segment-end": ("real", "mov $0x2000, %ax\n mov %ax, %es\n mov $0x44, %dx\n"
+                                         " mov $0xfff0, %di\n mov $16, %cx\n rep insb\n"
+                                         " mov $0xffff, %di\n mov $1, %cx\n rep insb\n hlt"),
+    "pm-ins-past-es-limit": ("protected", "lgdt gdtr\n mov $0x18, %ax\n mov %ax, %es\n"
+                                          " mov $0x44, %dx\n mov $0xfe, %edi\n mov $4, %ecx\n"
+                                          " rep insb\n hlt\n"
+                                          " .p2align 3\n gdt: .quad 0, 0x00cf9b000000ffff,"
+                                          " 0x00cf93000000ffff, 0x00409300000000ff\n"
+                                          " gdtr: .word 31\n .long gdt"),
     "real-de": ("real", "xor %cx, %cx\n div %cx"),
     "real-bios-int": ("real", "mov $0x0e, %ah\n int $0x10"),
     "pm-ud": ("protected", "ud2"),

@@ -374,11 +374,21 @@ class EmuBackend(CpuBackend):
             self._note_cs(sel)
         rep_ins = info is not None and info["rep_ins"]
         count = self._string_in_count(info, size) if rep_ins else 1
+        fault = self._ins_beyond_limit(info, size, count) if info is not None and \
+            info["string"] and info["in"] else None
         self._exit_info = info
         exit_ = self._io_in
         exit_.port, exit_.size, exit_.count = port, size, count
         data = self._suspend(exit_)
         self._exit_info = None
+        if fault is not None:
+            # KVM reads the chunk from the port (the exit above), then finds its destination
+            # beyond ES's limit: #GP, with no element stored and the registers as they were.
+            self._stop = ("ins-fault",) + fault
+            self._emu_stop()
+            self._in_rest.clear()
+            self._ins_continues = None
+            return 0
         if rep_ins:
             rcx = self._rd(self._x86.UC_X86_REG_RCX) & info["amask"]
             self._ins_continues = info["linear"] if rcx > count else None
@@ -615,6 +625,19 @@ class EmuBackend(CpuBackend):
                     if end is not None:
                         while True:
                             self._suspend(end)
+            elif kind == "ins-fault":
+                _, context, linear, stored = cause
+                self._ctx_buf[:] = context           # back to the INS, as it was
+                self._restore()
+                if stored:
+                    try:
+                        self._write_linear(linear, stored)   # undo the one element stored
+                    except (_Fault, _OutsideRam):
+                        pass
+                end = self._exception(GP, 0, False)
+                if end is not None:
+                    while True:
+                        self._suspend(end)
             elif kind == "mmio":
                 _, address, is_write, size, data, snapshot = cause
                 if snapshot is not None:
@@ -1044,6 +1067,27 @@ class EmuBackend(CpuBackend):
             self._decoded.clear()
         self._decoded[key] = info
         return info
+
+    def _ins_beyond_limit(self, info: dict, size: int, count: int):
+        """An INS chunk whose destination lies beyond ES's limit (outside 64-bit mode, for an
+        expand-up segment): (saved context, linear address, the bytes there) to undo the store
+        Unicorn makes before the #GP is delivered; None if the chunk is within the limit."""
+        x86 = self._x86
+        if self._rdmsr(MSR_EFER) & EFER_LMA and info["amask"] == MASK64:
+            return None
+        buf = self._save()
+        _, base, limit, flags = _SEG.unpack_from(buf, self._layout.segs + 24 * ES)
+        if flags & (0x4 << DESC_TYPE_SHIFT) and flags & DESC_S and not flags & DESC_CS:
+            return None                          # expand-down: rare, not checked
+        offset = self._rd(x86.UC_X86_REG_RDI) & info["amask"]
+        if self._rd(x86.UC_X86_REG_RFLAGS) & RFLAGS_DF:
+            low = offset - (count - 1) * size
+        else:
+            low = offset
+        if low >= 0 and low + count * size - 1 <= limit:
+            return None
+        linear = (base + offset) & MASK64
+        return bytes(buf), linear, self._peek_linear(linear, size) or b""
 
     def _string_in_count(self, info: dict, size: int) -> int:
         """Elements of a REP INS served by one exit, as KVM's emulator reads ahead
