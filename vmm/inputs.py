@@ -15,7 +15,8 @@ stamped with the observation counter (DESIGN §3) by a recording and served agai
 The run loop calls `observe()` once per IN instruction: that is the observation counter.
 
 `LiveInput` answers from the host — a terminal, a pipe, or a script — and a clock (`RealClock`:
-the host's monotonic clock; `VirtualClock`: time moves only at idle points). With a `record`
+the host's monotonic clock; `VirtualClock`: time jumps at idle points and passes by a quantum
+per other observation, QUANTUM_NS). With a `record`
 callback it reports every answer it gives as a trace event. `ReplayInput` answers only from a
 trace's events and never touches a terminal, a clock or the network. Web data is fetched by
 the `fetcher` LiveInput is given (vmm.web.Fetcher, the only code that uses the network), or
@@ -37,9 +38,10 @@ INTERRUPT_KEY = 0x03     # Ctrl-C on a raw terminal: ends the run as interrupted
 REAL_IDLE_NAP_NS = 10_000_000   # longest nap at an idle point under the real clock
 BLOCKING_POLL_S = 0.05          # how often a blocking wait for input checks for a stop
 # Virtual clock: guest time that passes with every observation (DESIGN §10, docs/scripts.md
-# "Clocks"): a deterministic "time passes with work" rule, so that every run that does I/O
-# reaches --max-time. It never carries time past a scheduled event (a timer deadline, a
-# scripted step): time stops at the event, which a later read sees at its exact time.
+# "The two clocks"): a deterministic "time passes with work" rule, so that every run that does
+# I/O reaches --max-time. It never carries time past a scheduled event (a timer deadline, a
+# scripted step): time stops at the event, which a later read sees at its exact time. The read
+# right after an idle point that moved the clock is not charged (it happens at that moment).
 QUANTUM_NS = 10_000
 MAX_QUANTUM_NS = 1_000_000_000  # the largest quantum a trace may ask for
 # Virtual clock: an idle end ("the guest waits for input and nothing more is scheduled") needs
@@ -134,7 +136,6 @@ class InputSource:
     def observe(self) -> None:
         self.obs += 1
 
-
     def wait_key(self, device: str) -> int:
         """A read that waits for input (COM1's RBR): idle points until a byte arrives."""
         while True:
@@ -214,7 +215,6 @@ class LiveInput(InputSource):
                              self.script.next_time() if self.script is not None else None,
                              self.max_time_ns) if t is not None and t > now]
         return min(times) if times else 1 << 62
-
 
     def now(self) -> int:
         # A device asks the time only to schedule an event from it (the timer, when armed): the
