@@ -248,6 +248,7 @@ class EmuBackend(CpuBackend):
         self._io_ids = (ctypes.c_int * 4)(x86.UC_X86_REG_RIP, x86.UC_X86_REG_CS,
                                           x86.UC_X86_REG_CR0, x86.UC_X86_REG_CR3)
         self._io_vals = (ctypes.c_uint64 * 4)()
+        self._cs_id = x86.UC_X86_REG_CS
         self._io_ptrs = (ctypes.c_void_p * 4)(
             *[ctypes.addressof(self._io_vals) + 8 * i for i in range(4)])
         self._cpuid: dict[tuple[int, int], tuple[int, int, int, int]] = {}
@@ -418,7 +419,9 @@ class EmuBackend(CpuBackend):
             return
         self._exit_info = ("out", size)       # decoded lazily, if a report needs registers
         self._ins_continues = None
-        self._note_cs()
+        self._raw.uc_reg_read(self._uch_p, self._cs_id, self._reg_ref)   # _note_cs, inlined
+        if self._reg.value != self._cs_seen:
+            self._note_cs(self._reg.value)
         self._suspend(IoOut(port, size, data))
         self._exit_info = None
 
