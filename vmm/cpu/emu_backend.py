@@ -375,13 +375,25 @@ class EmuBackend(CpuBackend):
             self._note_cs(sel)
         rep_ins = info is not None and info["rep_ins"]
         count = self._string_in_count(info, size) if rep_ins else 1
-        fault = self._ins_beyond_limit(info, size, count) if info is not None and \
-            info["string"] and info["in"] else None
+        string_in = info is not None and info["string"] and info["in"]
+        fault = self._ins_beyond_limit(info, size, count) if string_in else None
+        places = self._ins_places(info, size, count) if string_in and fault is None else None
+        if places is not None:
+            context = bytes(self._save())        # the INS, before this chunk
         self._exit_info = info
         exit_ = self._io_in
         exit_.port, exit_.size, exit_.count = port, size, count
         data = self._suspend(exit_)
         self._exit_info = None
+        if places is not None:
+            # The chunk's destination leaves RAM: as KVM does, store what lands in RAM and
+            # report the first write outside it (after the one element Unicorn stores now).
+            self._stop = ("ins-mmio", context, info, size, places,
+                          (bytes(data or b"") + b"\xff" * (size * count))[:size * count])
+            self._emu_stop()
+            self._in_rest.clear()
+            self._ins_continues = None
+            return 0
         if fault is not None:
             # KVM reads the chunk from the port (the exit above), then finds its destination
             # beyond ES's limit: #GP, with no element stored and the registers as they were.
@@ -641,11 +653,22 @@ class EmuBackend(CpuBackend):
                 if end is not None:
                     while True:
                         self._suspend(end)
+            elif kind == "ins-mmio":
+                _, context, info, size, places, data = cause
+                self._ctx_buf[:] = context
+                self._restore()
+                self._suspend(self._ins_to_mmio(info, size, places, data))
             elif kind == "mmio":
                 _, address, is_write, size, data, snapshot = cause
                 if snapshot is not None:
                     self._ctx_buf[:] = snapshot
                     self._restore()
+                    info = self._decode_io()
+                    if info is not None and info["string"] and info["in"]:
+                        # Unicorn's INS probes its destination before the IN; KVM reads the
+                        # chunk from the port first (an exit), then writes outside RAM.
+                        self._suspend(self._ins_exit_then_mmio(info))
+                        continue
                     self._step_over_write()
                 self._suspend(Mmio(address, is_write, size, data))
             elif kind == "fetch":
@@ -655,6 +678,20 @@ class EmuBackend(CpuBackend):
             else:
                 self._suspend(EmulatorError(3, (cause[1],), f"emulator error: unexpected CPU "
                                             f"event {cause[1]:#x}"))
+
+    def _ins_exit_then_mmio(self, info: dict) -> Mmio:
+        """An INS whose first element lies outside RAM: the chunk's IN exit, then the write."""
+        size = info["width"]
+        count = self._string_in_count(info, size) if info["rep_ins"] else 1
+        places = self._ins_places(info, size, count)
+        port = self._rd(self._x86.UC_X86_REG_RDX) & 0xFFFF
+        self._exit_info = info
+        data = self._suspend(IoIn(port, size, count))
+        self._exit_info = None
+        data = (bytes(data or b"") + b"\xff" * (size * count))[:size * count]
+        if places is None:                       # (cannot be: its first element is outside)
+            return Mmio(len(self._ram), True, min(8, size * count), data[:8])
+        return self._ins_to_mmio(info, size, places, data)
 
     def _step_over_write(self) -> None:
         """KVM reports a write outside RAM with RIP past the writing instruction: move RIP on
@@ -1029,7 +1066,7 @@ class EmuBackend(CpuBackend):
         efer_lma = bool(self._rdmsr(MSR_EFER) & EFER_LMA)
         cs64 = efer_lma and bool(cs_flags & DESC_L)
         cs32 = cs64 or bool(cs_flags & DESC_B) and bool(cr0 & CR0_PE)
-        rep = asize = False
+        rep = asize = osize = False
         i = 0
         while i < 15:
             b = code[i]
@@ -1037,6 +1074,8 @@ class EmuBackend(CpuBackend):
                 rep = True
             elif b == 0x67:
                 asize = True
+            elif b == 0x66:
+                osize = True
             elif b in _PREFIXES or (cs64 and 0x40 <= b <= 0x4F):
                 pass
             else:
@@ -1058,7 +1097,9 @@ class EmuBackend(CpuBackend):
                 "string": op in (0x6C, 0x6D, 0x6E, 0x6F), "rep": rep,
                 "rep_ins": rep and op in (0x6C, 0x6D),
                 "length": i + (2 if op in (0xE4, 0xE5, 0xE6, 0xE7) else 1),
-                "amask": amask, "ipmask": ipmask, "linear": linear}
+                "amask": amask, "ipmask": ipmask, "linear": linear,
+                # the element size of a string IN/OUT: 1, or 2/4 by the operand size
+                "width": 1 if op in (0x6C, 0x6E) else 2 if osize != (not cs32) else 4}
         length = info["length"]
         try:                                      # where the bytes are, if on a single page
             physical = (self._walk(linear, False, False, set_ad=False)
@@ -1091,6 +1132,45 @@ class EmuBackend(CpuBackend):
             return None
         linear = (base + offset) & MASK64
         return bytes(buf), linear, self._peek_linear(linear, size) or b""
+
+    def _ins_places(self, info: dict, size: int, count: int):
+        """The physical address of each element of an INS chunk, if one lies outside RAM (else
+        None, and also where the guest's paging faults on the way: Unicorn raises that)."""
+        x86 = self._x86
+        base = _SEG.unpack_from(self._save(), self._layout.segs + 24 * ES)[1]
+        offset = self._rd(x86.UC_X86_REG_RDI) & info["amask"]
+        step = -size if self._rd(x86.UC_X86_REG_RFLAGS) & RFLAGS_DF else size
+        ram = len(self._ram)
+        places, outside = [], False
+        try:
+            for i in range(count):
+                physical = self._walk((base + ((offset + i * step) & info["amask"])) & MASK64,
+                                      True, False, set_ad=False)
+                places.append(physical)
+                outside = outside or physical + size > ram
+        except _Fault:
+            return None
+        return places if outside else None
+
+    def _ins_to_mmio(self, info: dict, size: int, places: list[int], data: bytes) -> Mmio:
+        """Finish an INS chunk that leaves RAM as KVM's emulator does: the elements up to the
+        first outside RAM are stored, RCX and RDI move past the whole chunk, RIP stays at the
+        instruction, and the exit is the write outside RAM (at most 8 bytes of it)."""
+        x86 = self._x86
+        ram = len(self._ram)
+        first = next(i for i, p in enumerate(places) if p + size > ram)
+        for i in range(first):
+            self._write_physical(places[i], data[i * size:(i + 1) * size])
+        count, amask = len(places), info["amask"]
+        step = -size if self._rd(x86.UC_X86_REG_RFLAGS) & RFLAGS_DF else size
+        for reg, delta in ((x86.UC_X86_REG_RCX, -count if info["rep"] else 0),
+                           (x86.UC_X86_REG_RDI, count * step)):
+            value = self._rd(reg)
+            self._wr(reg, (value & ~amask) | ((value + delta) & amask))
+        rest = data[first * size:]
+        address = max(places[first], ram) if places[first] < ram else places[first]
+        rest = rest[address - places[first]:]
+        return Mmio(address, True, min(8, len(rest)), rest[:8])
 
     def _string_in_count(self, info: dict, size: int) -> int:
         """Elements of a REP INS served by one exit, as KVM's emulator reads ahead
