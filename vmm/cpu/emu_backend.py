@@ -249,6 +249,12 @@ class EmuBackend(CpuBackend):
                                           x86.UC_X86_REG_CR0, x86.UC_X86_REG_CR3)
         self._io_vals = (ctypes.c_uint64 * 4)()
         self._cs_id = x86.UC_X86_REG_CS
+        self._ins_ids = (ctypes.c_int * 3)(x86.UC_X86_REG_RDI, x86.UC_X86_REG_RFLAGS,
+                                           x86.UC_X86_REG_ES)
+        self._ins_vals = (ctypes.c_uint64 * 3)()
+        self._ins_ptrs = (ctypes.c_void_p * 3)(
+            *[ctypes.addressof(self._ins_vals) + 8 * i for i in range(3)])
+        self._es_cache: dict[tuple[int, int], tuple[int, int, int]] = {}
         self._io_ptrs = (ctypes.c_void_p * 4)(
             *[ctypes.addressof(self._io_vals) + 8 * i for i in range(4)])
         self._cpuid: dict[tuple[int, int], tuple[int, int, int, int]] = {}
@@ -375,9 +381,9 @@ class EmuBackend(CpuBackend):
             self._note_cs(sel)
         rep_ins = info is not None and info["rep_ins"]
         count = self._string_in_count(info, size) if rep_ins else 1
-        string_in = info is not None and info["string"] and info["in"]
-        fault = self._ins_beyond_limit(info, size, count) if string_in else None
-        places = self._ins_places(info, size, count) if string_in and fault is None else None
+        fault = places = None
+        if info is not None and info["string"] and info["in"]:
+            fault, places = self._ins_check(info, size, count)
         if places is not None:
             context = bytes(self._save())        # the INS, before this chunk
         self._exit_info = info
@@ -683,7 +689,7 @@ class EmuBackend(CpuBackend):
         """An INS whose first element lies outside RAM: the chunk's IN exit, then the write."""
         size = info["width"]
         count = self._string_in_count(info, size) if info["rep_ins"] else 1
-        places = self._ins_places(info, size, count)
+        places = self._ins_check(info, size, count)[1]
         port = self._rd(self._x86.UC_X86_REG_RDX) & 0xFFFF
         self._exit_info = info
         data = self._suspend(IoIn(port, size, count))
@@ -919,6 +925,7 @@ class EmuBackend(CpuBackend):
         self._set_hflags(buf, cpl=state.ss.dpl if state.mode != "real" else 0)
         self._restore()
         self._cs_base_cache.clear()
+        self._es_cache.clear()
         self._decoded.clear()
         self._wr(x86.UC_X86_REG_RIP, state.rip)
         self._wr(x86.UC_X86_REG_RSP, state.rsp)
@@ -1097,7 +1104,7 @@ class EmuBackend(CpuBackend):
                 "string": op in (0x6C, 0x6D, 0x6E, 0x6F), "rep": rep,
                 "rep_ins": rep and op in (0x6C, 0x6D),
                 "length": i + (2 if op in (0xE4, 0xE5, 0xE6, 0xE7) else 1),
-                "amask": amask, "ipmask": ipmask, "linear": linear,
+                "amask": amask, "ipmask": ipmask, "linear": linear, "cs64": cs64,
                 # the element size of a string IN/OUT: 1, or 2/4 by the operand size
                 "width": 1 if op in (0x6C, 0x6E) else 2 if osize != (not cs32) else 4}
         length = info["length"]
@@ -1112,45 +1119,55 @@ class EmuBackend(CpuBackend):
         self._decoded[key] = info
         return info
 
-    def _ins_beyond_limit(self, info: dict, size: int, count: int):
-        """An INS chunk whose destination lies beyond ES's limit (outside 64-bit mode, for an
-        expand-up segment): (saved context, linear address, the bytes there) to undo the store
-        Unicorn makes before the #GP is delivered; None if the chunk is within the limit."""
-        x86 = self._x86
-        if self._rdmsr(MSR_EFER) & EFER_LMA and info["amask"] == MASK64:
-            return None
-        buf = self._save()
-        _, base, limit, flags = _SEG.unpack_from(buf, self._layout.segs + 24 * ES)
-        if flags & (0x4 << DESC_TYPE_SHIFT) and flags & DESC_S and not flags & DESC_CS:
-            return None                          # expand-down: rare, not checked
-        offset = self._rd(x86.UC_X86_REG_RDI) & info["amask"]
-        if self._rd(x86.UC_X86_REG_RFLAGS) & RFLAGS_DF:
-            low = offset - (count - 1) * size
-        else:
-            low = offset
-        if low >= 0 and low + count * size - 1 <= limit:
-            return None
-        linear = (base + offset) & MASK64
-        return bytes(buf), linear, self._peek_linear(linear, size) or b""
-
-    def _ins_places(self, info: dict, size: int, count: int):
-        """The physical address of each element of an INS chunk, if one lies outside RAM (else
-        None, and also where the guest's paging faults on the way: Unicorn raises that)."""
-        x86 = self._x86
-        base = _SEG.unpack_from(self._save(), self._layout.segs + 24 * ES)[1]
-        offset = self._rd(x86.UC_X86_REG_RDI) & info["amask"]
-        step = -size if self._rd(x86.UC_X86_REG_RFLAGS) & RFLAGS_DF else size
+    def _ins_check(self, info: dict, size: int, count: int):
+        """Where an INS chunk's destination goes, before its exit: (fault, None) if it lies
+        beyond ES's limit (outside 64-bit mode, an expand-up segment), fault being (the saved
+        context, the linear address, the bytes there) to undo the store Unicorn makes before
+        the #GP is delivered; (None, places) if part of it lies outside RAM, places being each
+        element's physical address; (None, None) otherwise. One context read and a walk per
+        page the chunk touches: the common case, all in RAM, stays cheap."""
+        self._raw.uc_reg_read_batch(self._uch_p, self._ins_ids, self._ins_ptrs, 3)
+        rdi, rflags, es = self._ins_vals
+        cr0 = self._io_vals[2]                   # read by _decode_io for this instruction
+        key = (es, cr0 & CR0_PE)
+        seg = self._es_cache.get(key)
+        if seg is None:                          # cached per selector, as CS's base is
+            seg = self._es_cache[key] = _SEG.unpack_from(
+                self._save(), self._layout.segs + 24 * ES)[1:]
+        base, limit, flags = seg
+        amask = info["amask"]
+        offset = rdi & amask
+        step = -size if rflags & RFLAGS_DF else size
+        low = offset - (count - 1) * size if step < 0 else offset
+        high = low + count * size - 1
+        expand_down = flags & DESC_S and not flags & DESC_CS and flags & (0x4 << DESC_TYPE_SHIFT)
+        if not info["cs64"] and not expand_down and (low < 0 or high > limit):
+            linear = (base + offset) & MASK64
+            return (bytes(self._save()), linear, self._peek_linear(linear, size) or b""), None
         ram = len(self._ram)
-        places, outside = [], False
+        if not cr0 & CR0_PG and 0 <= low and high <= amask and base + high < ram:
+            return None, None                    # no paging, all in RAM: the common case
+        if 0 <= low and high <= amask:           # one stretch of linear addresses
+            try:
+                first, last = base + low, base + high
+                page = first & ~0xFFF
+                while page <= last:
+                    start, end = max(page, first), min(page | 0xFFF, last)
+                    if self._walk(start & MASK64, True, False, set_ad=False) + end - start >= ram:
+                        break                    # this page's part reaches outside RAM
+                    page += PAGE
+                else:
+                    return None, None
+            except (_Fault, _OutsideRam):
+                return None, None                # Unicorn raises the page fault
+        places = []
         try:
             for i in range(count):
-                physical = self._walk((base + ((offset + i * step) & info["amask"])) & MASK64,
-                                      True, False, set_ad=False)
-                places.append(physical)
-                outside = outside or physical + size > ram
-        except _Fault:
-            return None
-        return places if outside else None
+                places.append(self._walk((base + ((offset + i * step) & amask)) & MASK64,
+                                         True, False, set_ad=False))
+        except (_Fault, _OutsideRam):
+            return None, None
+        return None, (places if any(p + size > ram for p in places) else None)
 
     def _ins_to_mmio(self, info: dict, size: int, places: list[int], data: bytes) -> Mmio:
         """Finish an INS chunk that leaves RAM as KVM's emulator does: the elements up to the
@@ -1533,6 +1550,7 @@ class EmuBackend(CpuBackend):
         self._set_hflags(buf, cpl)
         self._restore()
         self._cs_base_cache.clear()
+        self._es_cache.clear()
         self._decoded.clear()
         self._wr(x86.UC_X86_REG_RIP, rip)
         self._wr(x86.UC_X86_REG_RSP, rsp)
