@@ -103,8 +103,10 @@ class _SessionInput(LiveInput):
     clock moves on only up to the budget of the current test call, then control returns."""
 
     def __init__(self, session: "GuestSession", max_time_ns: int, recorder, fetcher):
+        # No quantum per observation: a session's guest time moves by the test's budget at
+        # idle points (and the trace says so: machine.quantum_ns is 0).
         super().__init__(NullFeed(), VirtualClock(), max_time_ns=max_time_ns, record=recorder,
-                         fetcher=fetcher)
+                         fetcher=fetcher, quantum_ns=0)
         self._session = session
 
     def observe(self) -> None:

@@ -167,7 +167,7 @@ def test_run_help_lists_every_exit_status_a_run_can_end_with(vmm):
     from vmm.errors import EXIT_CODES
     text = vmm("run", "--help").stdout
     replay_only = {"diverged", "redrive-differs", "truncated-end", "debugger",
-                   "stop-at-unreached"}
+                   "stop-at-unreached", "cannot-run"}
     for reason, code in EXIT_CODES.items():
         if reason not in replay_only:
             assert f" {code} " in text.replace("\n", " "), (reason, code)

@@ -139,8 +139,8 @@ def add_machine_options(p: argparse.ArgumentParser) -> None:
     r.add_argument("--timeout", type=_positive_duration, metavar="DURATION",
                    help="stop the run after this much wall-clock time, e.g. 10s, 500ms, 2m")
     r.add_argument("--max-output", type=_size, default="10M", metavar="SIZE",
-                   help="stop the run when the guest has printed more than this (default 10M; "
-                        "0 = no limit)")
+                   help="stop the run when the guest has printed more than this, bytes the "
+                        "devices drop included (default 10M; 0 = no limit)")
     r.add_argument("--ignore-unknown-ports", action="store_true",
                    help="log accesses to ports no device owns and go on (IN reads all ones) "
                         "instead of stopping the run")
@@ -153,8 +153,9 @@ def add_clock_options(p: argparse.ArgumentParser) -> None:
                         "implies --clock virtual")
     g.add_argument("--clock", choices=("real", "virtual"),
                    help="real: timers follow the host clock (default); virtual: guest time "
-                        "stands still while it computes and jumps at idle points (default with "
-                        "--script; piped stdin then gives one byte per idle point)")
+                        "stands still while it computes, jumps at idle points and passes 10us "
+                        "per other read (default with --script; piped stdin then gives one "
+                        "byte per idle point; docs/scripts.md)")
     g.add_argument("--max-time", type=_positive_duration, metavar="DURATION",
                    help="virtual clock: stop when guest time passes this (default 60s)")
     g.add_argument("--local-echo", action="store_true",
@@ -359,7 +360,8 @@ COMMANDS = {
                "41 re-driven output differs, 42 the trace is truncated and its prefix replayed "
                "identically, 14 unreadable or malformed trace, 10 bad --guest file, 12 no KVM; "
                "with --gdb: 44 gdb wrote into the replay (diverged by the debugger), 16 cannot "
-               "listen (port in use); --stop-at: 46 the run ended before observation N",
+               "listen (port in use); --stop-at: 46 the run ended before observation N; 48 this "
+               "backend cannot execute the guest (cannot run: try the other --backend)",
         formatter_class=_RawHelpFormatter)),
     "grade": (_add_grade, dict(
         help="score student guests against a rubric; reports and traces to --out",

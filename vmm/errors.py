@@ -72,6 +72,8 @@ EXIT_CODES = {
     "truncated-end": 42,   # vmm replay: a truncated trace's prefix replayed identically
     "debugger": 44,        # vmm replay --gdb: gdb wrote into the replay, which left its trace
     "stop-at-unreached": 46,  # vmm replay --stop-at N: the run ended before observation N
+    "cannot-run": 48,      # vmm replay: this backend cannot execute the guest (a KVM internal
+                           # error or emulation failure where the recording went on)
     "reset": 52,           # the guest reset the machine: 8042 command 0xfe (or another pulse of
                            # output line 0), 8042 output port bit 0 cleared (0xd1), or port
                            # 0x92's fast reset (bit 0 going 0 -> 1); vmm ends the run there, as

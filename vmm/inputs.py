@@ -15,7 +15,8 @@ stamped with the observation counter (DESIGN §3) by a recording and served agai
 The run loop calls `observe()` once per IN instruction: that is the observation counter.
 
 `LiveInput` answers from the host — a terminal, a pipe, or a script — and a clock (`RealClock`:
-the host's monotonic clock; `VirtualClock`: time moves only at idle points). With a `record`
+the host's monotonic clock; `VirtualClock`: time jumps at idle points and passes by a quantum
+per other observation, QUANTUM_NS). With a `record`
 callback it reports every answer it gives as a trace event. `ReplayInput` answers only from a
 trace's events and never touches a terminal, a clock or the network. Web data is fetched by
 the `fetcher` LiveInput is given (vmm.web.Fetcher, the only code that uses the network), or
@@ -36,6 +37,16 @@ QUIT_KEY = 0x1D          # Ctrl-]: ends a run on a terminal (as in telnet)
 INTERRUPT_KEY = 0x03     # Ctrl-C on a raw terminal: ends the run as interrupted
 REAL_IDLE_NAP_NS = 10_000_000   # longest nap at an idle point under the real clock
 BLOCKING_POLL_S = 0.05          # how often a blocking wait for input checks for a stop
+# Virtual clock: guest time that passes with every observation (DESIGN §10, docs/scripts.md
+# "The two clocks"): a deterministic "time passes with work" rule, so that every run that does
+# I/O reaches --max-time. It never carries time past a scheduled event (a timer deadline, a
+# scripted step): time stops at the event, which a later read sees at its exact time. The read
+# right after an idle point that moved the clock is not charged (it happens at that moment).
+QUANTUM_NS = 10_000
+MAX_QUANTUM_NS = 1_000_000_000  # the largest quantum a trace may ask for
+# Virtual clock: an idle end ("the guest waits for input and nothing more is scheduled") needs
+# this many idle points in a row, with no other read and no output between them.
+IDLE_CONFIRM = 64
 
 
 # --- host feeds: where live input bytes come from ---------------------------------------------
@@ -119,6 +130,7 @@ class InputSource:
         self.stop_check = lambda: None
         self.unfinished = lambda: ""  # the output devices' unfinished lines, joined
         self.on_idle = lambda: None  # the machine shows unfinished lines when the guest waits
+        self.output_progress = lambda: 0   # bytes the guest has written to output devices
         self.idle_points = 0
 
     def observe(self) -> None:
@@ -168,7 +180,8 @@ class InputSource:
 class LiveInput(InputSource):
     def __init__(self, feed, clock, *, script: list[dict] | None = None,
                  max_time_ns: int | None = None, record=None, fetcher=None,
-                 fetch_answers: dict[str, list[str]] | None = None):
+                 fetch_answers: dict[str, list[str]] | None = None,
+                 quantum_ns: int = QUANTUM_NS):
         super().__init__()
         self.fetcher = fetcher                # vmm.web.Fetcher, or None: no web data
         self.fetch_answers = ({dev: deque(texts) for dev, texts in fetch_answers.items()}
@@ -185,8 +198,47 @@ class LiveInput(InputSource):
         self.script = ScriptRunner(script, self._queue) if script is not None else None
         self.timer_firings = 0                # every firing of the guest's timer (wait N ticks)
         self._time_told = 0                   # the guest time devices last told the guest
+        self.quantum_ns = quantum_ns          # guest time per observation (virtual clock)
+        self._horizon = -1                    # virtual clock: no event before this (-1: ask)
+        self._idle_streak = 0                 # idle points in a row with nothing scheduled
+        self._idle_mark = None                # (observation, output progress) at the last one
+        self._idle_obs = -1                   # the last idle point that moved the clock
+        if self.virtual and quantum_ns > 0 and type(self).observe is InputSource.observe:
+            self.observe = self._observe_virtual
+
+    def _observe_virtual(self) -> None:
+        """An observation under the virtual clock: the quantum of guest time passes for the
+        work since the previous one, up to the next scheduled event at most — unless the
+        previous one was an idle point that moved the clock on to the next event."""
+        after_idle = self._idle_obs == self.obs
+        self.obs += 1
+        if after_idle:
+            return
+        clock = self.clock
+        t = clock._now + self.quantum_ns
+        if t >= self._horizon:
+            horizon = self._next_horizon(clock._now)
+            if t >= horizon:
+                t = horizon
+                self._horizon = -1            # at the event: look again from there
+            else:
+                self._horizon = horizon
+        if self.max_time_ns is not None and t > self.max_time_ns:
+            raise StopRun("max-time", f"guest time reached --max-time "
+                                      f"({self.max_time_ns / 1e9:g}s)")
+        clock._now = t
+
+    def _next_horizon(self, now: int) -> int:
+        """The earliest of the next scheduled event after `now` and --max-time."""
+        times = [t for t in (self.next_event_after(now),
+                             self.script.next_time() if self.script is not None else None,
+                             self.max_time_ns) if t is not None and t > now]
+        return min(times) if times else 1 << 62
 
     def now(self) -> int:
+        # A device asks the time only to schedule an event from it (the timer, when armed): the
+        # next observation looks at the schedule afresh.
+        self._horizon = -1
         return self.clock.now()
 
     def device_time(self) -> int:
@@ -234,6 +286,7 @@ class LiveInput(InputSource):
             self._advance_script(idle=False)
 
     def _advance_script(self, idle: bool) -> None:
+        self._horizon = -1                    # a step done may schedule the next one
         failure = self.script.advance(self.clock.now(), idle=idle)
         if failure is not None:
             raise StopRun("expect-failed", failure)
@@ -316,15 +369,32 @@ class LiveInput(InputSource):
         times = [t for t in (self.next_event_after(now),
                              self.script.next_time() if self.script else None) if t is not None]
         if not times:
-            raise StopRun("idle", "the guest waits for input and nothing more is scheduled")
+            if self._truly_waits():
+                raise StopRun("idle", "the guest waits for input and nothing more is scheduled")
+            return                            # time passes by the quantum meanwhile
+        self._idle_mark = None
         t = min(times)
         if self.max_time_ns is not None and t > self.max_time_ns:
             self.clock.advance_to(self.max_time_ns)
             raise StopRun("max-time", f"guest time reached --max-time "
                                       f"({self.max_time_ns / 1e9:g}s)")
         self.clock.advance_to(t)
+        self._idle_obs = self.obs             # the next read happens at this moment
         if self.script is not None:
             self._advance_script(idle=False)
+
+    def _truly_waits(self) -> bool:
+        """Whether the guest truly waits: IDLE_CONFIRM idle points in a row with nothing
+        scheduled, with no read other than them and no output in between (a guest printing
+        between polls, or reading another device, is busy)."""
+        mark = (self.obs, self.output_progress())
+        last = self._idle_mark
+        if last is not None and mark[1] == last[1] and mark[0] - last[0] in (0, 1):
+            self._idle_streak += 1
+        else:
+            self._idle_streak = 1
+        self._idle_mark = mark
+        return self._idle_streak >= IDLE_CONFIRM
 
     def _release_host_byte(self) -> bool:
         """Virtual clock: piped or typed input is released one byte per idle point. Waiting for

@@ -47,6 +47,7 @@ SPIN_CPU_S = 0.02             # CPU time the guest must have had between two spi
 UNKNOWN_PORT_LOG_LIMIT = 10   # --ignore-unknown-ports: log this many, then only count
 STOP_GRACE_S = 0.25           # a host-side stop waits this long for the next read boundary
 NO_CHECKPOINT = -1
+KVM_INTERNAL_ERROR_EMULATION = 1   # an internal error's suberror: KVM could not emulate
 _SIZE_MASK = {1: 0xFF, 2: 0xFFFF, 4: 0xFFFFFFFF}   # an IN's value, cut to its size
 
 
@@ -166,6 +167,15 @@ class Machine:
         self.inputs.on_output(device, text, partial)
         if self._coalesce_at is not None and self.output_bytes >= self._coalesce_at:
             self._start_coalescing()
+        self._check_output_bound()
+
+    def _dropped(self, device: str) -> None:
+        """A byte an output device dropped (not printable): it counts toward --max-output, so
+        that a flood of them ends like any other."""
+        self.output_bytes += 1
+        self._check_output_bound()
+
+    def _check_output_bound(self) -> None:
         limit = self.config.max_output
         if limit is not None and self.output_bytes > limit - COALESCE_MARGIN:
             if self.coalesced_ports:
@@ -231,6 +241,9 @@ class Machine:
         """Run until the guest or the host ends the run. With signals=False, no signal handlers
         or interval timer are installed (an embedding caller such as harness.session runs its
         own watchdog)."""
+        for device in self._line_devices:
+            device.on_drop = self._dropped
+        self.inputs.output_progress = self._output_progress
         with _Watchdog(self) if signals else contextlib.nullcontext():
             try:
                 self.inputs.start()
@@ -243,6 +256,10 @@ class Machine:
                                                        f"device (port 0xf4): exit status {code}",
                                         exit_code=code))
         return end
+
+    def _output_progress(self) -> int:
+        """Bytes written to the output devices so far, dropped ones included."""
+        return sum(device.bytes_written for device in self._line_devices)
 
     def _end(self, stop: StopRun) -> RunEnd:
         at_read, self._in_read = self._in_read, False
@@ -475,12 +492,29 @@ class Machine:
         if isinstance(exit_, InternalError):
             if getattr(exit_, "message", None):      # the emulator says what it was
                 raise StopRun("kvm-error", exit_.message)
+            if exit_.suberror == KVM_INTERNAL_ERROR_EMULATION:
+                self._cannot_emulate(exit_)
             raise StopRun("kvm-error", f"KVM internal error (suberror {exit_.suberror}, data "
                                        f"{' '.join(hex(d) for d in exit_.data)}); often a guest "
                                        "instruction KVM cannot emulate")
         if isinstance(exit_, UnknownExit):
             raise StopRun("kvm-error", f"unexpected KVM exit reason {exit_.reason}")
         raise StopRun("kvm-error", f"unexpected exit {type(exit_).__name__}")
+
+    def _cannot_emulate(self, exit_) -> None:
+        """KVM stopped at an instruction it could not emulate (a nested software hypervisor
+        cannot do SSE or RDRAND in ring 0, say): name it, and the backend that can."""
+        from .cpu.insn import describe
+        try:
+            cpu = self.backend.cpu_state()
+            what = describe(self.backend.memory, cpu)
+        except OSError:
+            return
+        if what is None:
+            return
+        raise StopRun("kvm-error", f"KVM cannot execute the instruction at rip={cpu.rip:#x}: "
+                                   f"{what}; this host's KVM does not emulate it (internal error, "
+                                   f"suberror {exit_.suberror}): run with --backend emu")
 
     def _unknown_port(self, port: int, size: int, direction: str, data: bytes | None) -> None:
         self.unknown_ports += 1

@@ -72,6 +72,7 @@ def machine_config(machine, boot_options: dict, cpuid: list[dict], clock: str,
         "ignore_unknown_ports": config.ignore_unknown_ports,
         "checkpoint_every": config.checkpoint_every,
         "max_time_ns": max_time_ns,
+        "quantum_ns": getattr(machine.inputs, "quantum_ns", 0),
         **({"rtc_epoch": config.rtc_epoch} if machine.board.name == "pc" else {}),
         **({"feeds": feeds} if feeds is not None else {}),
     }

@@ -80,6 +80,26 @@ class ReplayVerifier(Observer):
         self._unverified_screen_n = (end.get("n") if end.get("reason") in HOST_REASONS
                                      and not end.get("at_read") else None)
 
+        # A recording the host stopped while the guest computed (--timeout, a signal) ends at
+        # observation `n` with the lines then unfinished flushed as partial ones: the replay
+        # stops at the same point, the output it has printed there (see on_output).
+        end = trace.end
+        self.host_stop = (StopRun(end["reason"], end.get("message") or end["reason"],
+                                  exit_code=end["exit_code"])
+                          if end is not None and end["reason"] in HOST_REASONS
+                          and not end.get("at_read") else None)
+        self.stop_n = end["n"] if self.host_stop is not None else None
+        self.stopped = False
+        # The recording ended where its backend could not execute the guest (a KVM internal
+        # error): a replay on a backend that can goes on from there.
+        self.recorded_cannot_run = end is not None and end["reason"] == "kvm-error"
+
+
+    def _stop_here(self, n: int) -> bool:
+        """A host-stopped recording: all its output has been printed, at its last observation."""
+        return self.host_stop is not None and n == self.stop_n \
+            and self.position == self.total_outputs
+
     def next_expected(self) -> dict | None:
         """The next recorded output line the replay has not printed (None: no more)."""
         try:
@@ -95,10 +115,18 @@ class ReplayVerifier(Observer):
             return None
 
     def on_output(self, n: int, device: str, text: str, partial: bool) -> None:
-        self.outputs.add(device, text, partial)
+        if self.stopped:
+            return                  # the lines the stop itself flushes, past the recording's end
+        if self.position >= self.total_outputs and self._stop_here(n):
+            self.stopped = True
+            raise self.host_stop
         self.recent = (self.recent + [_fmt(device, text, partial)])[-5:]
         e = self.stream.peek(OUTPUT) if self.position < self.total_outputs else None
         if e is None:
+            self.outputs.add(device, text, partial)
+            if self.recorded_cannot_run:
+                raise StopRun("cannot-run", f"the replay goes on past observation {n}, where "
+                                            "the recording's backend could not")
             if self.trace.truncated:
                 raise StopRun("truncated-end", "replayed the truncated trace's whole prefix")
             raise StopRun("diverged", f"at observation {n} the replayed guest printed "
@@ -106,12 +134,27 @@ class ReplayVerifier(Observer):
                                       "the recording has")
         got = (n, device, text, partial)
         want = (e["n"], e["dev"], e["text"], bool(e.get("partial")))
+        if self.host_stop is not None and want[3] and got[:2] == want[:2] \
+                and text.startswith(want[2]) and want[0] == self.stop_n:
+            # The line the stop cut short (the stop flushes the unfinished lines, stamped at
+            # its observation): the replay finishes it; up to the cut it is the same.
+            self.outputs.add(device, want[2], True)
+            self.stream.pop(OUTPUT)
+            self.position += 1
+            if self._stop_here(n):
+                self.stopped = True
+                raise self.host_stop
+            return
+        self.outputs.add(device, text, partial)
         if got != want:
             raise StopRun("diverged", f"output differs: the recording printed "
                                       f"{_fmt(*want[1:])!r} at observation {want[0]}, the replay "
                                       f"printed {_fmt(device, text, partial)!r} at observation {n}")
         self.stream.pop(OUTPUT)
         self.position += 1
+        if self._stop_here(n):
+            self.stopped = True
+            raise self.host_stop
 
     def on_screen(self, n: int, rows: list) -> None:
         got = [list(row) for row in rows]
@@ -244,6 +287,11 @@ def replay_inputs_for(trace: Trace | TraceFile, stream: ReplayStream | None = No
         stop = StopRun(end["reason"], end.get("message") or end["reason"],
                        exit_code=end["exit_code"])
         return ReplayInput(events, end["n"], stop)
+    if end is not None and end["reason"] in HOST_REASONS:
+        # Stopped by the host between reads: the next read is past the recording.
+        stop = StopRun(end["reason"], end.get("message") or end["reason"],
+                       exit_code=end["exit_code"])
+        return ReplayInput(events, end["n"] + 1, stop)
     last = trace.last_stamp if trace.truncated else None
     inputs = ReplayInput(events, None, None, last_stamp=last)
     if end is not None:                   # where a guest waiting for an interrupt stopped
@@ -269,6 +317,23 @@ def exact_verdict(trace: Trace, verifier: ReplayVerifier, end: RunEnd, machine) 
     if end.reason == "diverged":
         return Verdict(EXIT_CODES["diverged"], [f"vmm: replay diverged: {end.message}"]
                        + ([f"  at rip={end.cpu.rip:#x}"] if end.cpu else []) + tail)
+    recorded_on = ((recorded or {}).get("info") or {}).get("backend")
+    recorded_on = f" (on {recorded_on})" if isinstance(recorded_on, str) else ""
+    if end.reason == "kvm-error" and (recorded is None or recorded["reason"] != "kvm-error"):
+        # The backend stopped at an instruction it cannot execute, where the recording went on:
+        # not a divergence of the guest, a limit of this backend.
+        return Verdict(EXIT_CODES["cannot-run"], [
+            f"vmm: cannot run: this backend cannot execute the guest at observation "
+            f"{end.observation}, where the recording{recorded_on} went on: {end.message}",
+            f"  replayed identically up to there: {checked}"] + tail)
+    if recorded is not None and recorded["reason"] == "kvm-error" and end.reason != "kvm-error" \
+            and verifier.position == verifier.total_outputs:
+        # The other way round: the recording's backend could not go on, this one can.
+        return Verdict(EXIT_CODES["cannot-run"], [
+            f"vmm: cannot run: the recording{recorded_on} ended where its backend could not "
+            f"execute the guest ({recorded['message']}); this backend can, and the replay went "
+            f"on ({end.message}): record it on this backend instead",
+            f"  replayed identically up to there: {checked}"] + tail)
     if trace.truncated:
         missing = verifier.total_outputs - verifier.position
         if missing and end.reason != "truncated-end":
@@ -346,6 +411,17 @@ def redrive_script(trace: Trace) -> list[dict]:
     if isinstance(end_at, int):
         steps.append({"op": "at", "ns": end_at})     # run on until the recording's end time
     return steps
+
+
+def recorded_quantum(trace: Trace) -> int:
+    """The virtual clock's quantum per observation the recording ran with (machine.quantum_ns;
+    a trace from before it existed has none: 0, time moved only at idle points)."""
+    from .inputs import MAX_QUANTUM_NS
+    value = trace.header["machine"].get("quantum_ns", 0)
+    if type(value) is not int or not 0 <= value <= MAX_QUANTUM_NS:
+        raise TraceError(f"corrupt trace {trace.path}: machine.quantum_ns must be an integer "
+                         f"from 0 to {MAX_QUANTUM_NS}, not {value!r}")
+    return value
 
 
 def recorded_fetches(trace: Trace) -> dict[str, list[str]]:

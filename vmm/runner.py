@@ -242,8 +242,8 @@ def replay_trace(path: str, *, guest: str | None = None, boot_override: dict | N
     ("kvm", "emu", or None/"auto": see create_backend)."""
     from .inputs import LiveInput, NullFeed, VirtualClock
     from .machine import Machine, RunConfig
-    from .replay import (exact_verdict, recorded_fetches, recorded_rtc_epoch, redrive_script,
-                         redrive_verdict, replay_machine_parts, replay_streams)
+    from .replay import (exact_verdict, recorded_fetches, recorded_quantum, recorded_rtc_epoch,
+                         redrive_script, redrive_verdict, replay_machine_parts, replay_streams)
     from .trace import open_trace
 
     trace = open_trace(path)
@@ -279,7 +279,8 @@ def replay_trace(path: str, *, guest: str | None = None, boot_override: dict | N
         inputs = LiveInput(NullFeed(), VirtualClock(), script=redrive_script(trace),
                            max_time_ns=max_time if isinstance(max_time, int)
                            else DEFAULT_MAX_TIME_NS,
-                           fetch_answers=recorded_fetches(trace))
+                           fetch_answers=recorded_fetches(trace),
+                           quantum_ns=recorded_quantum(trace))
         observer = None
     backend = create_backend(backend, image.mem_size, log)
     try:

@@ -248,6 +248,13 @@ class EmuBackend(CpuBackend):
         self._io_ids = (ctypes.c_int * 4)(x86.UC_X86_REG_RIP, x86.UC_X86_REG_CS,
                                           x86.UC_X86_REG_CR0, x86.UC_X86_REG_CR3)
         self._io_vals = (ctypes.c_uint64 * 4)()
+        self._cs_id = x86.UC_X86_REG_CS
+        self._ins_ids = (ctypes.c_int * 3)(x86.UC_X86_REG_RDI, x86.UC_X86_REG_RFLAGS,
+                                           x86.UC_X86_REG_ES)
+        self._ins_vals = (ctypes.c_uint64 * 3)()
+        self._ins_ptrs = (ctypes.c_void_p * 3)(
+            *[ctypes.addressof(self._ins_vals) + 8 * i for i in range(3)])
+        self._es_cache: dict[tuple[int, int], tuple[int, int, int]] = {}
         self._io_ptrs = (ctypes.c_void_p * 4)(
             *[ctypes.addressof(self._io_vals) + 8 * i for i in range(4)])
         self._cpuid: dict[tuple[int, int], tuple[int, int, int, int]] = {}
@@ -271,6 +278,7 @@ class EmuBackend(CpuBackend):
         self._rf_set = False         # vmm has pushed RF in a fault frame (see _clear_rf)
         self._decoded: dict = {}     # (cs selector, pe, cr3, rip) -> decoded I/O instruction
         self._cs_base_cache: dict[tuple[int, int], int] = {}
+        self._cs_seen = -1           # the CS selector last given its accessed bit
         self._batch: list[list] = []  # coalesced OUTs: [port, size, bytearray]
         self._batch_bytes = 0
         self._coalesced: set[int] = set()
@@ -367,14 +375,39 @@ class EmuBackend(CpuBackend):
         self._events += 1
         if self._in_rest:                      # the rest of a string IN's chunk
             return self._in_rest.popleft()
-        info = self._decode_io()
+        info = self._decode_io()                  # reads RIP, CS, CR0, CR3 into _io_vals
+        sel = self._io_vals[1]
+        if sel != self._cs_seen:
+            self._note_cs(sel)
         rep_ins = info is not None and info["rep_ins"]
         count = self._string_in_count(info, size) if rep_ins else 1
+        fault = places = None
+        if info is not None and info["string"] and info["in"]:
+            fault, places = self._ins_check(info, size, count)
+        if places is not None:
+            context = bytes(self._save())        # the INS, before this chunk
         self._exit_info = info
         exit_ = self._io_in
         exit_.port, exit_.size, exit_.count = port, size, count
         data = self._suspend(exit_)
         self._exit_info = None
+        if places is not None:
+            # The chunk's destination leaves RAM: as KVM does, store what lands in RAM and
+            # report the first write outside it (after the one element Unicorn stores now).
+            self._stop = ("ins-mmio", context, info, size, places,
+                          (bytes(data or b"") + b"\xff" * (size * count))[:size * count])
+            self._emu_stop()
+            self._in_rest.clear()
+            self._ins_continues = None
+            return 0
+        if fault is not None:
+            # KVM reads the chunk from the port (the exit above), then finds its destination
+            # beyond ES's limit: #GP, with no element stored and the registers as they were.
+            self._stop = ("ins-fault",) + fault
+            self._emu_stop()
+            self._in_rest.clear()
+            self._ins_continues = None
+            return 0
         if rep_ins:
             rcx = self._rd(self._x86.UC_X86_REG_RCX) & info["amask"]
             self._ins_continues = info["linear"] if rcx > count else None
@@ -404,6 +437,9 @@ class EmuBackend(CpuBackend):
             return
         self._exit_info = ("out", size)       # decoded lazily, if a report needs registers
         self._ins_continues = None
+        self._raw.uc_reg_read(self._uch_p, self._cs_id, self._reg_ref)   # _note_cs, inlined
+        if self._reg.value != self._cs_seen:
+            self._note_cs(self._reg.value)
         self._suspend(IoOut(port, size, data))
         self._exit_info = None
 
@@ -499,11 +535,23 @@ class EmuBackend(CpuBackend):
             raise GreenletExit
         if self._rf_set:
             self._clear_rf()
+        if exit_.__class__ is not IoIn and exit_.__class__ is not IoOut:
+            self._note_cs()                      # (the I/O hooks note it themselves, cheaper)
         self._emulating = False
         value = self._caller.switch(exit_)
         self._emulating = True
         self._activity += 1
         return value
+
+    def _note_cs(self, sel: int | None = None) -> None:
+        """At an exit: a CS selector not seen at the previous one gets its descriptor's
+        accessed bit (one register read; a real-mode CS that enters protected mode with the
+        same selector value is not seen: real-mode code at CS 0x08 is rare)."""
+        if sel is None:
+            sel = self._rd(self._x86.UC_X86_REG_CS)
+        if sel != self._cs_seen:
+            self._cs_seen = sel
+            self._set_accessed(CS)
 
     def _clear_rf(self) -> None:
         """RF, which a fault's frame carries and IRET restores, is cleared by the CPU once the
@@ -598,11 +646,35 @@ class EmuBackend(CpuBackend):
                     if end is not None:
                         while True:
                             self._suspend(end)
+            elif kind == "ins-fault":
+                _, context, linear, stored = cause
+                self._ctx_buf[:] = context           # back to the INS, as it was
+                self._restore()
+                if stored:
+                    try:
+                        self._write_linear(linear, stored)   # undo the one element stored
+                    except (_Fault, _OutsideRam):
+                        pass
+                end = self._exception(GP, 0, False)
+                if end is not None:
+                    while True:
+                        self._suspend(end)
+            elif kind == "ins-mmio":
+                _, context, info, size, places, data = cause
+                self._ctx_buf[:] = context
+                self._restore()
+                self._suspend(self._ins_to_mmio(info, size, places, data))
             elif kind == "mmio":
                 _, address, is_write, size, data, snapshot = cause
                 if snapshot is not None:
                     self._ctx_buf[:] = snapshot
                     self._restore()
+                    info = self._decode_io()
+                    if info is not None and info["string"] and info["in"]:
+                        # Unicorn's INS probes its destination before the IN; KVM reads the
+                        # chunk from the port first (an exit), then writes outside RAM.
+                        self._suspend(self._ins_exit_then_mmio(info))
+                        continue
                     self._step_over_write()
                 self._suspend(Mmio(address, is_write, size, data))
             elif kind == "fetch":
@@ -612,6 +684,20 @@ class EmuBackend(CpuBackend):
             else:
                 self._suspend(EmulatorError(3, (cause[1],), f"emulator error: unexpected CPU "
                                             f"event {cause[1]:#x}"))
+
+    def _ins_exit_then_mmio(self, info: dict) -> Mmio:
+        """An INS whose first element lies outside RAM: the chunk's IN exit, then the write."""
+        size = info["width"]
+        count = self._string_in_count(info, size) if info["rep_ins"] else 1
+        places = self._ins_check(info, size, count)[1]
+        port = self._rd(self._x86.UC_X86_REG_RDX) & 0xFFFF
+        self._exit_info = info
+        data = self._suspend(IoIn(port, size, count))
+        self._exit_info = None
+        data = (bytes(data or b"") + b"\xff" * (size * count))[:size * count]
+        if places is None:                       # (cannot be: its first element is outside)
+            return Mmio(len(self._ram), True, min(8, size * count), data[:8])
+        return self._ins_to_mmio(info, size, places, data)
 
     def _step_over_write(self) -> None:
         """KVM reports a write outside RAM with RIP past the writing instruction: move RIP on
@@ -724,7 +810,7 @@ class EmuBackend(CpuBackend):
         vmm keeps beside it (the RDTSC event count, a string IN's pending elements)."""
         return {"context": bytes(self._save()), "events": self._events,
                 "in_rest": list(self._in_rest), "ins_continues": self._ins_continues,
-                "rf_set": self._rf_set, "steps": self.debug.steps}
+                "rf_set": self._rf_set, "steps": self.debug.steps, "cs_seen": self._cs_seen}
 
     def debug_restore(self, saved: dict) -> None:
         """Load what debug_save() returned, before this backend has run (memory is the
@@ -734,6 +820,7 @@ class EmuBackend(CpuBackend):
         self._events = saved["events"]
         self._in_rest = deque(saved["in_rest"])
         self._ins_continues, self._rf_set = saved["ins_continues"], saved["rf_set"]
+        self._cs_seen = saved.get("cs_seen", -1)
         self.debug.steps = saved["steps"]
         self._dbg_in_insn = False
         self._uc.ctl_flush_tb()
@@ -838,6 +925,7 @@ class EmuBackend(CpuBackend):
         self._set_hflags(buf, cpl=state.ss.dpl if state.mode != "real" else 0)
         self._restore()
         self._cs_base_cache.clear()
+        self._es_cache.clear()
         self._decoded.clear()
         self._wr(x86.UC_X86_REG_RIP, state.rip)
         self._wr(x86.UC_X86_REG_RSP, state.rsp)
@@ -971,7 +1059,11 @@ class EmuBackend(CpuBackend):
         key = self._io_regs()                     # RIP, CS selector, CR0, CR3
         info = self._decoded.get(key)
         if info is not None:
-            return info
+            # Valid only while the code bytes are the same: a guest may rewrite them (an INSB
+            # made a REP INSB). One slice compared at the physical address they were read from.
+            physical, code = info["at"]
+            if physical is not None and self._ram[physical:physical + len(code)] == code:
+                return info
         rip, sel, cr0, cr3 = key
         cs_base, cs_flags, cr0 = self._cs(sel, cr0)
         linear = (cs_base + rip) & MASK64
@@ -981,7 +1073,7 @@ class EmuBackend(CpuBackend):
         efer_lma = bool(self._rdmsr(MSR_EFER) & EFER_LMA)
         cs64 = efer_lma and bool(cs_flags & DESC_L)
         cs32 = cs64 or bool(cs_flags & DESC_B) and bool(cr0 & CR0_PE)
-        rep = asize = False
+        rep = asize = osize = False
         i = 0
         while i < 15:
             b = code[i]
@@ -989,6 +1081,8 @@ class EmuBackend(CpuBackend):
                 rep = True
             elif b == 0x67:
                 asize = True
+            elif b == 0x66:
+                osize = True
             elif b in _PREFIXES or (cs64 and 0x40 <= b <= 0x4F):
                 pass
             else:
@@ -1010,11 +1104,90 @@ class EmuBackend(CpuBackend):
                 "string": op in (0x6C, 0x6D, 0x6E, 0x6F), "rep": rep,
                 "rep_ins": rep and op in (0x6C, 0x6D),
                 "length": i + (2 if op in (0xE4, 0xE5, 0xE6, 0xE7) else 1),
-                "amask": amask, "ipmask": ipmask, "linear": linear}
+                "amask": amask, "ipmask": ipmask, "linear": linear, "cs64": cs64,
+                # the element size of a string IN/OUT: 1, or 2/4 by the operand size
+                "width": 1 if op in (0x6C, 0x6E) else 2 if osize != (not cs32) else 4}
+        length = info["length"]
+        try:                                      # where the bytes are, if on a single page
+            physical = (self._walk(linear, False, False, set_ad=False)
+                        if (linear & 0xFFF) + length <= PAGE else None)
+        except (_Fault, _OutsideRam):
+            physical = None
+        info["at"] = (physical, bytes(code[:length]))
         if len(self._decoded) > 4096:
             self._decoded.clear()
         self._decoded[key] = info
         return info
+
+    def _ins_check(self, info: dict, size: int, count: int):
+        """Where an INS chunk's destination goes, before its exit: (fault, None) if it lies
+        beyond ES's limit (outside 64-bit mode, an expand-up segment), fault being (the saved
+        context, the linear address, the bytes there) to undo the store Unicorn makes before
+        the #GP is delivered; (None, places) if part of it lies outside RAM, places being each
+        element's physical address; (None, None) otherwise. One context read and a walk per
+        page the chunk touches: the common case, all in RAM, stays cheap."""
+        self._raw.uc_reg_read_batch(self._uch_p, self._ins_ids, self._ins_ptrs, 3)
+        rdi, rflags, es = self._ins_vals
+        cr0 = self._io_vals[2]                   # read by _decode_io for this instruction
+        key = (es, cr0 & CR0_PE)
+        seg = self._es_cache.get(key)
+        if seg is None:                          # cached per selector, as CS's base is
+            seg = self._es_cache[key] = _SEG.unpack_from(
+                self._save(), self._layout.segs + 24 * ES)[1:]
+        base, limit, flags = seg
+        amask = info["amask"]
+        offset = rdi & amask
+        step = -size if rflags & RFLAGS_DF else size
+        low = offset - (count - 1) * size if step < 0 else offset
+        high = low + count * size - 1
+        expand_down = flags & DESC_S and not flags & DESC_CS and flags & (0x4 << DESC_TYPE_SHIFT)
+        if not info["cs64"] and not expand_down and (low < 0 or high > limit):
+            linear = (base + offset) & MASK64
+            return (bytes(self._save()), linear, self._peek_linear(linear, size) or b""), None
+        ram = len(self._ram)
+        if not cr0 & CR0_PG and 0 <= low and high <= amask and base + high < ram:
+            return None, None                    # no paging, all in RAM: the common case
+        if 0 <= low and high <= amask:           # one stretch of linear addresses
+            try:
+                first, last = base + low, base + high
+                page = first & ~0xFFF
+                while page <= last:
+                    start, end = max(page, first), min(page | 0xFFF, last)
+                    if self._walk(start & MASK64, True, False, set_ad=False) + end - start >= ram:
+                        break                    # this page's part reaches outside RAM
+                    page += PAGE
+                else:
+                    return None, None
+            except (_Fault, _OutsideRam):
+                return None, None                # Unicorn raises the page fault
+        places = []
+        try:
+            for i in range(count):
+                places.append(self._walk((base + ((offset + i * step) & amask)) & MASK64,
+                                         True, False, set_ad=False))
+        except (_Fault, _OutsideRam):
+            return None, None
+        return None, (places if any(p + size > ram for p in places) else None)
+
+    def _ins_to_mmio(self, info: dict, size: int, places: list[int], data: bytes) -> Mmio:
+        """Finish an INS chunk that leaves RAM as KVM's emulator does: the elements up to the
+        first outside RAM are stored, RCX and RDI move past the whole chunk, RIP stays at the
+        instruction, and the exit is the write outside RAM (at most 8 bytes of it)."""
+        x86 = self._x86
+        ram = len(self._ram)
+        first = next(i for i, p in enumerate(places) if p + size > ram)
+        for i in range(first):
+            self._write_physical(places[i], data[i * size:(i + 1) * size])
+        count, amask = len(places), info["amask"]
+        step = -size if self._rd(x86.UC_X86_REG_RFLAGS) & RFLAGS_DF else size
+        for reg, delta in ((x86.UC_X86_REG_RCX, -count if info["rep"] else 0),
+                           (x86.UC_X86_REG_RDI, count * step)):
+            value = self._rd(reg)
+            self._wr(reg, (value & ~amask) | ((value + delta) & amask))
+        rest = data[first * size:]
+        address = max(places[first], ram) if places[first] < ram else places[first]
+        rest = rest[address - places[first]:]
+        return Mmio(address, True, min(8, len(rest)), rest[:8])
 
     def _string_in_count(self, info: dict, size: int) -> int:
         """Elements of a REP INS served by one exit, as KVM's emulator reads ahead
@@ -1158,6 +1331,35 @@ class EmuBackend(CpuBackend):
         address = table[1] + index
         raw = self._read_linear(address, 8)
         return _U32.unpack_from(raw, 0)[0], _U32.unpack_from(raw, 4)[0], address, 0
+
+    def _set_accessed(self, *segments: int) -> None:
+        """Set the accessed bit of the GDT/LDT descriptors that `segments` (ES..GS) were loaded
+        from, as the CPU does when it loads a selector. QEMU's TCG does so for data segments
+        and SS (helper_load_seg), not for CS on a far jump, call, return or IRET; vmm does it
+        for CS when it sees a new CS at an exit (and for what its own deliveries load), which
+        covers every CS that a guest runs in up to an exit or the end of the run."""
+        if not self._rd(self._x86.UC_X86_REG_CR0) & CR0_PE or \
+                self._rd(self._x86.UC_X86_REG_RFLAGS) & RFLAGS_VM:
+            return
+        buf = self._save()
+        lay = self._layout
+        for seg in segments:
+            selector = _SEG.unpack_from(buf, lay.segs + 24 * seg)[0]
+            if selector & ~3 == 0:
+                continue                         # the null selector: nothing was loaded
+            table = _SEG.unpack_from(buf, lay.ldt if selector & 4 else lay.gdt)
+            index = selector & ~7
+            if index + 7 > table[2]:
+                continue
+            address = (table[1] + index + 5) & MASK64      # the access byte
+            access = self._peek_linear(address, 1)
+            # A code or data descriptor (S set), present, not yet accessed.
+            if not access or access[0] & 0x91 != 0x90:
+                continue
+            try:
+                self._write_linear(address, bytes([access[0] | 1]))
+            except (_Fault, _OutsideRam):
+                pass
 
     # --- events vmm carries out: exceptions, interrupts, SYSCALL/SYSENTER ------------------------
     def _exception(self, vector: int, error_code: int, software: bool):
@@ -1335,7 +1537,8 @@ class EmuBackend(CpuBackend):
             raise _Fault(TS, (tr[0] & 0xFFFC) | ext)
         return int.from_bytes(self._read_linear(tr[1] + offset, size), "little")
 
-    def _finish_delivery(self, *, rip: int, rsp: int, rflags: int, cs, ss, cpl: int) -> None:
+    def _finish_delivery(self, *, rip: int, rsp: int, rflags: int, cs, ss, cpl: int,
+                         loaded: bool = True) -> None:
         x86 = self._x86
         lay = self._layout
         buf = self._save()
@@ -1347,10 +1550,13 @@ class EmuBackend(CpuBackend):
         self._set_hflags(buf, cpl)
         self._restore()
         self._cs_base_cache.clear()
+        self._es_cache.clear()
         self._decoded.clear()
         self._wr(x86.UC_X86_REG_RIP, rip)
         self._wr(x86.UC_X86_REG_RSP, rsp)
         self._wr(x86.UC_X86_REG_RFLAGS, rflags)
+        if loaded:                               # from descriptors (not SYSCALL/SYSENTER)
+            self._set_accessed(CS, SS) if ss is not None else self._set_accessed(CS)
 
     def _syscall(self, kind: str) -> None:
         """SYSCALL / SYSENTER as the CPU does them (QEMU's helper_syscall/helper_sysenter, which
@@ -1391,7 +1597,8 @@ class EmuBackend(CpuBackend):
             ss = ((sysenter_cs + 8) & 0xFFFC, 0, 0xFFFFFFFF, data)
             rsp = self._rdmsr(MSR_SYSENTER_ESP)
             target = self._rdmsr(MSR_SYSENTER_EIP)
-        self._finish_delivery(rip=target, rsp=rsp, rflags=new_flags, cs=cs, ss=ss, cpl=0)
+        self._finish_delivery(rip=target, rsp=rsp, rflags=new_flags, cs=cs, ss=ss, cpl=0,
+                              loaded=False)
 
     # --- coalesced output ------------------------------------------------------------------------
     def register_coalesced_pio(self, port: int, size: int = 1) -> bool:
@@ -1410,6 +1617,7 @@ class EmuBackend(CpuBackend):
 
     # --- inspection ------------------------------------------------------------------------------
     def memory_digest(self) -> str:
+        self._set_accessed(CS)                   # a CS loaded since the last exit
         from .kvm_backend import _resident_pages
         from ..trace import memory_digest
         return memory_digest(self.memory, _resident_pages(self._ram))

@@ -3,7 +3,8 @@ pseudo-serial port (0xf1), and the transmit side of COM1.
 
 A guest OUTs one byte at a time (wider accesses write their low byte). Printable ASCII and tab
 are buffered; '\\n' emits the buffered line. Other bytes are either dropped and counted
-(`nonprintable="drop"`) or shown as '.' (`nonprintable="dot"`). A line longer than `max_line`
+(`nonprintable="drop"`; `on_drop` hears of each, so that they count toward an output bound) or
+shown as '.' (`nonprintable="dot"`). A line longer than `max_line`
 is emitted anyway (not partial: the guest simply wrote a long line), and a partial line left at
 the end of the run is emitted with `partial=True`.
 """
@@ -28,6 +29,7 @@ class LineOutput(Device):
         self.line_buffer = bytearray()
         self.dropped = 0
         self.bytes_written = 0
+        self.on_drop = None          # called with the device's name for every byte dropped
 
     def write(self, offset: int, size: int, value: int) -> None:
         self.put(value & 0xFF)
@@ -68,6 +70,8 @@ class LineOutput(Device):
                 self._emit(False)
         elif byte != 0x0D or not self._drop_cr:
             self.dropped += 1
+            if self.on_drop is not None:
+                self.on_drop(self.name)
 
     def _emit(self, partial: bool) -> None:
         text = self.line_buffer.decode("ascii")
