@@ -359,9 +359,11 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def run_vmm(kernel: Path | str, backend: str, *, modules: list[Module] = (),
             append: str | None = None, timeout: float = 60.0, workdir: Path,
+            board: str | None = "pc", screen: bool = True,
             extra_args: tuple[str, ...] = ()) -> BootResult:
     """Run `kernel` under `vmm record --board pc --screen final` on `backend` and return the
-    same shape as run_qemu.
+    same shape as run_qemu (board None: vmm's default board; screen False: no --screen, and
+    screen_rows holds whatever stdout has after the console lines, normally nothing).
 
     The one place that knows how vmm reports a run (adjust here when that changes):
     - COM1 and 0xE9 come from the trace's `out` records (dev `com1`, `debugcon`): stdout
@@ -369,7 +371,8 @@ def run_vmm(kernel: Path | str, backend: str, *, modules: list[Module] = (),
     - the screen is what stdout holds after those lines: `--screen final` prints it when the
       run ends, after every console line;
     - the command line and module strings are given as QEMU's -kernel builds them, the
-      kernel's name first (`NAME APPEND`, `FILE ARGS`), so that the kernel sees the same text.
+      kernel's name first (`NAME APPEND`, `FILE ARGS`), so that the kernel sees the same text;
+      multiboot2 kernels get APPEND alone, as GRUB's `multiboot2 FILE APPEND` gives them.
     """
     from vmm.trace import read_trace
 
@@ -379,9 +382,13 @@ def run_vmm(kernel: Path | str, backend: str, *, modules: list[Module] = (),
     work.mkdir(parents=True, exist_ok=True)
     trace = work / f"{kernel.name}.{backend}.trace"
     cmd = [sys.executable, "-m", "vmm", "record", str(kernel), "-o", str(trace),
-           "--board", "pc", "--screen", "final", "--backend", backend, *extra_args]
-    if multiboot_version(kernel) == 1 and (append is not None or modules):
-        cmd += ["--cmdline", f"{kernel.name} {append or ''}"]
+           "--backend", backend, *extra_args]
+    if board is not None:
+        cmd += ["--board", board]
+    if screen:
+        cmd += ["--screen", "final"]
+    if multiboot_version(kernel) == 1:
+        cmd += ["--cmdline", f"{kernel.name} {append or ''}"]      # as QEMU's -kernel does
     elif append is not None:
         cmd += ["--cmdline", append]
     for m in modules:

@@ -4,6 +4,11 @@
 # real-mode IVT would be, which flat0_main writes and reads back.  It loads
 # a GDT of its own (in its image, near 0), reloads every segment register,
 # takes a stack of its own just above the image, and calls flat0_main.
+#
+# Assembled with --defsym MULTIBOOT=1 (flat0-mb.bin), the scratch area starts
+# with a multiboot1 header using the a.out kludge (load_addr 0, entry 0), so
+# that QEMU's -kernel can load the same guest: the reference for flat0.bin.
+# The header is only read by the loader; the guest overwrites it as scratch.
 
         .set SCRATCH_START, 0x10
         .set SCRATCH_END,   0x400
@@ -16,7 +21,19 @@ _start:
         jmp     start32
         .balign SCRATCH_START, 0
 flat0_scratch:
+        .ifdef MULTIBOOT
+        .set MB1_MAGIC, 0x1BADB002
+        .set MB1_FLAGS, 0x00010000      # a.out kludge only
+        .long   MB1_MAGIC, MB1_FLAGS, -(MB1_MAGIC + MB1_FLAGS)
+        .long   flat0_scratch           # header_addr
+        .long   0                       # load_addr: the file's first byte at 0
+        .long   0                       # load_end_addr: the whole file
+        .long   0                       # bss_end_addr: no .bss to clear
+        .long   _start                  # entry_addr
+        .skip   SCRATCH_END - SCRATCH_START - 32
+        .else
         .skip   SCRATCH_END - SCRATCH_START
+        .endif
 flat0_scratch_end:
 
 start32:
