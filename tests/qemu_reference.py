@@ -368,15 +368,17 @@ def run_vmm(kernel: Path | str, backend: str, *, modules: list[Module] = (),
     The one place that knows how vmm reports a run (adjust here when that changes):
     - COM1 and 0xE9 come from the trace's `out` records (dev `com1`, `debugcon`): stdout
       interleaves every device's lines without saying whose they are;
-    - the screen is what stdout holds after those lines: `--screen final` prints it when the
-      run ends, after every console line;
-    - the command line and module strings are given as QEMU's -kernel builds them, the
-      kernel's name first (`NAME APPEND`, `FILE ARGS`), so that the kernel sees the same text;
-      multiboot2 kernels get APPEND alone, as GRUB's `multiboot2 FILE APPEND` gives them.
+    - the screen is what stdout holds after the console's bytes (every line's text and \n,
+      interleaved between devices as they print): `--screen final` prints it when the run ends;
+    - `--cmdline APPEND`: vmm builds the multiboot1 command line as QEMU's -kernel does,
+      `NAME APPEND` (`NAME ` without --cmdline), and gives multiboot2 kernels APPEND alone, as
+      GRUB's `multiboot2 FILE APPEND` does;
+    - `--module FILE=STRING` with QEMU's module string `FILE ARGS` (the string is STRING as
+      given; `FILE` alone without arguments).
     """
     from vmm.trace import read_trace
 
-    kernel = Path(kernel)
+    kernel = Path(kernel).resolve()
     modules = [m if isinstance(m, Module) else Module(Path(m)) for m in modules]
     work = Path(workdir)
     work.mkdir(parents=True, exist_ok=True)
@@ -387,16 +389,19 @@ def run_vmm(kernel: Path | str, backend: str, *, modules: list[Module] = (),
         cmd += ["--board", board]
     if screen:
         cmd += ["--screen", "final"]
-    if multiboot_version(kernel) == 1:
-        cmd += ["--cmdline", f"{kernel.name} {append or ''}"]      # as QEMU's -kernel does
-    elif append is not None:
+    if append is not None:
         cmd += ["--cmdline", append]
     for m in modules:
-        shutil.copy(m.path, work / m.name)
+        if Path(m.path).resolve() != (work / m.name).resolve():
+            shutil.copy(m.path, work / m.name)
         cmd += ["--module", f"{m.name}={m.string}"]
     env = dict(os.environ, VMM_BACKEND=backend)
-    proc = subprocess.run(cmd, cwd=work, capture_output=True, timeout=timeout, env=env,
-                          stdin=subprocess.DEVNULL)
+    try:
+        proc = subprocess.run(cmd, cwd=work, capture_output=True, timeout=timeout, env=env,
+                              stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired as e:
+        raise AssertionError(f"`{' '.join(cmd)}` did not end within {timeout} s; its output: "
+                             f"{(e.stdout or b'')[-500:]!r}") from None
     stdout = proc.stdout.decode("latin-1")
     stderr = proc.stderr.decode(errors="replace")
     if "Traceback" in stderr or not trace.exists():
@@ -409,11 +414,11 @@ def run_vmm(kernel: Path | str, backend: str, *, modules: list[Module] = (),
     def joined(dev: str) -> str:
         return "".join(text + ("" if partial else "\n") for text, partial in streams.get(dev, []))
 
-    console = sum(len(v) for v in streams.values())
-    out_lines = stdout.split("\n")
-    if out_lines and out_lines[-1] == "":
-        out_lines.pop()
-    rows = out_lines[console:]
+    # Console bytes on stdout: every line's text and its \n, but not in record order (the
+    # unfinished line of one device shows while another's completes), so skip them by count.
+    console = sum(len(text) + (0 if partial else 1)
+                  for lines in streams.values() for text, partial in lines)
+    rows = stdout[console:].split("\n")
     while rows and not rows[-1].rstrip():
         rows.pop()
     return BootResult(serial=joined("com1"), debugcon=joined("debugcon"),
