@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
 
+from vmm.boards import BOARDS
 from vmm.boot import BootOptions
 from vmm.errors import Terminated, UsageError, VmmError
 
@@ -164,7 +165,7 @@ def prepare(sub: Submission, rubric: Rubric, folder: Path, sandboxed: bool = Tru
     source = Path(sub.source)
     if not os.path.lexists(source):
         return Prepared(None, "failed", None, f"submission not found: {sub.source}")
-    cap = rubric.boot.mem
+    cap = rubric.boot.mem or max(board.default_mem for board in BOARDS.values())
     target = folder / _clean(os.path.basename(rubric.build.guest))
     if not is_source(sub.source):
         from .sandbox_init import take_guest
@@ -270,11 +271,20 @@ def _build_unsandboxed(source: Path, rubric: Rubric, folder: Path, cap: int):
 # --- one scenario -------------------------------------------------------------------------------
 def evaluate(check: Check, lines: list[str], output: str, end_reason: str,
              exit_code: int | None, stats: dict | None = None,
-             trace: str | None = None) -> tuple[bool, str]:
+             trace: str | None = None, screen: list[str] | None = None) -> tuple[bool, str]:
     """Does the run pass the check? (passed, one-line detail when it does not). `stats` are
     the run's (RunEnd.stats: exits, observations, each device's counters) and `trace` its
-    trace file, for the checks of what the guest did to its devices."""
+    trace file, for the checks of what the guest did to its devices; `screen` the text
+    screen's rows at the end of the run (None on a board without one)."""
     kind, value = check.kind, check.value
+    if kind in ("screen_contains", "screen_regex"):
+        if screen is None:
+            return False, "the board has no text screen (screen checks need board = \"pc\")"
+        shown = [row for row in screen if row]
+        found = (any(value in row for row in screen) if kind == "screen_contains"
+                 else re.search(value, "\n".join(screen), re.MULTILINE) is not None)
+        return found, "" if found else (f"the final screen shows {' | '.join(shown)[-160:]!r}"
+                                        if shown else "the final screen is blank")
     devices = (stats or {}).get("devices", {})
     if kind == "timer_period_ms":
         low, high = value
@@ -373,7 +383,8 @@ def boot_for(guest: str, rubric: Rubric, settings: dict | None = None) -> BootOp
             is_elf = f.read(4) == b"\x7fELF"
     except OSError:
         is_elf = False
-    base = (BootOptions(mem=rubric.boot.mem, stack=rubric.boot.stack) if is_elf
+    base = (BootOptions(mem=rubric.boot.mem, stack=rubric.boot.stack, board=rubric.boot.board)
+            if is_elf
             else BootOptions(**rubric.boot.to_dict()))
     for key, value in settings.items():
         setattr(base, key, value)
@@ -397,7 +408,7 @@ def run_scenario(guest: str, rubric: Rubric, scenario: Scenario, trace: Path,
     output = result.output.text
     total_weight = sum(c.weight for c in scenario.checks)
     outcomes = [(check, *evaluate(check, lines, output, end.reason, end.exit_code, end.stats,
-                                  str(trace)))
+                                  str(trace), end.screen))
                 for check in scenario.checks]
     failed_gates = [check for check, passed, _ in outcomes if check.gate and not passed]
     checks, lost = [], []

@@ -24,10 +24,11 @@ from .sandbox import BuildLimits
 VISIBILITY = ("visible", "hidden", "after_due_date", "after_published")   # Gradescope's values
 DEFAULT_VMM_MEMORY = 1 << 30       # each scenario's VMM process: resident memory ...
 DEFAULT_VMM_CPU_S = 60             # ... and CPU seconds
-SETTINGS = ("mode", "load", "entry", "mem", "stack")    # what a submission's vmm.toml may set
+SETTINGS = ("board", "mode", "load", "entry", "mem", "stack")  # what a vmm.toml may set
 MAX_SETTINGS_FILE = 16 << 10
 CHECK_KINDS = ("contains", "not_contains", "regex_lines", "lines", "end_reason", "exit_code",
-               "echo_per_tick", "timer_period_ms", "keyboard_acked", "max_lost_firings")
+               "echo_per_tick", "timer_period_ms", "keyboard_acked", "max_lost_firings",
+               "screen_contains", "screen_regex")
 
 
 @dataclass
@@ -57,6 +58,8 @@ DESCRIPTIONS = {
     "keyboard_acked": lambda v: ("every key is acknowledged" if v
                                  else "not every key is acknowledged"),
     "max_lost_firings": lambda v: f"at most {v} timer firings lost",
+    "screen_contains": lambda v: f"the final screen shows {v!r}",
+    "screen_regex": lambda v: f"the final screen matches /{v}/",
 }
 
 
@@ -157,11 +160,19 @@ def _size(text, where: str) -> int:
         raise _Bad(f"{where}: {e}") from None
 
 
+def _board(name: str | None, where: str) -> str | None:
+    from vmm.boards import BOARDS
+    if name is not None and name not in BOARDS:
+        raise _Bad(f"{where}: expected one of {', '.join(BOARDS)}, got {name!r}")
+    return name
+
+
 def _build(data: dict, path: str, digest: str) -> Rubric:
     _known(data, "rubric", ("title", "boot", "build", "limits", "scenario"))
     title = _get(data, "title", "rubric", str)
     boot_t = _get(data, "boot", "rubric", dict, {})
-    _known(boot_t, "boot", ("mode", "load", "entry", "mem", "stack", "cpuid", "per_submission"))
+    _known(boot_t, "boot", ("board", "mode", "load", "entry", "mem", "stack", "cpuid",
+                            "per_submission"))
     per_submission = _get(boot_t, "per_submission", "boot", list, [])
     bad = [k for k in per_submission if k not in SETTINGS]
     if bad or not all(isinstance(k, str) for k in per_submission):
@@ -174,9 +185,11 @@ def _build(data: dict, path: str, digest: str) -> Rubric:
     if entry is not None and entry != "reset" and not (isinstance(entry, int)
                                                       and not isinstance(entry, bool)):
         raise _Bad(f"boot.entry: expected an address or \"reset\", got {entry!r}")
+    mem = _get(boot_t, "mem", "boot", str, None)
     boot = BootOptions(mode=mode, load=_get(boot_t, "load", "boot", int, None), entry=entry,
-                       mem=_size(_get(boot_t, "mem", "boot", str, "16M"), "boot.mem"),
-                       stack=_get(boot_t, "stack", "boot", int, None))
+                       mem=None if mem is None else _size(mem, "boot.mem"),
+                       stack=_get(boot_t, "stack", "boot", int, None),
+                       board=_board(_get(boot_t, "board", "boot", str, None), "boot.board"))
     cpuid = _get(boot_t, "cpuid", "boot", str, "portable")
     if cpuid not in ("portable", "host"):
         raise _Bad(f"boot.cpuid: expected portable or host, got {cpuid!r}")
@@ -305,8 +318,17 @@ def _check(table, where: str) -> Check:
     _known(table, where, (*CHECK_KINDS, "weight", "description", "gate"))
     kind = kinds[0]
     value = table[kind]
-    if kind in ("contains", "not_contains") and not isinstance(value, str):
+    if kind in ("contains", "not_contains", "screen_contains") and not isinstance(value, str):
         raise _Bad(f"{where}.{kind}: expected a string")
+    if kind == "screen_contains" and ("\n" in value or len(value) > 80):
+        raise _Bad(f"{where}.screen_contains: expected text within one row (80 columns)")
+    if kind == "screen_regex":
+        if not isinstance(value, str):
+            raise _Bad(f"{where}.screen_regex: expected a regular expression")
+        try:
+            re.compile(value)
+        except re.error as e:
+            raise _Bad(f"{where}.screen_regex: bad regular expression {value!r}: {e}") from None
     if kind in ("regex_lines", "lines"):
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise _Bad(f"{where}.{kind}: expected a list of strings")
@@ -387,6 +409,8 @@ def check_settings(table: dict, allowed: list[str], where: str) -> dict:
             out["entry"] = entry
         if "mem" in table:
             out["mem"] = _size(_get(table, "mem", where, str), f"{where}.mem")
+        if "board" in table:
+            out["board"] = _board(_get(table, "board", where, str), f"{where}.board")
         return out
     except _Bad as e:
         raise UsageError(str(e)) from None

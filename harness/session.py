@@ -54,6 +54,10 @@ def _seconds_ns(value) -> int:
     return int(round(float(value) * NS))
 
 
+def _pattern_text(pattern) -> str:
+    return repr(pattern) if isinstance(pattern, str) else f"/{pattern.pattern}/"
+
+
 def _remove_file(path: str) -> None:
     try:
         os.unlink(path)
@@ -79,6 +83,19 @@ class _Outbox:
         text = "".join(self.chunks)
         self.chunks = [text[size:]] if len(text) > size else []
         return text[:size]
+
+
+class _SessionOutput(OutputCollector):
+    """The session's output lines; a screen change hands control back to a test that waits for
+    screen text (expect_screen)."""
+
+    def __init__(self, stream, session: "GuestSession"):
+        super().__init__(stream)
+        self._session = session
+
+    def show_screen(self, screen) -> None:
+        if self._session._screen_wanted:
+            self._session._yield_to_test()
 
 
 class _SessionInput(LiveInput):
@@ -145,7 +162,8 @@ class GuestSession(SpawnBase):
     """A guest kernel under test, driven like a pexpect child."""
 
     def __init__(self, guest: str, *, mode: str | None = None, load: int | None = None,
-                 entry=None, mem="16M", stack: int | None = None, cpuid: str = "portable",
+                 entry=None, mem=None, stack: int | None = None, cpuid: str = "portable",
+                 board: str | None = None,
                  timeout=DEFAULT_TIMEOUT, max_time=DEFAULT_MAX_TIME,
                  wall_timeout: float = DEFAULT_WALL_TIMEOUT, max_output="10M",
                  ignore_unknown_ports: bool = False, feeds: str | None = None,
@@ -160,8 +178,10 @@ class GuestSession(SpawnBase):
         self.wall_timeout = wall_timeout
         self._closing = False
         self._budget = 0
+        self._screen_wanted = False
         boot = BootOptions(mode=mode, load=load, entry=entry,
-                           mem=parse_size(mem) if isinstance(mem, str) else mem, stack=stack)
+                           mem=parse_size(mem) if isinstance(mem, str) else mem, stack=stack,
+                           board=board)
         image = load_guest(guest, boot)
         # Web data (docs/feeds.md): a test never reaches the internet unless it asks to. Without
         # a feeds file the session is offline; with one, its text/file/loopback feeds answer.
@@ -169,7 +189,7 @@ class GuestSession(SpawnBase):
         offline = feeds is None if offline is None else offline
         fetcher = Fetcher(feeds_config, offline=offline)
         self._outbox = _Outbox(self)
-        self.output_lines = OutputCollector(self._outbox)
+        self.output_lines = _SessionOutput(self._outbox, self)
         # Without trace=, the trace is a temporary file, removed when the session is garbage
         # collected or Python exits (it stays readable as long as the session object lives):
         # a script that wants to keep it names a file with trace=.
@@ -340,6 +360,57 @@ class GuestSession(SpawnBase):
         text = "".join(got)
         self._buffer.write(text)
         return text
+
+    # --- the text screen (boards with one: pc) --------------------------------------------------
+    @property
+    def screen(self) -> list[str] | None:
+        """The text screen's 25 rows (trailing spaces dropped) as last sampled: at the guest's
+        latest read, or at the end of the run. None on a board without a screen (p3)."""
+        screen = self.machine.screen
+        if self.end is not None and self.end.screen is not None:
+            return list(self.end.screen)
+        return None if screen is None else screen.rows
+
+    @property
+    def screen_text(self) -> str:
+        """The screen as `vmm run --screen final` prints it."""
+        from vmm.screenlog import screen_text
+        return screen_text(self.screen or [])
+
+    def expect_screen(self, pattern, timeout=-1) -> str:
+        """Wait, in guest time, until the screen shows `pattern`: a string found within one row,
+        or a compiled regex searched in the screen text (rows joined by newlines). Returns the
+        matching text. The screen is sampled at the guest's reads (docs/testing.md), so text
+        the guest writes and then clears between two reads is never seen. Output printed
+        meanwhile stays for the next expect(). Raises pexpect.TIMEOUT or pexpect.EOF (the run
+        ended without showing it)."""
+        if self.machine.screen is None:
+            raise ValueError(f"this session's board ({self.machine.board.name}) has no screen")
+        if timeout == -1:
+            timeout = self.timeout
+        end = None if timeout is None else self.clock_ns + _seconds_ns(timeout)
+        while True:
+            found = self._find_on_screen(pattern)
+            if found is not None:
+                return found
+            if self.end is not None:
+                raise pexpect.EOF(f"the guest's run ended ({self.end.message}) without showing "
+                                  f"{_pattern_text(pattern)} on its screen")
+            if end is not None and self.clock_ns >= end:
+                raise pexpect.TIMEOUT(f"guest time {self.clock_ns / NS:g}s: the screen did not "
+                                      f"show {_pattern_text(pattern)} within the timeout")
+            self._screen_wanted = True
+            try:
+                self._resume(self._input.max_time_ns if end is None else end)
+            finally:
+                self._screen_wanted = False
+
+    def _find_on_screen(self, pattern) -> str | None:
+        rows = self.screen or []
+        if isinstance(pattern, str):
+            return pattern if any(pattern in row for row in rows) else None
+        match = pattern.search("\n".join(rows))
+        return match.group(0) if match else None
 
     @property
     def output(self) -> str:

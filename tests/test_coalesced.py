@@ -279,7 +279,7 @@ def run_program(program, coalesce: bool, max_output: int | None = None, ring: in
     end = m.run(signals=False)
     return {"lines": lines, "records": recorder.records, "reads": backend.reads,
             "reason": end.reason, "rip": end.cpu.rip, "observation": end.observation,
-            "divisor": m.serial.divisor, "devices": end.stats["devices"],
+            "divisor": m.devices["com1"].divisor, "devices": end.stats["devices"],
             "output_bytes": end.stats["output_bytes"]}, backend, m
 
 
@@ -307,7 +307,7 @@ def test_batched_and_unbatched_sessions_are_identical():
     assert plain["reason"] == "halt" and plain["divisor"] == 0x0C
     assert ("com1", "com1 after dlab", False) in plain["lines"]
     assert batched_backend.exits < plain_backend.exits / 3     # it did batch
-    assert m.coalesced_writes > 0 and m.coalesced_ports == list(machine_mod.COALESCED_PORTS)
+    assert m.coalesced_writes > 0 and m.coalesced_ports == list(m.board.batched_ports)
 
 
 def test_output_is_stamped_with_the_observation_it_was_made_at():

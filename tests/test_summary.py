@@ -65,7 +65,7 @@ def test_counts():
 def test_header_fields():
     s = summarize(complete())
     assert s["path"] == "echo.trace"
-    assert s["format"] == "vmm-trace v3"
+    assert s["format"] == "vmm-trace v4"
     assert s["recorded_by"] == "vmm 0.1.0"
     assert s["guest"] == {"name": "echo.bin", "size": 100, "sha256": header()["guest"]["sha256"]}
     assert s["clock"] == "virtual"
@@ -145,9 +145,9 @@ def test_summary_is_json_serializable():
 def test_format_header_lines():
     text = format_summary(summarize(complete()))
     lines = text.splitlines()
-    assert lines[0] == "trace     echo.trace (vmm-trace v3, vmm 0.1.0)"
+    assert lines[0] == "trace     echo.trace (vmm-trace v4, vmm 0.1.0)"
     assert lines[1].startswith("guest     echo.bin  100 bytes  sha256 ")
-    assert lines[2] == ("machine   raw guest, real mode, 1024 KiB RAM, 2 devices, "
+    assert lines[2] == ("machine   p3 board, raw guest, real mode, 1024 KiB RAM, 2 devices, "
                         "3 CPUID leaves")
     assert lines[3] == "clock     virtual, script of 2 steps"
     assert lines[4] == "recorded  2026-01-02T03:04:05Z on testhost (kvm)"

@@ -292,9 +292,9 @@ def test_wrong_format_name(tmp_path):
 
 
 def test_newer_version_says_upgrade_vmm(tmp_path):
-    path = write_lines(tmp_path / "t.trace", header(version=4), END)
+    path = write_lines(tmp_path / "t.trace", header(version=5), END)
     message = trace_error(path)
-    assert "version 4" in message and "upgrade vmm" in message
+    assert "version 5" in message and "upgrade vmm" in message
 
 
 @pytest.mark.parametrize("version", [0, -1])

@@ -64,8 +64,9 @@ class BootOptions(Record):
     mode: str | None = None          # None: real for raw binaries, from the ELF class otherwise
     load: int | None = None          # raw binaries only
     entry: int | str | None = None   # an address, "reset", or None for the default
-    mem: int = DEFAULT_MEM
+    mem: int | None = None           # None: the board's default (vmm.boards)
     stack: int | None = None
+    board: str | None = None         # None: pc for multiboot kernels, p3 for everything else
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -80,6 +81,8 @@ class BootImage(Record):
     entry: EntryState
     chunks: list[tuple[int, bytes]] = factory(list)
     load_map: list[dict] = factory(list)
+    board: str = "p3"
+    options: BootOptions | None = None   # the options it was built with, board and mem resolved
 
     def add(self, address: int, data: bytes, what: str) -> None:
         self.chunks.append((address, data))
@@ -116,6 +119,7 @@ def load_guest(path: str, opts: BootOptions) -> BootImage:
 
 def build_boot_image(name: str, data: bytes, opts: BootOptions) -> BootImage:
     """Lay out a guest and vmm's boot structures in RAM, or raise GuestImageError/UsageError."""
+    opts = resolve_options(opts, data)
     _check_options(opts)
     if data[:4] == b"\x7fELF":
         image, segments = _elf_layout(name, data, opts)
@@ -135,7 +139,41 @@ def build_boot_image(name: str, data: bytes, opts: BootOptions) -> BootImage:
                     f"{start:#x}-{stop - 1:#x}: load it elsewhere (--load, or the ELF's addresses)")
         image.add(address, chunk, what)
     _add_boot_structures(image)
+    image.board, image.options = opts.board, opts
     return image
+
+
+def resolve_options(opts: BootOptions, data: bytes) -> BootOptions:
+    """The options with the board and the RAM size filled in: a multiboot kernel gets the pc
+    board, anything else p3, and RAM is the board's default unless --mem says otherwise."""
+    from .boards import get_board
+    board = get_board(opts.board or ("pc" if detect_protocol(data) else "p3"))
+    return BootOptions(**dict(opts.to_dict(), board=board.name,
+                              mem=board.default_mem if opts.mem is None else opts.mem))
+
+
+MB1_MAGIC, MB1_SEARCH, MB1_ALIGN = 0x1BADB002, 8 * KiB, 4
+MB2_MAGIC, MB2_SEARCH, MB2_ALIGN = 0xE85250D6, 32 * KiB, 8
+
+
+def detect_protocol(data: bytes) -> str | None:
+    """"multiboot1" or "multiboot2" if the file carries a valid header of that protocol (magic
+    and checksum, within the first 8 or 32 KiB, aligned), else None."""
+    for name, magic, search, align, words in (
+            ("multiboot1", MB1_MAGIC, MB1_SEARCH, MB1_ALIGN, 3),
+            ("multiboot2", MB2_MAGIC, MB2_SEARCH, MB2_ALIGN, 4)):
+        needle = struct.pack("<I", magic)
+        at = data.find(needle, 0, search)
+        while at != -1:
+            if at % align == 0 and at + 4 * words <= len(data):
+                fields = struct.unpack_from(f"<{words}I", data, at)
+                if name == "multiboot1" and sum(fields) & 0xFFFFFFFF == 0:
+                    return name
+                if name == "multiboot2" and (fields[0] + fields[1] + fields[2] + fields[3]) \
+                        & 0xFFFFFFFF == 0:
+                    return name
+            at = data.find(needle, at + 1, search)
+    return None
 
 
 def _check_options(opts: BootOptions) -> None:

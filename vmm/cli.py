@@ -111,8 +111,12 @@ def add_machine_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--entry", type=_entry, metavar="ADDR|reset",
                    help="entry address (default: the load address or the ELF entry); 'reset' "
                         "loads a 64 KiB image at 0xF0000 and starts at F000:FFF0")
-    g.add_argument("--mem", type=_size, default="16M", metavar="SIZE",
-                   help="guest RAM, e.g. 16M (default), 64K..2G")
+    g.add_argument("--board", metavar="NAME",
+                   help="the machine's devices: p3 (the seeds' port-I/O devices) or pc (VGA "
+                        "text, 16550 UARTs, PC exit ports; docs/devices.md). Default: pc for "
+                        "multiboot kernels, p3 for everything else")
+    g.add_argument("--mem", type=_size, metavar="SIZE",
+                   help="guest RAM, 64K..2G (default: the board's, 16M on p3, 128M on pc)")
     g.add_argument("--stack", type=_address, metavar="ADDR",
                    help="initial stack pointer (default: top of RAM, below vmm's page tables "
                         "in long mode; top of conventional memory in real mode)")
@@ -184,9 +188,21 @@ class _RawHelpFormatter(_HelpFormatter, argparse.RawDescriptionHelpFormatter):
     pass
 
 
+SCREEN_MODES = ("auto", "live", "final", "none")
+
+
+def add_screen_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--screen", choices=SCREEN_MODES, default="auto",
+                   help="the text screen of boards that have one (pc): live (drawn in place "
+                        "under the output lines), final (printed as text when the run ends: "
+                        "the form for pipes and CI), none; auto (default): live on a terminal, "
+                        "else final when the screen holds text (docs/devices.md)")
+
+
 def _add_run(run: argparse.ArgumentParser) -> None:
     run.add_argument("guest", help="raw binary or ELF file")
     add_machine_options(run)
+    add_screen_option(run)
     add_clock_options(run)
     add_feeds_options(run)
     run.add_argument("-v", "--verbose", action="store_true",
@@ -202,6 +218,7 @@ def _add_record(record: argparse.ArgumentParser) -> None:
     record.add_argument("-o", "--output", required=True, metavar="TRACE",
                         help="trace file to write (gzip-compressed if it ends in .gz)")
     add_machine_options(record)
+    add_screen_option(record)
     add_clock_options(record)
     add_feeds_options(record)
     record.add_argument("--checkpoint-every", type=_positive, default=1024, metavar="N",
@@ -222,6 +239,7 @@ def _add_replay(replay: argparse.ArgumentParser) -> None:
                         help="wall-clock bound on the replay (default: twice the recording's "
                              "wall time plus 10s)")
     add_backend_option(replay)
+    add_screen_option(replay)
     d = replay.add_argument_group("debugging (docs/debugging.md)")
     d.add_argument("--gdb", metavar="[HOST:]PORT",
                    help="wait for gdb on this port (host 127.0.0.1 unless given) before the "
@@ -401,7 +419,7 @@ def _command_in(argv: list[str]) -> str | None:
 def boot_options(args):
     from .boot import BootOptions
     return BootOptions(mode=args.mode, load=args.load, entry=args.entry, mem=args.mem,
-                       stack=args.stack)
+                       stack=args.stack, board=args.board)
 
 
 def _stdin_feed():
@@ -447,10 +465,49 @@ def cmd_run(args) -> int:
         spec.timeout_ns = None
         out = OutputCollector(sys.stdout.buffer)
         return serve(live_spec(spec, feed or NullFeed(), _log), args.gdb, out, _log)
-    result = live_run(spec, feed=feed, terminal=terminal,
-                      sink=OutputCollector(sys.stdout.buffer), log=_log)
+    sink = _output_sink(args.screen, None)
+    result = live_run(spec, feed=feed, terminal=terminal, sink=sink, log=_log)
+    _show_final_screen(args.screen, sink, result.end)
     report_end(result.end, args.verbose)
     return result.end.exit_code
+
+
+def _output_sink(screen: str, stream=None):
+    """Where the guest's output goes: stdout, through the live screen panel on a terminal."""
+    from .runner import OutputCollector
+    stream = sys.stdout.buffer if stream is None else stream
+    if screen == "live" or (screen == "auto" and _stdout_is_terminal()):
+        from .screen_panel import ScreenPanel
+        return ScreenPanel(stream)
+    return OutputCollector(stream)
+
+
+def _stdout_is_terminal() -> bool:
+    try:
+        return os.isatty(sys.stdout.fileno())
+    except (OSError, ValueError):
+        return False
+
+
+def _show_final_screen(mode: str, sink, end) -> None:
+    """At the end of a run on a board with a screen: the final screen, as --screen asks. A
+    kernel whose only output is its screen never ends looking like a silent success."""
+    finish = getattr(sink, "finish", None)
+    if finish is not None:
+        finish()                           # the live panel: its last state drawn
+    rows = end.screen
+    if rows is None or getattr(sink, "showed_screen", False):
+        return
+    from .screenlog import screen_text
+    text = screen_text(rows)
+    if mode == "final" or (mode == "auto" and text):
+        if text:
+            print("vmm: the screen at the end of the run:", file=sys.stderr, flush=True)
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    elif mode == "none" and text and not sink.lines:
+        print("vmm: the guest printed nothing, but its screen holds text (not shown: "
+              "--screen none)", file=sys.stderr)
 
 
 def cmd_replay(args) -> int:
@@ -471,10 +528,12 @@ def cmd_replay(args) -> int:
     override = None
     if args.mode or args.load is not None or args.entry is not None:
         override = dict(mode=args.mode, load=args.load, entry=args.entry)
+    sink = (OutputCollector(None) if args.quiet
+            else _output_sink(args.screen))
     result = replay_trace(args.trace, guest=args.guest, boot_override=override,
-                          timeout_ns=args.timeout,
-                          sink=OutputCollector(None if args.quiet else sys.stdout.buffer),
-                          log=_log, backend=args.backend)
+                          timeout_ns=args.timeout, sink=sink, log=_log, backend=args.backend)
+    if not args.quiet:
+        _show_final_screen(args.screen, sink, result.end)
     for line in result.report:
         print(line, file=sys.stderr)
     return result.exit_code

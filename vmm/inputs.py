@@ -138,6 +138,9 @@ class InputSource:
     def on_output(self, device: str, text: str, partial: bool) -> None:
         """Every output line the guest produces (scripts wait for text here)."""
 
+    def on_screen(self) -> None:
+        """The text screen changed (scripts may wait for screen text)."""
+
     def poll_host(self) -> None:
         """Called at watchdog kicks: read whatever the host has for us."""
 
@@ -193,6 +196,10 @@ class LiveInput(InputSource):
     def on_output(self, device: str, text: str, partial: bool) -> None:
         if self.script is not None:
             self.script.on_output(device, text, partial)
+            self._advance_script(idle=False)
+
+    def on_screen(self) -> None:
+        if self.script is not None:
             self._advance_script(idle=False)
 
     def _advance_script(self, idle: bool) -> None:

@@ -6,7 +6,7 @@ a signal. Every IN exit moves the observation counter once (`inputs.observe()`),
 device answers; OUTs and host-side returns (signals, watchdog kicks) never move it (DESIGN §3).
 
 So output may be batched: once a guest has printed `coalesce_after` bytes, OUTs to the
-output-only ports (COALESCED_PORTS) are registered as coalesced PIO where the backend can. The
+board's output-only ports (vmm.boards: slots marked `batch`) are registered as coalesced PIO where the backend can. The
 backend hands the batched writes back, in order, before it returns the next exit — and so before
 an IN exit is observed — and they reach the devices through the same `write` an OUT exit uses:
 output, the stamps of output records and traces are the same with and without batching; only
@@ -21,30 +21,14 @@ import time
 from .record_type import Record
 
 from . import boot
-from .cpu.backend import (CpuBackend, FailEntry, Halt, InternalError, Interrupted, IoIn, IoOut, Mmio,
-                      Shutdown, UnknownExit)
-from .devices import ExitDevice, IntervalTimer, Keyboard, LineOutput, PortBus, Serial16550
+from .cpu.backend import (CpuBackend, FailEntry, Halt, InternalError, Interrupted, IoIn, IoOut,
+                          Mmio, Shutdown, UnknownExit)
+from .boards import BoardContext, get_board
+from .devices import LineOutput, PortBus
 from .devices.exitdev import ExitRequested
-from .devices.web import AIR_DEVICES, HEADLINE, WEATHER_DEVICES, WebDevice
 from .outcome import RunEnd, StopRun
+from .screenlog import ScreenLog
 
-# Port assignments (docs/devices.md).
-PORT_CONSOLE = 0x42
-PORT_KEYBOARD = 0x44          # data 0x44, status 0x45
-PORT_TIMER = 0x46             # period 0x46, control 0x47
-PORT_DEBUGCON = 0xE9
-PORT_PSEUDO_SERIAL = 0xF1
-PORT_EXIT = 0xF4
-PORT_COM1 = 0x3F8
-PORT_HEADLINE = 0x100         # web data (docs/devices.md): the top headline
-PORT_WEATHER = 0x101          # 0x101-0x106: the weather in city 1-6
-PORT_AIR_QUALITY = 0x201      # 0x201-0x206: the air quality in city 1-6
-
-# Output-only ports whose OUTs may be batched (coalesced PIO). COM1's base is THR only while
-# LCR.DLAB is clear; with DLAB set the byte goes to the divisor latch, and that is still right:
-# batched writes reach Serial16550.write in order, and an LCR write (0x3fb, not batched) exits,
-# so every write before it has been delivered first.
-COALESCED_PORTS = (PORT_CONSOLE, PORT_DEBUGCON, PORT_PSEUDO_SERIAL, PORT_COM1)
 # Batching starts after this many bytes of output: registering a port costs the VM's teardown
 # one SRCU grace period (~15 ms on the benchmark machine) unless the run goes on that long, so
 # a guest that prints a screenful and halts is faster unbatched; a chatty one soon gains.
@@ -69,7 +53,7 @@ class RunConfig(Record):
     ignore_unknown_ports: bool = False
     kick_for_input: bool = False         # kick KVM_RUN periodically to read the terminal
     checkpoint_every: int = 0            # observations between register checkpoints (0: none)
-    coalesce_after: int | None = COALESCE_AFTER  # output bytes before OUTs to COALESCED_PORTS
+    coalesce_after: int | None = COALESCE_AFTER  # output bytes before OUTs to batched ports
                                                   # are batched (0: at once; None: never)
 
 
@@ -81,6 +65,9 @@ class Observer:
 
     def on_checkpoint(self, n: int, cpu) -> None:
         pass
+
+    def on_screen(self, n: int, rows: list) -> None:
+        """The text screen changed by observation n: [(row, text, attributes)] (vmm.screenlog)."""
 
     wants_ticks = False
 
@@ -105,33 +92,34 @@ class Machine:
         every = config.checkpoint_every
         self._checkpoint_every = every
         self._next_checkpoint = every if every > 0 else NO_CHECKPOINT
+        self.board = get_board(image.board)
         self.bus = PortBus()
-        self.console = LineOutput("console", self._output, nonprintable="drop")
-        self.keyboard = Keyboard(inputs)
-        self.timer = IntervalTimer(inputs)
-        self.serial = Serial16550(inputs, self._output)
-        self.bus.register(self.console, PORT_CONSOLE)
-        self.bus.register(self.keyboard, PORT_KEYBOARD, 2)
-        self.bus.register(self.timer, PORT_TIMER, 2)
-        self.bus.register(LineOutput("debugcon", self._output), PORT_DEBUGCON)
-        self.bus.register(LineOutput("serial", self._output, nonprintable="dot"),
-                          PORT_PSEUDO_SERIAL)
-        self.bus.register(ExitDevice(), PORT_EXIT)
-        self.bus.register(self.serial, PORT_COM1, 8)
-        self.bus.register(WebDevice(HEADLINE, inputs), PORT_HEADLINE)
-        for i, name in enumerate(WEATHER_DEVICES):
-            self.bus.register(WebDevice(name, inputs), PORT_WEATHER + i)
-        for i, name in enumerate(AIR_DEVICES):
-            self.bus.register(WebDevice(name, inputs), PORT_AIR_QUALITY + i)
-        inputs.deadline_sources.append(self.timer.next_event_after)
+        self.devices: dict[str, object] = {}       # by name, for stats and tests
+        context = BoardContext(inputs, self._output)
+        for slot in self.board.slots:
+            device = slot.make(context)
+            self.bus.register(device, slot.port, slot.count)
+            self.devices[device.name] = device
+            next_event = getattr(device, "next_event_after", None)
+            if next_event is not None:               # a device with a schedule (the timer)
+                inputs.deadline_sources.append(next_event)
         inputs.stop_check = self._check_stop
-        self._line_devices = [d for _, _, d in self.bus.devices if isinstance(d, LineOutput)]
-        self._line_devices.append(self.serial.tx)
+        self._line_devices = [d if isinstance(d, LineOutput) else d.tx
+                              for _, _, d in self.bus.devices
+                              if isinstance(d, LineOutput) or isinstance(getattr(d, "tx", None),
+                                                                         LineOutput)]
         inputs.unfinished = lambda: "".join(d.partial for d in self._line_devices)
         if hasattr(sink, "show_unfinished"):
             inputs.on_idle = self._show_unfinished
         for address, data in image.chunks:
             backend.memory[address:address + len(data)] = data
+        self.screen: ScreenLog | None = None       # the board's text screen, if it has one
+        if self.board.screen is not None:
+            self.screen = ScreenLog(backend.memory, *self.board.screen,
+                                    on_change=self._screen_changed)
+            script = getattr(inputs, "script", None)
+            if script is not None:
+                script.screen = lambda: self.screen.rows
         if cpuid is not None:
             backend.set_cpuid(cpuid)
         backend.set_entry_state(image.entry)
@@ -177,13 +165,21 @@ class Machine:
         limit = self.config.max_output
         if limit is None or self.output_bytes <= limit - COALESCE_MARGIN:
             self.backend.coalesced_sink = self._coalesced_out
-            self.coalesced_ports = [port for port in COALESCED_PORTS
+            self.coalesced_ports = [port for port in self.board.batched_ports
                                     if self.backend.register_coalesced_pio(port)]
 
     def _stop_coalescing(self) -> None:
         for port in self.coalesced_ports:
             self.backend.unregister_coalesced_pio(port)
         self.coalesced_ports = []
+
+    def _screen_changed(self, n: int, rows: list) -> None:
+        if self.observer is not None:
+            self.observer.on_screen(n, rows)
+        self.inputs.on_screen()
+        show = getattr(self._sink, "show_screen", None)
+        if show is not None:
+            show(self.screen)
 
     def _show_unfinished(self) -> None:
         """The guest waits: let the user see a prompt that has no newline yet."""
@@ -232,12 +228,18 @@ class Machine:
                 device.finish()
             except StopRun:
                 pass        # the partial line pushed output past the limit: already ending
+        if self.screen is not None:
+            try:
+                self.screen.sample(self.inputs.obs)      # the screen as the run leaves it
+            except StopRun:
+                pass
         try:
             cpu = self.backend.cpu_state()
         except OSError:
             cpu = None
         return RunEnd(stop.reason, stop.message, stop.exit_code, cpu, self.stats(),
-                      observation=self.inputs.obs, at_read=at_read)
+                      observation=self.inputs.obs, at_read=at_read,
+                      screen=self.screen.rows if self.screen is not None else None)
 
     def stats(self) -> dict:
         return {"exits": self.exits, "coalesced_writes": self.coalesced_writes,
@@ -248,6 +250,7 @@ class Machine:
     def _loop(self) -> None:
         run, lookup, inputs = self.backend.run, self.bus.lookup, self.inputs
         complete_in = self.backend.complete_in
+        screen = self.screen
         while True:
             exit_ = run()
             self.exits += 1
@@ -268,6 +271,8 @@ class Machine:
                 inputs.observe()
                 if inputs.obs == self._next_checkpoint:
                     self._checkpoint()
+                if screen is not None:
+                    screen.sample(inputs.obs)
                 if self._stopping_since is not None:
                     raise self._stop            # a host-side stop, at a read boundary
                 port, size, count = exit_.port, exit_.size, exit_.count

@@ -27,6 +27,7 @@ class RunEnd(Record):
     stats: dict = factory(dict)
     observation: int = 0         # the observation counter when the run ended
     at_read: bool = False        # ended during read number `observation`, before answering it
+    screen: list[str] | None = None  # the text screen's 25 rows at the end (boards with one)
 
     @property
     def is_error(self) -> bool:

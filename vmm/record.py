@@ -56,7 +56,10 @@ def machine_config(machine, boot_options: dict, cpuid: list[dict], clock: str,
     """The complete machine configuration, as recorded in a trace header (with `feeds`, the
     web-data feeds configuration: vmm.feeds.FeedsConfig.describe())."""
     image, config = machine.image, machine.config
+    if image.options is not None:         # as built: the board and the RAM size resolved
+        boot_options = image.options.to_dict()
     return {
+        "board": image.board,
         "boot": boot_options,
         "kind": image.kind,
         "mem": image.mem_size,
@@ -150,6 +153,11 @@ class TraceRecorder(Observer):
             n, dev, _json_string(text).encode("ascii"), b',"partial":true' if partial else b""))
         self.outputs.add(device, text, partial)
         if len(lines) >= self.BATCH:
+            self._hand_over()
+
+    def on_screen(self, n: int, rows: list) -> None:
+        self._lines.append(encode({"type": "screen", "n": n, "rows": [list(r) for r in rows]}))
+        if len(self._lines) >= self.BATCH:
             self._hand_over()
 
     def tick(self) -> None:

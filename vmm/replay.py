@@ -16,6 +16,7 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass, field
 
+from .boards import BOARDS
 from .boot import BootOptions, build_boot_image
 from .errors import EXIT_CODES, TraceError
 from .machine import Observer
@@ -23,6 +24,25 @@ from .outcome import RunEnd, StopRun
 from .record import HOST_REASONS, OutputDigest
 from .script import validate_steps
 from .trace import Trace
+
+
+def screen_difference(want: dict, n: int, got: list) -> str:
+    """The first differing row of a screen change, recorded against replayed."""
+    recorded = {row: (text, attrs) for row, text, attrs in want["rows"]}
+    replayed = {row: (text, attrs) for row, text, attrs in got}
+    if want["n"] != n:
+        where = (f"the recording's screen changed at observation {want['n']}, the replay's at "
+                 f"observation {n}")
+    else:
+        where = f"at observation {n}"
+    for row in sorted(set(recorded) | set(replayed)):
+        if recorded.get(row) != replayed.get(row):
+            a, b = recorded.get(row, ("(unchanged)", "")), replayed.get(row, ("(unchanged)", ""))
+            what = "text" if a[0] != b[0] else "colours"
+            return (f"{where}, row {row} ({what}): recorded {a[0]!r}"
+                    + (f" [{a[1]}]" if what == "colours" else "") + f", replayed {b[0]!r}"
+                    + (f" [{b[1]}]" if what == "colours" else ""))
+    return where
 
 
 def legacy_digest(trace: Trace) -> bool:
@@ -47,6 +67,13 @@ class ReplayVerifier(Observer):
         self.checked = 0
         self.outputs = OutputDigest()
         self.recent: list[str] = []
+        self.screens = trace.screens()
+        self.screen_position = 0
+        end = trace.end or {}
+        # A recording stopped by the host between reads left a screen sampled at a moment the
+        # replay cannot find again: its last sample is not compared.
+        self._unverified_screen_n = (end.get("n") if end.get("reason") in HOST_REASONS
+                                     and not end.get("at_read") else None)
 
     def on_output(self, n: int, device: str, text: str, partial: bool) -> None:
         self.outputs.add(device, text, partial)
@@ -65,6 +92,25 @@ class ReplayVerifier(Observer):
                                       f"{_fmt(*want[1:])!r} at observation {want[0]}, the replay "
                                       f"printed {_fmt(device, text, partial)!r} at observation {n}")
         self.position += 1
+
+    def on_screen(self, n: int, rows: list) -> None:
+        got = [list(row) for row in rows]
+        if self.screen_position >= len(self.screens):
+            if self.trace.truncated:
+                raise StopRun("truncated-end", "replayed the truncated trace's whole prefix")
+            if n == self._unverified_screen_n:
+                return
+            row, text, _ = got[0]
+            raise StopRun("diverged", f"at observation {n} the replayed guest's screen changed "
+                                      f"(row {row}: {text!r}), after all the screen changes the "
+                                      "recording has")
+        want = self.screens[self.screen_position]
+        if want["n"] == n == self._unverified_screen_n:
+            self.screen_position += 1
+            return
+        if want["n"] != n or want["rows"] != got:
+            raise StopRun("diverged", "the screen differs: " + screen_difference(want, n, got))
+        self.screen_position += 1
 
     def on_checkpoint(self, n: int, cpu) -> None:
         want = self.checkpoints.get(n)
@@ -97,9 +143,12 @@ def replay_machine_parts(trace: Trace, guest_name: str | None = None,
             value = boot.get(key)
             if value is not None and not isinstance(value, (int, str)):
                 raise ValueError(key)
+        board = machine.get("board", "p3")         # traces before boards ran on p3
+        if not isinstance(board, str) or board not in BOARDS:
+            raise ValueError(f"board {board!r}")
         options = BootOptions(mode=boot.get("mode"), load=boot.get("load"),
                               entry=boot.get("entry"), mem=int(boot["mem"]),
-                              stack=boot.get("stack"))
+                              stack=boot.get("stack"), board=board)
     except (KeyError, TypeError, ValueError) as e:
         raise TraceError(f"corrupt trace {trace.path}: the machine configuration is "
                          f"incomplete ({e})") from None
@@ -113,7 +162,7 @@ def replay_machine_parts(trace: Trace, guest_name: str | None = None,
             options = BootOptions(**boot_override)
         elif guest_bytes[:4] == b"\x7fELF" or trace.header["machine"].get("kind") != "raw":
             # Another kind of file: boot it the way its own kind boots, in the same RAM size.
-            options = BootOptions(mem=options.mem)
+            options = BootOptions(mem=options.mem, board=options.board)
         image = build_boot_image(guest_name, guest_bytes, options)
     return image, cpuid
 
@@ -134,6 +183,9 @@ def exact_verdict(trace: Trace, verifier: ReplayVerifier, end: RunEnd, machine) 
     recorded = trace.end
     tail = [f"  last output: {line}" for line in verifier.recent]
     checked = f"{verifier.position} output lines and {verifier.checked} checkpoints"
+    if verifier.screens:
+        checked = (f"{verifier.position} output lines, {verifier.screen_position} screen changes "
+                   f"and {verifier.checked} checkpoints")
     if end.reason == "diverged":
         return Verdict(EXIT_CODES["diverged"], [f"vmm: replay diverged: {end.message}"]
                        + ([f"  at rip={end.cpu.rip:#x}"] if end.cpu else []) + tail)
@@ -147,6 +199,12 @@ def exact_verdict(trace: Trace, verifier: ReplayVerifier, end: RunEnd, machine) 
             f"vmm: the trace is truncated (the recording was cut short); its prefix replayed "
             f"identically: {checked}, up to observation {end.observation}"])
     problems = []
+    if verifier.screen_position != len(verifier.screens):
+        missing = verifier.screens[verifier.screen_position]
+        if missing["n"] != verifier._unverified_screen_n:
+            row, text, _ = missing["rows"][0]
+            problems.append(f"the replay ended before its screen showed row {row} {text!r} "
+                            f"(observation {missing['n']})")
     if verifier.position != len(verifier.expected):
         missing = verifier.expected[verifier.position]
         problems.append(f"the replay ended before printing {_fmt(missing['dev'], missing['text'])!r} "

@@ -204,7 +204,7 @@ def live_run(spec: LiveRun, *, feed=None, terminal: bool = False, sink=None,
             machine = Machine(image, backend, inputs, output, log, config, cpuid,
                               observer=recorder)
             if recorder is not None:
-                recorder.write_header(machine, boot_options=spec.boot.to_dict(), cpuid=cpuid,
+                recorder.write_header(machine, boot_options=image.options.to_dict(), cpuid=cpuid,
                                       clock=clock_name, script=spec.script, max_time_ns=max_time,
                                       feeds=feeds.describe(spec.offline))
                 if inputs.script is not None:

@@ -6,6 +6,8 @@
     expect "hello"          wait for console text (default: within 10s of guest time)
     expect /hel+o/ within 2s
                             wait for a regular expression (Python syntax)
+    expect screen "Booted"  wait for text within one row of the text screen (pc board)
+    expect screen /up \\d+s/ ... or a regular expression over the rows, joined by newlines
     wait 500ms              let guest time pass
     wait 4 ticks            wait for 4 firings of the guest's own timer, whatever its period
     wait 4 ticks within 30s ... failing the run if they have not come in 30s (default: 60s)
@@ -95,6 +97,9 @@ def parse_script(text: str, name: str = "script") -> list[dict]:
             steps.append({"op": "send", "data": value})
         elif op == "expect":
             rest = rest.strip()
+            screen = rest.startswith("screen ") or rest.startswith("screen\t")
+            if screen:
+                rest = rest[len("screen"):].strip()
             if rest.startswith("/"):
                 end = _regex_end(rest)
                 if end is None:
@@ -109,6 +114,8 @@ def parse_script(text: str, name: str = "script") -> list[dict]:
             else:
                 value, tail = _quoted(rest, where)
                 step = {"op": "expect", "text": value}
+            if screen:
+                step["screen"] = True
             step["timeout_ns"] = _within(tail, where)
             steps.append(step)
         elif op == "wait":
@@ -200,7 +207,8 @@ def validate_steps(steps) -> list[dict]:
                 raise ValueError("send data must be bytes (Latin-1 text)") from None
             continue
         if op == "expect" and whole(step.get("timeout_ns")) and (
-                isinstance(step.get("text"), str) or isinstance(step.get("regex"), str)):
+                isinstance(step.get("text"), str) or isinstance(step.get("regex"), str)) and \
+                isinstance(step.get("screen", False), bool):
             if "regex" in step:
                 try:
                     re.compile(step["regex"])
@@ -235,6 +243,7 @@ class ScriptRunner:
         self.unfinished = lambda: ""  # the devices' unfinished lines (a prompt has no newline)
         self.input_pending = lambda: False  # sent bytes the guest has not read yet
         self.timer_firings = lambda: 0      # firings of the guest's timer so far
+        self.screen = lambda: None          # the text screen's rows now (None: no screen)
         self._ticks_from = 0
 
     @property
@@ -268,6 +277,11 @@ class ScriptRunner:
                     if now >= self._deadline:
                         self._deadline = None
                         what = f"/{step['regex']}/" if "regex" in step else repr(step["text"])
+                        if step.get("screen"):
+                            rows = [row for row in self.screen() or [] if row]
+                            return (f"script step {self.index + 1}: expected {what} on the "
+                                    f"screen within {step['timeout_ns'] / 1e9:g}s of guest time;"
+                                    f" the screen shows {' | '.join(rows)[-200:]!r}")
                         printed = (self.output + self.unfinished())[self._cursor:]
                         return (f"script step {self.index + 1}: expected {what} within "
                                 f"{step['timeout_ns'] / 1e9:g}s of guest time; the guest printed "
@@ -297,6 +311,13 @@ class ScriptRunner:
         return None
 
     def _match(self, step: dict) -> bool:
+        if step.get("screen"):
+            rows = self.screen()
+            if rows is None:
+                return False
+            if "regex" in step:
+                return re.compile(step["regex"], re.MULTILINE).search("\n".join(rows)) is not None
+            return any(step["text"] in row for row in rows)
         # An unfinished line is matched too (prompts end without a newline); when it is
         # finished it is the same text at the same place, so the cursor stays valid.
         seen = self.output + self.unfinished()

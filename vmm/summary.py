@@ -46,7 +46,8 @@ def summarize(trace: Trace, limit: int = 40) -> dict:
         "recorded_by": f"vmm {h.get('vmm')}",
         "info": info,
         "guest": {k: h["guest"][k] for k in ("name", "size", "sha256")},
-        "machine": {"kind": machine.get("kind"), "mode": machine.get("mode"),
+        "machine": {"board": machine.get("board", "p3"),
+                    "kind": machine.get("kind"), "mode": machine.get("mode"),
                     "mem": machine.get("mem"), "boot": machine.get("boot"),
                     "load_map": machine.get("load_map"), "devices": machine.get("devices"),
                     "feeds": machine.get("feeds") if isinstance(machine.get("feeds"), dict)
@@ -79,7 +80,7 @@ def format_summary(s: dict) -> str:
     lines = [
         f"trace     {s['path']} ({s['format']}, {s['recorded_by']})",
         f"guest     {g['name']}  {g['size']} bytes  sha256 {g['sha256'][:16]}...",
-        f"machine   {m['kind']} guest, {m['mode']} mode, {_kib(m['mem'])} RAM, "
+        f"machine   {m['board']} board, {m['kind']} guest, {m['mode']} mode, {_kib(m['mem'])} RAM, "
         f"{len(m['devices'] or [])} devices, {m['cpuid_leaves']} CPUID leaves",
         f"clock     {s['clock']}" + (f", script of {s['script_steps']} steps"
                                      if s["script_steps"] is not None else ""),

@@ -23,8 +23,9 @@ from dataclasses import dataclass, field
 from .errors import TraceError
 
 FORMAT = "vmm-trace"
-VERSION = 3                  # 2: fetch records (web data) added; 3: register digests narrowed
-READABLE_VERSIONS = (1, 2, 3)  # version 1 traces are version 2 traces without fetch records
+VERSION = 4                  # 2: fetch records (web data) added; 3: register digests narrowed;
+                             # 4: boards (machine.board) and screen records
+READABLE_VERSIONS = (1, 2, 3, 4)  # version 1 traces are version 2 traces without fetch records
 LEGACY_DIGEST_VERSIONS = (1, 2)  # their register digests cover all of RFLAGS (docs/trace-format.md)
 GZIP_MAGIC = b"\x1f\x8b"
 
@@ -38,6 +39,7 @@ RECORD_FIELDS = {
     "step": {"n": _INT, "at": _INT, "index": _INT},
     "end": {"n": _INT, "reason": (str,), "exit_code": _INT},
     "fetch": {"n": _INT, "at": _INT, "dev": (str,), "text": (str,)},
+    "screen": {"n": _INT, "rows": (list,)},
 }
 INPUT_TYPES = frozenset({"key", "timer", "fetch"})
 
@@ -62,6 +64,9 @@ class Trace:
 
     def checkpoints(self) -> list[dict]:
         return [r for r in self.records if r["type"] == "cp"]
+
+    def screens(self) -> list[dict]:
+        return [r for r in self.records if r["type"] == "screen"]
 
 
 def encode(record: dict) -> bytes:
@@ -269,6 +274,30 @@ def _check_record(path: str, number: int, record: dict, version: int = VERSION) 
         raise TraceError(f"corrupt trace {path}: line {number} ({kind}) has a value out of range")
     if kind == "fetch":
         _check_fetch(path, number, record, version)
+    elif kind == "screen":
+        _check_screen(path, number, record, version)
+
+
+SCREEN_ROWS, SCREEN_COLS = 25, 80
+
+
+def _check_screen(path: str, number: int, record: dict, version: int) -> None:
+    """A screen record: the rows that changed, each [row, text, attributes] (vmm.screenlog)."""
+    where = f"corrupt trace {path}: line {number} (screen)"
+    if version < 4:
+        raise TraceError(f"{where}: screen records need trace format version 4, the header "
+                         f"says {version}")
+    rows = record["rows"]
+    if not 0 < len(rows) <= SCREEN_ROWS:
+        raise TraceError(f"{where}: expected 1 to {SCREEN_ROWS} rows")
+    for entry in rows:
+        if not (isinstance(entry, list) and len(entry) == 3
+                and isinstance(entry[0], int) and not isinstance(entry[0], bool)
+                and 0 <= entry[0] < SCREEN_ROWS and isinstance(entry[1], str)
+                and len(entry[1]) <= SCREEN_COLS and isinstance(entry[2], str)
+                and len(entry[2]) <= 6 * SCREEN_COLS):
+            raise TraceError(f"{where}: a row is not [row 0-24, text of at most 80 characters, "
+                             "attributes]")
 
 
 def _check_fetch(path: str, number: int, record: dict, version: int) -> None:

@@ -78,6 +78,7 @@ class Snapshot:
     sink: tuple
     reads: list[int]
     size: int = field(default=0)       # bytes of page data not shared with the previous one
+    screen: dict | None = None         # the machine's screen log (vmm.screenlog), if it has one
 
 
 def take(execution, previous: Snapshot | None) -> Snapshot:
@@ -104,7 +105,8 @@ def take(execution, previous: Snapshot | None) -> Snapshot:
         verifier=plain_state(verifier) if verifier is not None else None,
         digest=verifier.outputs.state() if verifier is not None else None,
         sink=(execution.sink.count, list(execution.sink.lines)),
-        reads=list(execution.reads), size=fresh)
+        reads=list(execution.reads), size=fresh,
+        screen=machine.screen.state() if machine.screen is not None else None)
 
 
 def restore(execution, snap: Snapshot) -> None:
@@ -130,3 +132,5 @@ def restore(execution, snap: Snapshot) -> None:
         verifier.outputs.from_state(snap.digest)
     execution.sink.count, execution.sink.lines = snap.sink[0], list(snap.sink[1])
     execution.reads = list(snap.reads)
+    if snap.screen is not None:
+        machine.screen.from_state(snap.screen)

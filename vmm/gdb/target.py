@@ -604,9 +604,9 @@ class MachineTarget:
         return "".join(_event_line(e) + "\n" for e in upcoming)
 
     def _m_screen(self, args) -> str:
-        screen = getattr(self.ex.machine, "screen_text", None)
-        if callable(screen):
-            return screen() + "\n"
+        screen = self.ex.machine.screen
+        if screen is not None:
+            return screen.current_text() or "(the screen is blank)\n"
         lines = self.ex.sink.lines[-SCREEN_LINES:]
         head = (f"(this board has no screen device; the last {len(lines)} output lines at this "
                 "position:)\n")

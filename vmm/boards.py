@@ -1,0 +1,116 @@
+"""Boards: which devices a machine has, at which ports, on which interrupt lines (DESIGN §9).
+
+A board is data: a table of slots, each a device factory with its port range, its IRQ line (for
+the interrupt controller of the next boards issue) and whether OUTs to it may be batched. The
+machine builds its port bus from the table and knows nothing else about the devices: adding a
+board or a device adds rows here and changes no run-loop code path.
+
+- `p3`: the seeds' port-I/O model (docs/devices.md): console 0x42, keyboard 0x44/0x45, interval
+  timer 0x46/0x47, web data 0x100-0x106 and 0x201-0x206, COM1's polled subset, the debug
+  console 0xe9, the pseudo-serial port 0xf1, the exit port 0xf4. Every existing guest, trace and
+  rubric runs on it, and it is the default for everything that is not a multiboot kernel.
+- `pc`: what hobby kernels expect of a PC: the VGA text screen at 0xB8000 with its registers
+  0x3c0-0x3df, COM1 and COM2, the debug console 0xe9, a sink for POST codes at 0x80, and the exit
+  and shutdown ports of QEMU and Bochs. It is the default for multiboot kernels, with QEMU's
+  128 MiB of RAM.
+
+The two overlap (0x42 is PIT channel 2 on a PC), so a machine has exactly one board. The board's
+name is part of the machine configuration a trace records.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from .devices import ExitDevice, IntervalTimer, Keyboard, LineOutput, Serial16550, WebDevice
+from .devices.web import AIR_DEVICES, HEADLINE, WEATHER_DEVICES
+from .record_type import Record
+
+MiB = 1 << 20
+DEFAULT_BOARD = "p3"
+VGA_TEXT_BASE, VGA_TEXT_SIZE = 0xB8000, 80 * 25 * 2     # the colour text buffer: char, attribute
+
+
+class BoardContext(Record):
+    """What a device factory may hand its device: the input source and the output sink. No
+    clock, no terminal, no network (DESIGN §2)."""
+    inputs: object
+    output: Callable          # output(device, text, partial)
+
+
+class Slot(Record, frozen=True):
+    make: Callable            # make(BoardContext) -> Device
+    port: int
+    count: int = 1
+    irq: int | None = None    # the interrupt line the device drives (next issue: the PIC's input)
+    batch: bool = False       # output only: its OUTs may be batched (coalesced PIO). Only the
+                              # slot's first port is batched: a 16550's base is THR while LCR.DLAB
+                              # is clear; with DLAB set the byte goes to the divisor latch, and
+                              # that is still right: batched writes reach the device in order, and
+                              # an LCR write (base + 3, not batched) exits, so every write before
+                              # it has been delivered first.
+
+
+class Board(Record, frozen=True):
+    name: str
+    summary: str
+    slots: tuple
+    default_mem: int
+    screen: tuple[int, int] | None = None   # (address, bytes) of a text screen in guest RAM
+
+    @property
+    def batched_ports(self) -> tuple[int, ...]:
+        return tuple(slot.port for slot in self.slots if slot.batch)
+
+
+def _line(name: str, nonprintable: str = "drop"):
+    return lambda ctx: LineOutput(name, ctx.output, nonprintable=nonprintable)
+
+
+def _web_slots() -> tuple:
+    slots = [Slot(lambda ctx: WebDevice(HEADLINE, ctx.inputs), 0x100)]
+    for first, names in ((0x101, WEATHER_DEVICES), (0x201, AIR_DEVICES)):
+        for i, name in enumerate(names):
+            slots.append(Slot(lambda ctx, name=name: WebDevice(name, ctx.inputs), first + i))
+    return tuple(slots)
+
+
+P3 = Board(
+    name="p3",
+    summary="the seeds' port-I/O devices: console 0x42, keyboard 0x44, timer 0x46, web data, "
+            "COM1, debug console 0xe9, pseudo-serial 0xf1, exit 0xf4",
+    slots=(
+        Slot(_line("console"), 0x42, batch=True),
+        Slot(lambda ctx: Keyboard(ctx.inputs), 0x44, 2, irq=1),
+        Slot(lambda ctx: IntervalTimer(ctx.inputs), 0x46, 2, irq=0),
+        Slot(_line("debugcon"), 0xE9, batch=True),
+        Slot(_line("serial", "dot"), 0xF1, batch=True),
+        Slot(lambda ctx: ExitDevice(), 0xF4),
+        Slot(lambda ctx: Serial16550(ctx.inputs, ctx.output), 0x3F8, 8, irq=4, batch=True),
+    ) + _web_slots(),
+    default_mem=16 * MiB,
+)
+
+PC = Board(
+    name="pc",
+    summary="a PC for multiboot kernels: VGA text at 0xB8000, COM1 0x3f8, COM2 0x2f8, debug "
+            "console 0xe9, POST 0x80, exit and shutdown ports",
+    slots=(
+        Slot(_line("debugcon"), 0xE9, batch=True),
+        Slot(lambda ctx: ExitDevice(), 0xF4),
+        Slot(lambda ctx: Serial16550(ctx.inputs, ctx.output), 0x3F8, 8, irq=4, batch=True),
+    ),
+    default_mem=128 * MiB,
+    screen=(VGA_TEXT_BASE, VGA_TEXT_SIZE),
+)
+
+BOARDS = {board.name: board for board in (P3, PC)}
+
+
+def get_board(name: str) -> Board:
+    from .errors import UsageError
+    try:
+        return BOARDS[name]
+    except (KeyError, TypeError):
+        raise UsageError(f"unknown board {name!r}: choose one of {', '.join(BOARDS)} "
+                         "(docs/devices.md)") from None
