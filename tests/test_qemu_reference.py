@@ -307,3 +307,49 @@ def test_the_16_bit_code_of_real16_runs_today_as_a_raw_image(backend, tmp_path, 
                 extra_args=("--load", "0x8000"))
     assert v.exit_status == OK, v.extra
     assert v.debugcon_lines == REAL16, v.extra
+
+
+# ---- the harness's own parts (no QEMU needed) --------------------------------------------------
+
+def test_screen_rows_read_a_text_buffer_as_screen_final_prints_it():
+    from qemu_reference import screen_rows
+    cells = bytearray(b"\x00\x07" * 80 * 25)
+    for i, ch in enumerate(b"hi \xdb  "):               # 0xDB: CP437's full block
+        cells[i * 2] = ch
+    cells[(2 * 80 + 5) * 2] = ord("x")                 # row 2, column 5
+    assert screen_rows(bytes(cells)) == ["hi \u2588", "", "     x"]
+    assert screen_rows(b"\x00\x07" * 80 * 25) == []
+
+
+def test_only_a_halt_with_interrupts_off_is_the_kernels_end():
+    from qemu_reference import _halted_for_good
+    assert _halted_for_good("EIP=0010003a EFL=00000006 [-----P-] CPL=0 II=0 A20=1 SMM=0 HLT=1")
+    assert _halted_for_good("RIP=000000000010003a RFL=00000046 [---Z-P-] CPL=0 II=0 A20=1 "
+                            "SMM=0 HLT=1")
+    # SeaBIOS and GRUB wait for interrupts with `sti; hlt`: not the end
+    assert not _halted_for_good("EIP=0000e0b5 EFL=00000202 [-------] CPL=0 II=0 A20=1 SMM=0 "
+                                "HLT=1")
+    assert not _halted_for_good("EIP=0010003a EFL=00000006 [-----P-] CPL=0 II=0 A20=1 SMM=0 "
+                                "HLT=0")
+
+
+@pytest.mark.parametrize("kernel, version", [
+    ("mb1-hello.elf", 1), ("mb1-aout.bin", 1), ("mb1-info.elf", 1), ("mb1-gccnote.elf", 1),
+    ("flat0-mb.bin", 1), ("mb2-long.elf", 2), ("flat0.bin", None), ("real16.elf", None)])
+def test_the_kernels_carry_the_multiboot_header_they_are_meant_to(kernel, version):
+    from qemu_reference import multiboot_version
+    assert multiboot_version(PC / kernel) == version
+
+
+def test_gccnote_keeps_the_note_segment_of_gccs_default_link():
+    # What the kernel exists for: a PT_LOAD far above the rest, holding the build-id note.
+    import struct
+    data = (PC / "mb1-gccnote.elf").read_bytes()
+    phoff, = struct.unpack_from("<I", data, 28)
+    phentsize, phnum = struct.unpack_from("<HH", data, 42)
+    loads = [struct.unpack_from("<IIIIII", data, phoff + i * phentsize)
+             for i in range(phnum)]
+    paddrs = [p[3] for p in loads if p[0] == 1]          # PT_LOAD: p_paddr
+    notes = [p for p in loads if p[0] == 4]              # PT_NOTE
+    assert min(paddrs) < 0x200000 and max(paddrs) >= 0x08048000, [hex(a) for a in paddrs]
+    assert notes and notes[0][3] >= 0x08048000
