@@ -23,7 +23,7 @@ import pytest
 
 from conftest import GUESTS, test_backends
 from qemu_reference import (QEMU_I386, Module, grub_unusable, qemu_unusable, run_qemu,
-                            run_vmm, vmm_has_pc_board)
+                            run_vmm)
 
 PC = GUESTS / "pc"
 
