@@ -1,7 +1,8 @@
 """Golden traces: compare what a session printed with a trace kept in the repository.
 
 A golden trace is an ordinary vmm trace. What is compared is the *transcript*: every output line
-(device and text, partial lines marked) and how the run ended (reason and exit status). The
+(device and text, partial lines marked), the text screen's final rows on a board with a screen
+(`[screen] row N: text`), and how the run ended (reason and exit status). The
 guest binary may change between the recording and the test — next week's build — and the test
 still passes as long as the guest behaves the same. Importable without pytest.
 """
@@ -14,6 +15,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from vmm.screenlog import replay_rows, transcript_lines
 from vmm.trace import Trace, read_trace
 
 
@@ -27,6 +29,7 @@ def _end_line(reason: str, exit_code: int) -> str:
 
 def trace_transcript(trace: Trace) -> list[str]:
     lines = [_line(r["dev"], r["text"], bool(r.get("partial"))) for r in trace.outputs()]
+    lines += transcript_lines(replay_rows(trace.screens()))
     if trace.end is not None:
         lines.append(_end_line(trace.end["reason"], trace.end["exit_code"]))
     return lines
@@ -34,6 +37,7 @@ def trace_transcript(trace: Trace) -> list[str]:
 
 def session_transcript(session) -> list[str]:
     lines = [_line(*entry) for entry in session.output_lines.lines]
+    lines += transcript_lines(session.screen)
     if session.end is not None:
         lines.append(_end_line(session.end.reason, session.end.exit_code))
     return lines
@@ -52,7 +56,9 @@ class Comparison:
         """What differs, and the first difference."""
         if self.ok:
             return [f"the session matches the golden trace {self.golden_path}"]
-        out = [f"console output differs from the golden trace {self.golden_path}"]
+        what = ("the screen differs" if self.first is not None and self.first < len(self.actual)
+                and self.actual[self.first].startswith("[screen]") else "console output differs")
+        out = [f"{what} from the golden trace {self.golden_path}"]
         if self.first is not None:
             want = self.expected[self.first] if self.first < len(self.expected) else "(nothing more)"
             got = self.actual[self.first] if self.first < len(self.actual) else "(nothing more)"

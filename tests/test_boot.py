@@ -417,9 +417,13 @@ def test_long_mode_idt_has_128_16_byte_gates_pointing_at_hlt_stubs(long_image):
         assert peek(long_image, target, 1) == bytes([HLT])
 
 
-def test_long_mode_image_overlapping_page_tables_is_refused():
-    assert_one_line_error(GuestImageError, build, b"\x90" * 16, mode="long",
-                          load=16 * MiB - 0x2000, match="page tables")
+def test_long_mode_image_at_the_top_of_ram_moves_the_page_tables_below_it():
+    image = build(b"\x90" * 16, mode="long", load=16 * MiB - 0x2000)
+    address, tables = chunk(image, "vmm long-mode page tables")
+    assert address == 16 * MiB - 0x2000 - len(tables) and address % boot.PAGE == 0
+    assert image.entry.cr3 == address
+    assert image.entry.rsp == 16 * MiB       # no longer below the tables: the top of RAM
+    assert q(image, address) & ~0xFFF == address + boot.PAGE    # PML4 -> PDPT, moved too
 
 
 # --- layout invariants over many option combinations --------------------------------------------
@@ -636,27 +640,35 @@ def test_elf_segment_fits_with_more_ram():
 
 
 @pytest.mark.parametrize("paddr", [0x0, 0x800, 0xFFF])
-def test_elf_segment_overlapping_low_reserved_area(paddr):
-    data = elf32(segments=[dict(paddr=paddr, data=b"\x90" * 8)])
-    assert_one_line_error(GuestImageError, build, data, match="overlaps")
+def test_elf_segment_in_the_low_page_moves_vmms_structures(paddr):
+    image = build(elf32(segments=[dict(paddr=paddr, data=b"\x90" * 8)]))
+    block = image.stub_base - boot.STUB_BASE
+    assert block == boot.CONVENTIONAL_TOP - boot.PAGE       # the highest free page below 0x9F000
+    assert image.entry.gdt[0] == block + boot.GDT_BASE
+    assert image.entry.idt[0] == block + boot.IDT_BASE
+    assert peek(image, paddr, 8) == b"\x90" * 8
 
 
-def test_elf_zero_fill_overlapping_reserved_area_counts():
-    data = elf32(segments=[dict(paddr=0x0F00, data=b"", memsz=0x200)])
-    assert_one_line_error(GuestImageError, build, data, match="overlaps")
+def test_elf_zero_fill_in_the_low_page_counts():
+    image = build(elf32(segments=[dict(paddr=0x0F00, data=b"", memsz=0x200)]))
+    assert image.stub_base != boot.STUB_BASE
 
 
-def test_elf64_segment_overlapping_long_mode_page_tables():
-    data = elf64(segments=[dict(paddr=16 * MiB - 0x2000, data=CODE)])
-    assert_one_line_error(GuestImageError, build, data, match="page tables")
+def test_elf64_segment_over_the_page_tables_moves_them():
+    image = build(elf64(segments=[dict(paddr=16 * MiB - 0x2000, data=CODE)]))
+    assert image.entry.cr3 == 16 * MiB - 0x2000 - 3 * boot.PAGE
 
 
 def test_elf_with_load_option():
     assert_one_line_error(UsageError, build, elf32(), load=0x100000, match="--load")
 
 
-def test_elf_with_real_mode():
-    assert_one_line_error(UsageError, build, elf32(), mode="real", match="real")
+def test_elf_with_real_mode_and_an_entry_above_1m():
+    assert_one_line_error(GuestImageError, build, elf32(), mode="real", match="below 1 MiB")
+
+
+def test_elf64_with_real_mode():
+    assert_one_line_error(UsageError, build, elf64(), mode="real", match="ELF32 i386")
 
 
 def test_elf_with_reset_entry():

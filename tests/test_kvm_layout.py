@@ -141,6 +141,7 @@ def test_backend_mmio_decoder_reads_kvm_run_mmio_fields():
     ("KVM_GET_VCPU_MMAP_SIZE", 0xAE04),
     ("KVM_CREATE_VCPU", 0xAE41),
     ("KVM_RUN", 0xAE80),
+    ("KVM_INTERRUPT", 0x4004AE86),
     ("KVM_GET_REGS", 0x8090AE81),
     ("KVM_SET_REGS", 0x4090AE82),
     ("KVM_GET_SREGS", 0x8138AE83),

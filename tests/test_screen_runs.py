@@ -222,3 +222,37 @@ def test_grader_screen_checks(tmp_path):
     assert not passed and "board has no text screen" in detail
     assert re.search("blank", evaluate(Check("screen_contains", "x"), [], "", "halt", 0,
                                        screen=[""] * 25)[1])
+
+
+def test_redrive_and_goldens_compare_the_final_screen(vmm, tmp_path, vga_guest):
+    from harness.golden import compare_with_golden, trace_transcript
+    from harness.session import GuestSession
+    from vmm.trace import read_trace
+    trace = tmp_path / "vga.trace"
+    assert vmm("record", vga_guest, "--board", "pc", "-o", trace).returncode == 0
+    assert trace_transcript(read_trace(str(trace))) == [
+        "[screen] row  0: Hi", "[screen] row  1: !", "[end] halt (exit status 0)"]
+    same = vmm("replay", trace, "--guest", vga_guest, "--screen", "none")
+    assert same.returncode == 0 and "left the same screen" in same.stderr, same
+    other = tmp_path / "other.bin"
+    other.write_bytes(VGA_GUEST.replace(bytes([0x69, 0x1F]), bytes([0x6F, 0x1F])))   # "Ho"
+    r = vmm("replay", trace, "--guest", other, "--screen", "none")
+    assert r.returncode == 41, r
+    assert "re-drive differs: the screen differs from the recording's (row  0)" in r.stderr
+    assert "-[screen] row  0: Hi" in r.stderr and "+[screen] row  0: Ho" in r.stderr
+    with GuestSession(str(other), board="pc") as s:
+        s.wait(1)
+    comparison = compare_with_golden(s, trace)
+    assert not comparison.ok
+    assert comparison.summary()[0].startswith("the screen differs from the golden trace")
+
+
+def test_inspect_shows_the_screen_changes_and_the_final_screen(vmm, tmp_path, vga_guest):
+    trace = tmp_path / "vga.trace"
+    assert vmm("record", vga_guest, "--board", "pc", "-o", trace).returncode == 0
+    text = vmm("inspect", trace).stdout
+    assert "2 screen changes" in text
+    assert "screen    at the end of the run\n  |Hi\n  |!\n" in text
+    assert "screen row 0: 'Hi'" in text
+    summary = json.loads(vmm("inspect", "--json", trace).stdout)
+    assert summary["screen"][:2] == ["Hi", "!"] and summary["counts"]["screen_changes"] == 2

@@ -105,7 +105,8 @@ def add_machine_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("machine")
     g.add_argument("--mode", choices=("real", "protected", "long"),
                    help="CPU mode at entry for a raw binary (default real; ELF32: protected, "
-                        "ELF64: long)")
+                        "ELF64: long; real also starts an ELF32 at a 16-bit entry; multiboot "
+                        "kernels: protected, docs/boot.md)")
     g.add_argument("--load", type=_address, metavar="ADDR",
                    help="where a raw binary is loaded (default 0x1000)")
     g.add_argument("--entry", type=_entry, metavar="ADDR|reset",
@@ -120,6 +121,12 @@ def add_machine_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--stack", type=_address, metavar="ADDR",
                    help="initial stack pointer (default: top of RAM, below vmm's page tables "
                         "in long mode; top of conventional memory in real mode)")
+    g.add_argument("--cmdline", metavar="TEXT",
+                   help="multiboot kernels: the command line (multiboot 1 receives 'FILE TEXT', "
+                        "FILE the kernel's file name, as QEMU's -append; multiboot 2 TEXT)")
+    g.add_argument("--module", action="append", metavar="FILE[=STRING]",
+                   help="multiboot kernels: load FILE as a boot module, with STRING (default "
+                        "FILE) as its string; repeatable, in order, like QEMU's -initrd a,b")
     g.add_argument("--cpuid", choices=("portable", "host"), default="portable",
                    help="CPUID table the guest sees: a fixed portable one (default) or this "
                         "host's")
@@ -417,9 +424,11 @@ def _command_in(argv: list[str]) -> str | None:
 
 
 def boot_options(args):
-    from .boot import BootOptions
+    from .boot import BootOptions, read_module_file
+    modules = tuple(read_module_file(spec) for spec in getattr(args, "module", None) or ())
     return BootOptions(mode=args.mode, load=args.load, entry=args.entry, mem=args.mem,
-                       stack=args.stack, board=args.board)
+                       stack=args.stack, board=args.board, cmdline=getattr(args, "cmdline", None),
+                       modules=modules)
 
 
 def _stdin_feed():

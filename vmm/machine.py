@@ -317,7 +317,7 @@ class Machine:
 
     def _halted(self) -> None:
         cpu = self.backend.cpu_state()
-        vector = boot.stub_vector(cpu.linear_rip)
+        vector = boot.stub_vector(cpu.linear_rip, self.image.stub_base)
         if vector is None:
             raise StopRun("halt", f"guest halted at rip={cpu.rip:#x}")
         real = self.image.entry.mode == "real"

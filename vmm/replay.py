@@ -17,7 +17,7 @@ import difflib
 from dataclasses import dataclass, field
 
 from .boards import BOARDS
-from .boot import BootOptions, build_boot_image
+from .boot import BootOptions, build_boot_image, detect_protocol
 from .errors import EXIT_CODES, TraceError
 from .machine import Observer
 from .outcome import RunEnd, StopRun
@@ -139,16 +139,10 @@ def replay_machine_parts(trace: Trace, guest_name: str | None = None,
         boot = dict(machine["boot"])
         cpuid = [{k: int(e[k]) for k in ("function", "index", "flags", "eax", "ebx", "ecx",
                                          "edx")} for e in machine["cpuid"]]
-        for key in ("mode", "load", "entry", "mem", "stack"):
-            value = boot.get(key)
-            if value is not None and not isinstance(value, (int, str)):
-                raise ValueError(key)
         board = machine.get("board", "p3")         # traces before boards ran on p3
         if not isinstance(board, str) or board not in BOARDS:
             raise ValueError(f"board {board!r}")
-        options = BootOptions(mode=boot.get("mode"), load=boot.get("load"),
-                              entry=boot.get("entry"), mem=int(boot["mem"]),
-                              stack=boot.get("stack"), board=board)
+        options = BootOptions.from_dict(dict(boot, board=board))  # with cmdline and modules
     except (KeyError, TypeError, ValueError) as e:
         raise TraceError(f"corrupt trace {trace.path}: the machine configuration is "
                          f"incomplete ({e})") from None
@@ -160,6 +154,11 @@ def replay_machine_parts(trace: Trace, guest_name: str | None = None,
     else:
         if boot_override is not None:
             options = BootOptions(**boot_override)
+        elif detect_protocol(guest_bytes) is not None:
+            # A multiboot kernel: boots as its header says, with the recording's command line
+            # and modules, in the same RAM size.
+            options = BootOptions(mem=options.mem, board=options.board,
+                                  cmdline=options.cmdline, modules=options.modules)
         elif guest_bytes[:4] == b"\x7fELF" or trace.header["machine"].get("kind") != "raw":
             # Another kind of file: boot it the way its own kind boots, in the same RAM size.
             options = BootOptions(mem=options.mem, board=options.board)
@@ -273,15 +272,26 @@ def recorded_fetches(trace: Trace) -> dict[str, list[str]]:
 
 def redrive_verdict(trace: Trace, actual: list[tuple[str, str, bool]], end: RunEnd,
                     guest_name: str) -> Verdict:
+    from .screenlog import replay_rows, transcript_lines
     expected = [_fmt(r["dev"], r["text"], bool(r.get("partial"))) for r in trace.outputs()]
     got = [_fmt(*o) for o in actual]
+    screens = trace.screens()
+    if screens or end.screen is not None:
+        expected += transcript_lines(replay_rows(screens))
+        got += transcript_lines(end.screen)
     if expected == got:
+        screen = " and left the same screen" if end.screen is not None else ""
         return Verdict(0, [f"vmm: re-drive identical: {guest_name} printed the same "
-                           f"{len(got)} output lines as the recording"])
+                           f"{len(actual)} output lines as the recording{screen}"])
     diff = list(difflib.unified_diff(expected, got, fromfile=f"recorded ({trace.header['guest']['name']})",
                                      tofile=f"re-driven ({guest_name})", lineterm="", n=2))
     first = next((i for i, (a, b) in enumerate(zip(expected, got)) if a != b),
                  min(len(expected), len(got)))
+    differing = (got[first] if first < len(got) else "") or (
+        expected[first] if first < len(expected) else "")
+    if differing.startswith("[screen]"):
+        what = f"the screen differs from the recording's ({differing.split(':')[0][9:]})"
+    else:
+        what = f"console output differs from the recording at line {first + 1}"
     return Verdict(EXIT_CODES["redrive-differs"],
-                   [f"vmm: re-drive differs: console output differs from the recording at line "
-                    f"{first + 1} (the run ended: {end.message})"] + diff)
+                   [f"vmm: re-drive differs: {what} (the run ended: {end.message})"] + diff)

@@ -41,6 +41,23 @@ def screen_text(rows: list[str]) -> str:
     return "".join(row + "\n" for row in rows[:end])
 
 
+def replay_rows(records) -> list[str]:
+    """The screen a trace's `screen` records leave, applied in order over a blank screen (the
+    state a guest starts with unless it loads text there itself)."""
+    rows = [""] * ROWS
+    for record in records:
+        for row, text, _ in record["rows"]:
+            rows[row] = text
+    return rows
+
+
+def transcript_lines(rows: list[str] | None) -> list[str]:
+    """The screen's non-empty rows as transcript lines: what goldens and re-drive compare."""
+    if rows is None:
+        return []
+    return [f"[screen] row {i:2d}: {text}" for i, text in enumerate(rows) if text]
+
+
 class ScreenLog:
     """Samples a text buffer in guest memory and reports the rows that changed."""
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 
+from .screenlog import replay_rows, screen_text
 from .trace import Trace
 
 
@@ -27,7 +28,18 @@ def _describe(record: dict) -> str:
         return f"checkpoint {record['regs']}"
     if kind == "fetch":
         return f"fetch {record['dev']}: {record['text']}"
+    if kind == "screen":
+        return "screen " + ", ".join(f"row {row}: {text!r}" for row, text, _ in record["rows"])
     return kind
+
+
+def _boot_summary(boot):
+    """The boot options, with each multiboot module's contents (base64) left out: its name,
+    string, size and sha256 say which it was."""
+    if not isinstance(boot, dict) or not isinstance(boot.get("modules"), list):
+        return boot
+    return dict(boot, modules=[{k: v for k, v in m.items() if k != "data"}
+                               if isinstance(m, dict) else m for m in boot["modules"]])
 
 
 def summarize(trace: Trace, limit: int = 40) -> dict:
@@ -48,7 +60,7 @@ def summarize(trace: Trace, limit: int = 40) -> dict:
         "guest": {k: h["guest"][k] for k in ("name", "size", "sha256")},
         "machine": {"board": machine.get("board", "p3"),
                     "kind": machine.get("kind"), "mode": machine.get("mode"),
-                    "mem": machine.get("mem"), "boot": machine.get("boot"),
+                    "mem": machine.get("mem"), "boot": _boot_summary(machine.get("boot")),
                     "load_map": machine.get("load_map"), "devices": machine.get("devices"),
                     "feeds": machine.get("feeds") if isinstance(machine.get("feeds"), dict)
                     else None,
@@ -58,7 +70,10 @@ def summarize(trace: Trace, limit: int = 40) -> dict:
         "script_steps": len(h["script"]) if isinstance(h.get("script"), list) else None,
         "counts": {"keys": counts["key"], "timer_firings": counts["timer"],
                    "output_lines": counts["out"], "checkpoints": counts["cp"],
-                   "script_steps_done": counts["step"], "fetches": counts["fetch"]},
+                   "script_steps_done": counts["step"], "fetches": counts["fetch"],
+                   "screen_changes": counts["screen"]},
+        "screen": (replay_rows(trace.screens())
+                   if machine.get("board") == "pc" or counts["screen"] else None),
         "truncated": trace.truncated,
         "end": None if end is None else {
             "reason": end["reason"], "exit_code": end["exit_code"],
@@ -88,7 +103,8 @@ def format_summary(s: dict) -> str:
         f"({s['info'].get('backend', '?')})",
         f"counts    {c['keys']} keys, {c['timer_firings']} timer firings, "
         f"{c['output_lines']} output lines, {c['checkpoints']} checkpoints"
-        + (f", {c['fetches']} web fetches" if c["fetches"] else ""),
+        + (f", {c['fetches']} web fetches" if c["fetches"] else "")
+        + (f", {c['screen_changes']} screen changes" if c.get("screen_changes") else ""),
     ]
     feeds = m.get("feeds")
     if feeds is not None:
@@ -104,6 +120,10 @@ def format_summary(s: dict) -> str:
                      f"{end['observations']} observations, {end['guest_time_s']}s of guest time"
                      + (f", {wall}s wall" if wall is not None else ""))
         lines.append(f"          {end['message']}")
+    if s.get("screen") is not None:
+        text = screen_text(s["screen"])
+        lines.append("screen    at the end of the run" + ("" if text else ": blank"))
+        lines += [f"  |{row}" for row in text.splitlines()]
     lines.append("timeline  (observation, clock time, event)")
     for e in s["timeline"]:
         at = f"{e['at_s']:.3f}s" if e["at_s"] is not None else "      "

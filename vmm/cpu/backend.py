@@ -178,6 +178,13 @@ class UnknownExit(Exit):
         self.reason = reason
 
 
+class IrqWindow(Exit):
+    """The guest can take an external interrupt now (asked for with
+    request_interrupt_window): interrupts are enabled and no instruction shadow (after STI or
+    MOV SS) blocks them. A deterministic point: the same instruction boundary on every run."""
+    __slots__ = ()
+
+
 class DebugStop(Exit):
     """Under a debugger (vmm.gdb): the guest stopped between two instructions, because the
     instruction budget ran out, a breakpoint's instruction is next, or a watched location
@@ -186,6 +193,7 @@ class DebugStop(Exit):
 
 
 HALT, SHUTDOWN, INTERRUPTED, DEBUG_STOP = Halt(), Shutdown(), Interrupted(), DebugStop()
+IRQ_WINDOW = IrqWindow()
 
 
 class DebugState:
@@ -271,6 +279,23 @@ class CpuBackend:
 
     def cpu_state(self) -> CpuState:
         raise NotImplementedError
+
+    # --- external interrupts (DESIGN §10): injected only at exits the guest caused ------------
+    def interrupt_ready(self) -> bool:
+        """At an exit: whether the guest can take an external interrupt before its next
+        instruction (RFLAGS.IF set, no STI/MOV SS shadow, nothing already being injected)."""
+        raise NotImplementedError(f"the {self.name} backend has no interrupt injection")
+
+    def inject_interrupt(self, vector: int) -> None:
+        """Deliver external interrupt `vector` through the guest's IVT/IDT before its next
+        instruction; only when interrupt_ready(). A HLT the guest is in is left (the handler's
+        IRET returns past it), as on a CPU woken by an interrupt."""
+        raise NotImplementedError(f"the {self.name} backend has no interrupt injection")
+
+    def request_interrupt_window(self, on: bool) -> None:
+        """With on=True, run() returns IRQ_WINDOW at the first instruction boundary where the
+        guest can take an interrupt (at once if it can now)."""
+        raise NotImplementedError(f"the {self.name} backend has no interrupt injection")
 
     def kick(self) -> None:
         """Make the current or next run() return Interrupted soon; async-signal safe."""

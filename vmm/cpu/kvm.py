@@ -14,6 +14,7 @@ import errno as _errno
 import fcntl
 import mmap
 import os
+import struct
 
 # --- ioctl request numbers, from <asm-generic/ioctl.h> -------------------------------------
 _IOC_NRSHIFT, _IOC_TYPESHIFT, _IOC_SIZESHIFT, _IOC_DIRSHIFT = 0, 8, 16, 30
@@ -154,6 +155,7 @@ KVM_SET_TSS_ADDR = _IO(0x47)
 KVM_REGISTER_COALESCED_MMIO = _IOW(0x67, kvm_coalesced_mmio_zone)
 KVM_UNREGISTER_COALESCED_MMIO = _IOW(0x68, kvm_coalesced_mmio_zone)
 KVM_RUN = _IO(0x80)
+KVM_INTERRUPT = _IOW(0x86, ctypes.c_uint32)
 KVM_GET_REGS = _IOR(0x81, kvm_regs)
 KVM_SET_REGS = _IOW(0x82, kvm_regs)
 KVM_GET_SREGS = _IOR(0x83, kvm_sregs)
@@ -191,6 +193,7 @@ KVM_EXIT_IO = 2
 KVM_EXIT_DEBUG = 4
 KVM_EXIT_HLT = 5
 KVM_EXIT_MMIO = 6
+KVM_EXIT_IRQ_WINDOW_OPEN = 7
 KVM_EXIT_SHUTDOWN = 8
 KVM_EXIT_FAIL_ENTRY = 9
 KVM_EXIT_INTR = 10
@@ -205,6 +208,9 @@ TSS_ADDR = 0xFFFBD000
 
 # Offsets into the run area for the hot path, taken from the structures above.
 RUN_IMMEDIATE_EXIT = kvm_run.immediate_exit.offset
+RUN_REQUEST_INTERRUPT_WINDOW = kvm_run.request_interrupt_window.offset
+RUN_READY_FOR_INTERRUPT_INJECTION = kvm_run.ready_for_interrupt_injection.offset
+RUN_IF_FLAG = kvm_run.if_flag.offset
 RUN_EXIT_REASON = kvm_run.exit_reason.offset
 RUN_EXIT_INFO = kvm_run.u.offset
 
@@ -225,7 +231,7 @@ _REQUEST_NAMES = {value: name for name, value in globals().items() if name in (
     "KVM_GET_API_VERSION", "KVM_CREATE_VM", "KVM_CHECK_EXTENSION", "KVM_GET_VCPU_MMAP_SIZE",
     "KVM_GET_SUPPORTED_CPUID", "KVM_CREATE_VCPU", "KVM_SET_USER_MEMORY_REGION",
     "KVM_SET_TSS_ADDR", "KVM_REGISTER_COALESCED_MMIO", "KVM_UNREGISTER_COALESCED_MMIO",
-    "KVM_RUN", "KVM_GET_REGS", "KVM_SET_REGS", "KVM_GET_SREGS", "KVM_SET_SREGS",
+    "KVM_RUN", "KVM_INTERRUPT", "KVM_GET_REGS", "KVM_SET_REGS", "KVM_GET_SREGS", "KVM_SET_SREGS",
     "KVM_SET_CPUID2", "KVM_SET_GUEST_DEBUG", "KVM_GET_MSRS", "KVM_SET_MSRS", "KVM_GET_FPU",
     "KVM_SET_FPU", "KVM_GET_VCPU_EVENTS", "KVM_SET_VCPU_EVENTS")}
 
@@ -332,6 +338,10 @@ class Vcpu:
     def run(self) -> None:
         """KVM_RUN. Raises InterruptedError (EINTR) when a signal interrupts it."""
         fcntl.ioctl(self.fd, KVM_RUN)
+
+    def interrupt(self, vector: int) -> None:
+        """KVM_INTERRUPT: queue an external interrupt (userspace interrupt controller)."""
+        _ioctl(self.fd, KVM_INTERRUPT, struct.pack("<I", vector))
 
     def get_regs(self) -> kvm_regs:
         regs = kvm_regs()

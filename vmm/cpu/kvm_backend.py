@@ -18,9 +18,9 @@ import mmap
 import struct
 
 from . import coalesced, kvm
-from .backend import (DEBUG_STOP, HALT, INTERRUPTED, SHUTDOWN, CpuBackend, CpuState, DebugState,
-                      EntryState, FailEntry, InternalError, IoIn, IoOut, Mmio, Segment,
-                      UnknownExit, GPR_NAMES)
+from .backend import (DEBUG_STOP, HALT, INTERRUPTED, IRQ_WINDOW, SHUTDOWN, CpuBackend, CpuState,
+                      DebugState, EntryState, FailEntry, InternalError, IoIn, IoOut, Mmio,
+                      Segment, UnknownExit, GPR_NAMES)
 from ..errors import BackendUnavailable
 
 _io_info = struct.Struct("<BBHIQ").unpack_from          # direction, size, port, count, data_offset
@@ -164,6 +164,8 @@ class KvmBackend(CpuBackend):
             return in_
         if reason == kvm.KVM_EXIT_HLT:
             return HALT
+        if reason == kvm.KVM_EXIT_IRQ_WINDOW_OPEN:
+            return IRQ_WINDOW
         if reason == kvm.KVM_EXIT_SHUTDOWN:
             return SHUTDOWN
         if reason == kvm.KVM_EXIT_MMIO:
@@ -183,6 +185,17 @@ class KvmBackend(CpuBackend):
 
     def complete_in(self, data: bytes) -> None:
         self._run_area[self._in_offset:self._in_offset + len(data)] = data
+
+    # --- external interrupts: KVM_INTERRUPT into a userspace interrupt controller ------------
+    def interrupt_ready(self) -> bool:
+        # Set by KVM at every exit: IF=1, no interrupt shadow, no event being injected.
+        return bool(self._run_area[kvm.RUN_READY_FOR_INTERRUPT_INJECTION])
+
+    def inject_interrupt(self, vector: int) -> None:
+        self._vcpu.interrupt(vector)
+
+    def request_interrupt_window(self, on: bool) -> None:
+        self._run_area[kvm.RUN_REQUEST_INTERRUPT_WINDOW] = 1 if on else 0
 
     def kick(self) -> None:
         # Async-signal safe: one byte store. If KVM_RUN is in progress the signal itself
