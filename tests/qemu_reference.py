@@ -359,11 +359,12 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def run_vmm(kernel: Path | str, backend: str, *, modules: list[Module] = (),
             append: str | None = None, timeout: float = 60.0, workdir: Path,
-            board: str | None = "pc", screen: bool = True,
+            board: str | None = "pc", screen: bool = True, vmm_timeout: str = "10s",
             extra_args: tuple[str, ...] = ()) -> BootResult:
     """Run `kernel` under `vmm record --board pc --screen final` on `backend` and return the
     same shape as run_qemu (board None: vmm's default board; screen False: no --screen, and
-    screen_rows holds whatever stdout has after the console lines, normally nothing).
+    screen_rows holds whatever stdout has after the console lines, normally nothing). A guest
+    still running after vmm_timeout is stopped by vmm (status 28).
 
     The one place that knows how vmm reports a run (adjust here when that changes):
     - COM1 and 0xE9 come from the trace's `out` records (dev `com1`, `debugcon`): stdout
@@ -384,7 +385,7 @@ def run_vmm(kernel: Path | str, backend: str, *, modules: list[Module] = (),
     work.mkdir(parents=True, exist_ok=True)
     trace = work / f"{kernel.name}.{backend}.trace"
     cmd = [sys.executable, "-m", "vmm", "record", str(kernel), "-o", str(trace),
-           "--backend", backend, *extra_args]
+           "--backend", backend, "--timeout", vmm_timeout, *extra_args]
     if board is not None:
         cmd += ["--board", board]
     if screen:

@@ -285,7 +285,6 @@ def test_vmm_shows_what_qemu_shows(case, backend, tmp_path):
 
 
 @pytest.mark.kvm
-@PC_BOARD_PENDING
 @pytest.mark.parametrize("backend", BACKENDS, indirect=True)
 def test_vmm_runs_the_16_bit_elf_in_real_mode(backend, tmp_path, guests):
     v = run_vmm(PC / "real16.elf", backend, workdir=tmp_path, board=None, screen=False,
