@@ -57,8 +57,9 @@ def golden_throughput(runs: int) -> Row:
 def grading_throughput(runs: int, tmp: str) -> list[Row]:
     """The grading rows. Fill-in point for the grader: they need `harness.grader.grade`.
     The echo guest and the mutants that do I/O are graded together, in submissions per second;
-    the mutant that spins without I/O separately, in seconds: it runs into the rubric's
-    wall-time limit in every scenario, so its time is the rubric's, not vmm's."""
+    the mutant that spins without I/O separately, in seconds per submission: vmm finds the
+    spin (its state comes round exactly) at a watchdog tick, so no scenario waits for the
+    rubric's wall-time limit (target: under 1 s per submission)."""
     name = "grading: examples/rubrics/echo.toml, -j 1"
     try:
         from harness.grader import grade
@@ -88,8 +89,10 @@ def grading_throughput(runs: int, tmp: str) -> list[Row]:
     if spinning:
         rows.append(Row(id="grading-spin", group="4. suites",
                         name=f"{name}: the mutant that spins without I/O", unit="s",
-                        vmm=summary(spins), compare="value",
-                        note="its scenarios end by the rubric's wall_time limit (5 s of host time)"))
+                        vmm=summary([t / len(spinning) for t in spins]), compare="value",
+                        target=("<=", 1.0),
+                        note="6 scenarios; each ends as a spin at a watchdog tick, not by the "
+                             "rubric's wall_time (5 s)"))
     return rows
 
 

@@ -202,6 +202,26 @@ def _href(*parts: str) -> str:
     return "/".join(quote(p) for p in parts)
 
 
+def screen_png(trace_path: Path, png_path: Path) -> bool:
+    """The screen a scenario's trace ends with, as a PNG next to it (boards with a text
+    screen); False when the trace has none or cannot be read."""
+    from vmm.errors import TraceError
+    from vmm.screen import apply_rows, render_png
+    from vmm.trace import read_trace
+    try:
+        trace = read_trace(str(trace_path))
+        records = trace.screens()
+        if not records and trace.header["machine"].get("board", "p3") != "pc":
+            return False
+        screen = apply_rows(None, [])
+        for record in records:
+            screen = apply_rows(screen, record["rows"])
+        render_png(screen, png_path)
+        return True
+    except (TraceError, OSError, ValueError, KeyError, TypeError):
+        return False
+
+
 def submission_page(report: dict, sub: dict, out: Path) -> str:
     body = ['<p><a href="../report.html">&larr; the class</a></p>',
             f"<h1>{e(sub['name'])}: {sub['score']:g} / {sub['max_score']:g}</h1>",
@@ -229,6 +249,12 @@ def submission_page(report: dict, sub: dict, out: Path) -> str:
         body.append(f"<h3>Output</h3><pre>{e(sc['output']) or '(nothing)'}</pre>")
         if sc["trace"]:
             rel = os.path.relpath(sc["trace"], sub["name"])
+            png = Path(sc["trace"]).with_suffix(".screen.png")
+            if screen_png(out / sc["trace"], out / png):
+                body.append(f'<h3>Screen at the end</h3><p><img class="screen" '
+                            f'src="{_href(*Path(os.path.relpath(png, sub["name"])).parts)}" '
+                            f'width="640" height="325" alt="the text screen when the run '
+                            f'ended"></p>')
             body.append("<h3>Timeline</h3>" + timeline_svg(out / sc["trace"]))
             body.append(f'<p>Replay exactly what the grader saw: <code>vmm replay '
                         f'{e(rel)}</code> (<a href="{_href(*Path(rel).parts)}">the trace</a>)'

@@ -21,9 +21,8 @@ CONSOLE_HELLO = bytes([0xB0, 0x41, 0xE6, 0x42, 0xB0, 0x0A, 0xE6, 0x42, 0xF4])
 
 def bus_of(board) -> PortBus:
     bus = PortBus()
-    for slot in board.slots:
-        bus.register(slot.make(BoardContext(inputs=None, output=lambda *a: None)), slot.port,
-                     slot.count)
+    for slot, device in board.build(BoardContext(inputs=None, output=lambda *a: None)):
+        bus.register(device, slot.port, slot.count)
     return bus
 
 
@@ -161,3 +160,39 @@ def test_rubric_and_vmm_toml_take_a_board(tmp_path):
     rubric.write_text(rubric.read_text().replace('"pc"', '"isa"'))
     with pytest.raises(UsageError, match="boot.board: expected one of p3, pc, got 'isa'"):
         load_rubric(str(rubric))
+
+
+@pytest.mark.parametrize("code, status, reason", [
+    # mov dx, 0x604; mov ax, 0x2000; out dx, ax; hlt: QEMU's ACPI soft power-off
+    (bytes([0xBA, 0x04, 0x06, 0xB8, 0x00, 0x20, 0xEF, 0xF4]), 0, "shutdown"),
+    # mov dx, 0xb004; ...: the older QEMU/Bochs PM port
+    (bytes([0xBA, 0x04, 0xB0, 0xB8, 0x00, 0x20, 0xEF, 0xF4]), 0, "shutdown"),
+    # mov dx, 0x501; mov al, 0x31; out dx, al; hlt: isa-debug-exit at QEMU's default base
+    (bytes([0xBA, 0x01, 0x05, 0xB0, 0x31, 0xEE, 0xF4]), 99, "exit-device"),
+    # mov al, 0x18; out 0xf4, al; hlt: isa-debug-exit at 0xf4
+    (bytes([0xB0, 0x18, 0xE6, 0xF4, 0xF4]), 49, "exit-device"),
+])
+def test_the_pc_boards_exit_and_shutdown_ports_end_the_run(vmm, tmp_path, code, status, reason):
+    guest = tmp_path / "exit.bin"
+    guest.write_bytes(code)
+    r = vmm("record", guest, "--board", "pc", "-o", tmp_path / "t.trace")
+    assert r.returncode == status, r
+    assert records_without_info(tmp_path / "t.trace")[-1]["reason"] == reason
+
+
+def test_bochs_shutdown_string_and_com2_and_post_codes_on_pc(vmm, tmp_path):
+    # mov dx, 0x2f8; "B\n" to COM2; out 0x80 twice; "Shutdown" to 0x8900 with rep outsb
+    text = b"Shutdown"
+    code = bytes([0xBA, 0xF8, 0x02, 0xB0, 0x42, 0xEE, 0xB0, 0x0A, 0xEE,
+                  0xB0, 0x12, 0xE6, 0x80, 0xB0, 0x34, 0xE6, 0x80,
+                  0xBE]) + (0x1000 + 29).to_bytes(2, "little") + bytes([
+                  0xB9, len(text), 0x00, 0xBA, 0x00, 0x89, 0xF3, 0x6E, 0xF4])
+    assert len(code) == 29
+    guest = tmp_path / "bochs.bin"
+    guest.write_bytes(code + text)
+    trace = tmp_path / "t.trace"
+    r = vmm("record", guest, "--board", "pc", "-o", trace)
+    assert r.returncode == 0 and r.lines == ["B"], r
+    records = records_without_info(trace)
+    assert records[-1]["reason"] == "shutdown"
+    assert {"type": "out", "n": 0, "dev": "com2", "text": "B"} in records

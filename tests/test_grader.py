@@ -65,7 +65,7 @@ def test_reference_gets_full_marks_and_every_mutant_its_known_score(tmp_path, ru
     assert scores(report) == EXPECTED
     by_name = {s["name"]: s for s in report["submissions"]}
     spin = {sc["name"]: sc for sc in by_name["echo-spin.bin"]["scenarios"]}
-    assert spin["echo on every timer event, period honoured"]["end_reason"] == "timeout"
+    assert spin["echo on every timer event, period honoured"]["end_reason"] == "spin"
     triple = by_name["echo-triple_fault.bin"]["scenarios"][1]
     assert triple["end_reason"] == "triple-fault" and "triple-faulted" in triple["reason"]
 

@@ -103,3 +103,24 @@ def test_every_link_resolves_and_nothing_is_fetched_from_outside(graded):
                 checked += 1
     assert checked >= 4 * 6 + 4 + 3                 # traces, logs, pages, reports
     assert os.path.getsize(graded / "report.html") < 200_000
+
+
+def test_a_pc_board_scenario_shows_its_final_screen_as_an_image(tmp_path):
+    from PIL import Image
+
+    from test_screen_runs import VGA_GUEST
+    guest = tmp_path / "vga.bin"
+    guest.write_bytes(VGA_GUEST)
+    rubric = tmp_path / "screen.toml"
+    rubric.write_text('title = "screen"\n[boot]\nboard = "pc"\nmode = "real"\n'
+                      '[[scenario]]\nname = "greets"\npoints = 1\nscript = "wait 1s"\n'
+                      '[[scenario.check]]\nscreen_contains = "Hi"\n')
+    report = grade([str(guest)], str(rubric), str(tmp_path / "out"))
+    assert report["submissions"][0]["score"] == 1
+    page = (tmp_path / "out" / "vga.bin" / "index.html").read_text()
+    parser = _Links()
+    parser.feed(page)
+    images = [link for link in parser.links if link.endswith(".screen.png")]
+    assert len(images) == 1, parser.links
+    image = Image.open(tmp_path / "out" / "vga.bin" / unquote(images[0])).convert("RGB")
+    assert image.getpixel((1, 1)) == (0x00, 0x00, 0xAA)        # the blue of 'H' in row 0

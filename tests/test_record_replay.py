@@ -231,8 +231,8 @@ def test_signal_at_a_random_moment_leaves_a_replayable_trace(tmp_path, guests, v
 
 
 def test_timeout_of_a_guest_that_never_reads_replays_without_final_state(tmp_path, guests, vmm):
-    path = tmp_path / "spin.trace"
-    r = vmm("record", guests / "faults" / "spin.bin", "--timeout", "300ms", "-o", path)
+    path = tmp_path / "busy.trace"
+    r = vmm("record", guests / "faults" / "busy.bin", "--timeout", "300ms", "-o", path)
     assert r.returncode == 28
     assert read_trace(str(path)).end["at_read"] is False
     rep = vmm("replay", "--timeout", "1s", path)

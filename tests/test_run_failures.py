@@ -2,14 +2,36 @@
 
 import pytest
 
+from vmm.trace import read_trace
+
 pytestmark = pytest.mark.kvm
 FAULTS = "faults"
 
 
-def test_spin_without_exits_is_stopped_by_the_watchdog(vmm, guests):
-    r = vmm("run", guests / FAULTS / "spin.bin", "--timeout", "300ms")
+def test_computing_without_exits_is_stopped_by_the_watchdog(vmm, guests):
+    r = vmm("run", guests / FAULTS / "busy.bin", "--timeout", "300ms")
     assert r.returncode == 28, r
     assert "passed --timeout (0.3s" in r.stderr
+
+
+def test_a_loop_whose_state_repeats_ends_at_once_as_a_spin(vmm, guests, tmp_path):
+    trace = tmp_path / "spin.trace"
+    r = vmm("record", guests / FAULTS / "spin.bin", "--timeout", "20s", "-o", trace)
+    assert r.returncode == 50, r
+    assert "the guest spins forever at rip=0x1000" in r.stderr
+    assert read_trace(str(trace)).end["reason"] == "spin"
+    rep = vmm("replay", trace)
+    assert rep.returncode == 0, rep
+    assert "ended by spin" in rep.stderr
+
+
+def test_a_loop_that_still_prints_is_not_a_spin(vmm, guests, tmp_path):
+    # mov al, 'x'; out 0xe9, al; jmp back: the same registers and memory at every turn, but
+    # output grows (batched, without exits, once coalescing starts).
+    guest = tmp_path / "printer.bin"
+    guest.write_bytes(bytes([0xB0, 0x78, 0xE6, 0xE9, 0xEB, 0xFA]))
+    r = vmm("run", guest, "--max-output", "300K")
+    assert r.returncode == 30, r            # output-flood, never "spin"
 
 
 def test_triple_fault(vmm, guests):

@@ -256,3 +256,42 @@ def test_inspect_shows_the_screen_changes_and_the_final_screen(vmm, tmp_path, vg
     assert "screen row 0: 'Hi'" in text
     summary = json.loads(vmm("inspect", "--json", trace).stdout)
     assert summary["screen"][:2] == ["Hi", "!"] and summary["counts"]["screen_changes"] == 2
+
+
+def test_inspect_renders_the_final_screen_as_a_png(vmm, tmp_path, vga_guest):
+    from PIL import Image
+    trace = tmp_path / "vga.trace"
+    assert vmm("record", vga_guest, "--board", "pc", "-o", trace).returncode == 0
+    png = tmp_path / "screen.png"
+    r = vmm("inspect", trace, "--png", png)
+    assert r.returncode == 0 and "wrote the final screen" in r.stderr, r
+    image = Image.open(png).convert("RGB")
+    assert image.size == (80 * 8, 25 * 13)
+    cell_h = {image.getpixel((x, y)) for x in range(8) for y in range(13)}
+    assert cell_h == {(0x00, 0x00, 0xAA), (0xFF, 0xFF, 0xFF)}      # white 'H' on blue
+    assert image.getpixel((8 * 40, 13 * 12)) == (0, 0, 0)          # the rest: black
+    plain = tmp_path / "p3.trace"
+    (tmp_path / "hlt.bin").write_bytes(b"\xf4")
+    assert vmm("record", tmp_path / "hlt.bin", "-o", plain).returncode == 0
+    r = vmm("inspect", plain, "--png", png)
+    assert r.returncode == 2 and "has no screen" in r.stderr, r
+
+
+def test_the_crtc_start_address_scrolls_the_screen_that_is_sampled(vmm, tmp_path):
+    code = bytes([
+        0xB8, 0x00, 0xB8, 0x8E, 0xC0,                   # es = 0xb800
+        0x26, 0xC7, 0x06, 0x00, 0x00, 0x41, 0x07,       # 'A' at row 0
+        0x26, 0xC7, 0x06, 0xA0, 0x00, 0x42, 0x07,       # 'B' at row 1
+        0xBA, 0xD4, 0x03, 0xB0, 0x0C, 0xEE,             # CRTC index 0x0c (start, high)
+        0x42, 0xB0, 0x00, 0xEE,                         # ... = 0
+        0x4A, 0xB0, 0x0D, 0xEE,                         # CRTC index 0x0d (start, low)
+        0x42, 0xB0, 0x50, 0xEE,                         # ... = 80 cells: one row down
+        0xF4,
+    ])
+    guest = tmp_path / "scroll.bin"
+    guest.write_bytes(code)
+    r = vmm("run", guest, "--board", "pc", "--screen", "final")
+    assert r.returncode == 0 and r.stdout == "B\n", r
+    r = vmm("run", guest, "--board", "pc", "--mem", "512K", "--screen", "final")
+    assert r.returncode == 24 and r.stdout == "", r    # no RAM at 0xb8000: no screen, and
+    assert "outside its 512K of RAM" in r.stderr        # the write is outside RAM

@@ -90,7 +90,7 @@ def test_the_session_trace_replays_exactly_and_deterministically(tmp_path):
 
 
 def test_a_guest_that_never_gives_control_back_is_stopped(tmp_path):
-    with GuestSession(str(GUESTS / "faults" / "spin.bin"), trace=str(tmp_path / "spin.trace"),
+    with GuestSession(str(GUESTS / "faults" / "busy.bin"), trace=str(tmp_path / "busy.trace"),
                       wall_timeout=0.3) as s:
         with pytest.raises(pexpect.EOF):
             s.expect("anything")
@@ -150,3 +150,11 @@ def test_a_named_trace_is_kept(tmp_path):
     del s
     gc.collect()
     assert path.exists()
+
+
+def test_a_session_whose_guest_spins_ends_as_a_spin(tmp_path):
+    with GuestSession(str(GUESTS / "faults" / "spin.bin"), trace=str(tmp_path / "spin.trace"),
+                      wall_timeout=30) as s:
+        with pytest.raises(pexpect.EOF):
+            s.expect("anything")
+    assert s.reason == "spin"

@@ -102,7 +102,7 @@ def test_guest_crash_restores_the_terminal(guests):
 
 
 def test_quit_key_works_while_the_guest_spins_without_exits(guests):
-    child, before = start("guests/build/faults/spin.bin")
+    child, before = start("guests/build/faults/busy.bin")
     time.sleep(0.3)
     child.send("\x1d")
     before, rc, after = settings_and_status(child, before)

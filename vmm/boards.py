@@ -22,9 +22,11 @@ from __future__ import annotations
 
 from typing import Callable
 
-from .devices import ExitDevice, IntervalTimer, Keyboard, LineOutput, Serial16550, WebDevice
+from .devices import (AcpiShutdown, BochsShutdown, DebugExitPort, ExitDevice, IntervalTimer,
+                      Keyboard, LineOutput, PostCodePort, Serial16550, VgaText, WebDevice)
+from .devices.vga import MONO_BASE, MONO_COUNT, PORT_BASE as VGA_BASE, PORT_COUNT as VGA_COUNT
 from .devices.web import AIR_DEVICES, HEADLINE, WEATHER_DEVICES
-from .record_type import Record
+from .record_type import Record, factory
 
 MiB = 1 << 20
 DEFAULT_BOARD = "p3"
@@ -33,9 +35,11 @@ VGA_TEXT_BASE, VGA_TEXT_SIZE = 0xB8000, 80 * 25 * 2     # the colour text buffer
 
 class BoardContext(Record):
     """What a device factory may hand its device: the input source and the output sink. No
-    clock, no terminal, no network (DESIGN §2)."""
+    clock, no terminal, no network (DESIGN §2). `devices` holds the devices of the slots built
+    so far, by name, for a slot that is a second port range of one device (VGA's mono ports)."""
     inputs: object
     output: Callable          # output(device, text, partial)
+    devices: dict = factory(dict)
 
 
 class Slot(Record, frozen=True):
@@ -58,6 +62,15 @@ class Board(Record, frozen=True):
     default_mem: int
     screen: tuple[int, int] | None = None   # (address, bytes) of a text screen in guest RAM
 
+    def build(self, context: BoardContext) -> list[tuple[Slot, object]]:
+        """Each slot's device, made in table order (a slot may use an earlier one's device)."""
+        built = []
+        for slot in self.slots:
+            device = slot.make(context)
+            context.devices[device.name] = device
+            built.append((slot, device))
+        return built
+
     @property
     def batched_ports(self) -> tuple[int, ...]:
         return tuple(slot.port for slot in self.slots if slot.batch)
@@ -65,6 +78,12 @@ class Board(Record, frozen=True):
 
 def _line(name: str, nonprintable: str = "drop"):
     return lambda ctx: LineOutput(name, ctx.output, nonprintable=nonprintable)
+
+
+def _named(device, name: str):
+    """A device instance under its own name (two of a kind on one board)."""
+    device.name = name
+    return device
 
 
 def _web_slots() -> tuple:
@@ -96,9 +115,19 @@ PC = Board(
     summary="a PC for multiboot kernels: VGA text at 0xB8000, COM1 0x3f8, COM2 0x2f8, debug "
             "console 0xe9, POST 0x80, exit and shutdown ports",
     slots=(
+        Slot(lambda ctx: PostCodePort(), 0x80, batch=True),
         Slot(_line("debugcon"), 0xE9, batch=True),
-        Slot(lambda ctx: ExitDevice(), 0xF4),
-        Slot(lambda ctx: Serial16550(ctx.inputs, ctx.output), 0x3F8, 8, irq=4, batch=True),
+        Slot(lambda ctx: ExitDevice(), 0xF4),                       # isa-debug-exit (QEMU -device)
+        Slot(lambda ctx: _named(DebugExitPort(0x501), "debug-exit-501"), 0x501, 2),  # Bochs/Pintos
+        Slot(lambda ctx: _named(AcpiShutdown(0x604), "acpi-pm-604"), 0x604, 2),     # QEMU q35/piix
+        Slot(lambda ctx: _named(AcpiShutdown(0xB004), "acpi-pm-b004"), 0xB004, 2),  # older QEMU
+        Slot(lambda ctx: BochsShutdown(), 0x8900),
+        Slot(lambda ctx: Serial16550(ctx.inputs, ctx.output, name="com1", waiting_rbr=False),
+             0x3F8, 8, irq=4, batch=True),
+        Slot(lambda ctx: Serial16550(ctx.inputs, ctx.output, name="com2", waiting_rbr=False,
+                                     receives=False), 0x2F8, 8, irq=3, batch=True),
+        Slot(lambda ctx: VgaText(), VGA_BASE, VGA_COUNT),
+        Slot(lambda ctx: ctx.devices["vga"].mono, MONO_BASE, MONO_COUNT),
     ),
     default_mem=128 * MiB,
     screen=(VGA_TEXT_BASE, VGA_TEXT_SIZE),

@@ -14,8 +14,10 @@ from .units import parse_address, parse_duration, parse_size
 
 EPILOG_EXIT_CODES = """\
 exit status:
-  0          the guest halted (HLT), or went idle with nothing more to come (virtual clock)
-  (v<<1)|1   the guest wrote v to the exit device at port 0xf4 (as QEMU's isa-debug-exit)
+  0          the guest halted (HLT), or went idle with nothing more to come (virtual clock);
+             pc board: it shut down (ACPI at 0x604/0xb004, the Bochs string at 0x8900)
+  (v<<1)|1   the guest wrote v to the exit device at port 0xf4 (as QEMU's isa-debug-exit;
+             pc board: also at 0x501)
   2          bad command-line usage
   10         the guest file cannot be booted (missing, empty, malformed, does not fit)
   12         no usable CPU backend (/dev/kvm with --backend kvm, or the emulator)
@@ -25,6 +27,7 @@ exit status:
   28         --timeout or --max-time ran out                30  output past --max-output
   32         KVM/emulator error      34  a --script expect step's text did not come
   36         the quit key (Ctrl-]) was pressed
+  50         the guest spins forever: no I/O, and its state came round exactly
   130        interrupted (Ctrl-C)    143 terminated (SIGTERM)
 """
 
@@ -316,6 +319,9 @@ def _add_grade_bundle(bundle: argparse.ArgumentParser) -> None:
 def _add_inspect(inspect: argparse.ArgumentParser) -> None:
     inspect.add_argument("trace", help="a trace written by vmm record")
     inspect.add_argument("--json", action="store_true", help="print the summary as JSON")
+    inspect.add_argument("--png", metavar="FILE",
+                         help="also render the screen at the end of the run as a PNG (boards with "
+                              "a text screen: pc), CP437 glyphs in the 16 VGA colours")
     inspect.add_argument("--limit", type=_count, default=40, metavar="N",
                          help="timeline entries to show (default 40; 0 = all)")
     inspect.set_defaults(func=cmd_inspect)
@@ -610,12 +616,35 @@ def cmd_inspect(args) -> int:
 
     from .summary import format_summary, summarize
     from .trace import read_trace
-    summary = summarize(read_trace(args.trace), args.limit)
+    trace = read_trace(args.trace)
+    summary = summarize(trace, args.limit)
+    if args.png:
+        _write_screen_png(trace, args.png)
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
         print(format_summary(summary))
     return 0
+
+
+def _write_screen_png(trace, path: str) -> None:
+    """The final screen of a trace, rebuilt from its screen records, as a PNG."""
+    from .errors import TraceError
+    from .screen import apply_rows, render_png
+    screens = trace.screens()
+    if not screens and trace.header["machine"].get("board", "p3") != "pc":
+        raise UsageError(f"--png: {trace.path} has no screen (its board has no text screen)")
+    screen = None
+    try:
+        for record in screens:
+            screen = apply_rows(screen, record["rows"])
+    except ValueError as e:
+        raise TraceError(f"corrupt trace {trace.path}: {e}") from None
+    try:
+        render_png(screen if screen is not None else apply_rows(None, []), path)
+    except OSError as e:
+        raise UsageError(f"--png: cannot write {path}: {e.strerror}") from None
+    print(f"vmm: wrote the final screen to {path}", file=sys.stderr)
 
 
 def report_end(end, verbose: bool) -> None:

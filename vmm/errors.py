@@ -50,14 +50,17 @@ class Terminated(VmmError):
 # Exit codes for the ways a run ends (RunEnd.reason -> code). See docs/exit-codes in README.
 EXIT_CODES = {
     "halt": 0,             # the guest executed HLT
+    "shutdown": 0,         # pc board: ACPI power-off (0x604, 0xb004) or Bochs' 0x8900 string
     "idle": 0,             # virtual clock: the guest waits for input and nothing is scheduled
     "quit": 36,            # the user pressed the quit key (Ctrl-]); or stdout was closed: 0
-    # "exit-device": (v << 1) | 1, computed from the value written to port 0xf4
+    # "exit-device": (v << 1) | 1, computed from the value written to port 0xf4 (or, on the
+    #                pc board, to 0x501: QEMU's isa-debug-exit at its default address)
     "triple-fault": 20,
     "guest-exception": 22,  # an exception or software interrupt reached vmm's default handlers
     "memory-outside-ram": 24,
     "unknown-port": 26,
     "timeout": 28,         # --timeout (wall clock) ran out
+    "spin": 50,            # the guest loops forever with no I/O in a state that repeats exactly
     "max-time": 28,        # --max-time (virtual clock) ran out
     "script-end": 0,       # --script: the last step is done and the guest went idle
     "session-end": 0,      # harness.session: the test closed the session

@@ -96,8 +96,7 @@ class Machine:
         self.bus = PortBus()
         self.devices: dict[str, object] = {}       # by name, for stats and tests
         context = BoardContext(inputs, self._output)
-        for slot in self.board.slots:
-            device = slot.make(context)
+        for slot, device in self.board.build(context):
             self.bus.register(device, slot.port, slot.count)
             self.devices[device.name] = device
             next_event = getattr(device, "next_event_after", None)
@@ -114,9 +113,11 @@ class Machine:
         for address, data in image.chunks:
             backend.memory[address:address + len(data)] = data
         self.screen: ScreenLog | None = None       # the board's text screen, if it has one
-        if self.board.screen is not None:
+        if self.board.screen is not None and sum(self.board.screen) <= image.mem_size:
+            vga = self.devices.get("vga")
             self.screen = ScreenLog(backend.memory, *self.board.screen,
-                                    on_change=self._screen_changed)
+                                    on_change=self._screen_changed,
+                                    base_of=(lambda: vga.screen_address) if vga else None)
             script = getattr(inputs, "script", None)
             if script is not None:
                 script.screen = lambda: self.screen.rows
@@ -125,6 +126,9 @@ class Machine:
         backend.set_entry_state(image.entry)
         self.coalesced_writes = 0
         self.coalesced_ports: list[int] = []      # the ports being batched now
+        self.ticks = 0                             # host-side returns (Interrupted exits)
+        self._guest_exits_at_tick = -1             # exits - ticks at the last tick
+        self._spin_sample = None                   # the state at the last quiet tick
         self._coalesce_at = config.coalesce_after  # output bytes at which batching starts
         if self._coalesce_at == 0:
             self._start_coalescing()
@@ -296,10 +300,32 @@ class Machine:
                     inputs.poll_host()
                 if self.observer is not None:
                     self.observer.tick()
+                self._spin_tick()
             elif kind is Halt:
                 self._halted()
             else:
                 self._fault(exit_)
+
+    # --- a guest that spins forever -----------------------------------------------------------
+    def _spin_tick(self) -> None:
+        """At a host-side return: if the guest made no exit since the previous one, sample its
+        state; the same state twice, with no exit, no output and no interrupt that could come
+        in between, is a loop that can never end (the machine is deterministic and nothing
+        outside reached it). The run ends at once (reason "spin") instead of at --timeout."""
+        self.ticks += 1
+        guest_exits = self.exits - self.ticks
+        if guest_exits != self._guest_exits_at_tick or self.backend.debug is not None:
+            self._guest_exits_at_tick = guest_exits
+            self._spin_sample = None
+            return
+        cpu = self.backend.cpu_state()
+        sample = (cpu.digest(legacy=True), cpu.rip, cpu.cs_selector, cpu.cr0, cpu.cr3, cpu.cr4, cpu.efer,
+                  self.output_bytes, self.coalesced_writes, self.backend.memory_digest())
+        if sample == self._spin_sample:
+            raise StopRun("spin", f"the guest spins forever at rip={cpu.rip:#x}: with no I/O, "
+                                  "its registers and memory came round to the same state, and "
+                                  "nothing on this board can interrupt it")
+        self._spin_sample = sample
 
     def _stopping(self) -> None:
         """A stop was requested from outside (timeout, signal). Let the guest run on to its next

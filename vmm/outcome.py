@@ -32,4 +32,4 @@ class RunEnd(Record):
     @property
     def is_error(self) -> bool:
         return self.reason not in ("halt", "idle", "quit", "exit-device", "script-end",
-                                   "session-end")
+                                   "session-end", "shutdown")

@@ -179,7 +179,10 @@ class TraceRecorder(Observer):
 
 
 # Ends caused by the host: unless they happened at a read, where the guest was is chance.
-HOST_REASONS = frozenset({"timeout", "interrupted", "terminated", "quit"})
+# Ends found at a host-timed moment, between reads: a replay's final state is not compared.
+# ("spin" is found at a watchdog tick: the loop never ends, but which of its states was seen
+# depends on when the host looked.)
+HOST_REASONS = frozenset({"timeout", "interrupted", "terminated", "quit", "spin"})
 
 
 def end_record(end, machine, output_digest: str, info: dict) -> dict:

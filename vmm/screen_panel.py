@@ -15,6 +15,7 @@ from __future__ import annotations
 import time
 
 from .runner import OutputCollector
+from .screen import CP437
 from .screenlog import COLS, ROWS, ROW_BYTES
 
 REDRAW_HZ = 30
@@ -42,7 +43,7 @@ def render_rows(cells: bytes) -> list[str]:
             if attr != current:
                 parts.append(sgr(attr))
                 current = attr
-            parts.append(" " if char == 0 else bytes([char]).decode("cp437"))
+            parts.append(CP437[char])          # glyphs: a cell never sends a control char
         rows.append("".join(parts) + "\x1b[0m")
     return rows
 

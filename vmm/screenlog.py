@@ -7,30 +7,28 @@ the run ends; never at a host-timed moment. A sample that differs from the last 
 as it verifies output lines, and re-drive and goldens can compare it (docs/trace-format.md).
 
 A row is stored as its text and its attributes:
-- text: the 80 characters decoded as code page 437 (NUL shows as a space), trailing spaces
-  dropped;
+- text: the 80 characters decoded as code page 437 as a VGA draws them (control bytes as their
+  glyphs: 0x01 is ☺, 0x1b ←; NUL shows as a space), trailing spaces dropped;
 - attributes: run-length encoded, `"1f*11,07*69"` for 11 cells of 0x1f then 69 of 0x07.
 """
 
 from __future__ import annotations
 
-COLS, ROWS = 80, 25
+from .screen import COLS, ROWS, decode_cp437
+from .screen import encode_attrs as _encode_runs
+
 ROW_BYTES = COLS * 2
 
 
 def decode_text(cells: bytes) -> str:
-    """The characters of a row of cells (char, attribute pairs), CP437, NUL as a space."""
-    return cells[0::2].replace(b"\0", b" ").decode("cp437").rstrip(" ")
+    """The characters of a row of cells (char, attribute pairs), CP437 as a VGA draws it
+    (vmm.screen: control bytes as their glyphs, never as control characters), NUL as a space."""
+    return decode_cp437(cells[0::2]).rstrip(" ")
 
 
 def encode_attrs(cells: bytes) -> str:
-    attrs = cells[1::2]
-    runs, start = [], 0
-    for i in range(1, len(attrs) + 1):
-        if i == len(attrs) or attrs[i] != attrs[start]:
-            runs.append(f"{attrs[start]:02x}*{i - start}")
-            start = i
-    return ",".join(runs)
+    """A row of cells' attributes, run-length encoded (vmm.screen.encode_attrs)."""
+    return _encode_runs(cells[1::2])
 
 
 def screen_text(rows: list[str]) -> str:
@@ -61,8 +59,11 @@ def transcript_lines(rows: list[str] | None) -> list[str]:
 class ScreenLog:
     """Samples a text buffer in guest memory and reports the rows that changed."""
 
-    def __init__(self, memory, base: int, size: int, on_change=None):
+    def __init__(self, memory, base: int, size: int, on_change=None, base_of=None):
+        """`base_of()`, if given, says where the screen starts at each sample (a VGA's CRTC
+        start address scrolls it); it must stay within `memory`."""
         self._memory, self._base, self._end = memory, base, base + size
+        self._size, self._base_of = size, base_of
         self._last = bytes(memory[base:self._end])     # what the guest starts with: no record
         self._rows = [decode_text(self._row(self._last, r)) for r in range(ROWS)]
         self.on_change = on_change                    # on_change(n, [(row, text, attrs)])
@@ -73,6 +74,10 @@ class ScreenLog:
         return cells[row * ROW_BYTES:(row + 1) * ROW_BYTES]
 
     def sample(self, n: int) -> None:
+        if self._base_of is not None:
+            base = self._base_of()
+            if base + self._size <= len(self._memory):
+                self._base, self._end = base, base + self._size
         now = bytes(self._memory[self._base:self._end])
         if now == self._last:
             return
