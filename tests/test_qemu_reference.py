@@ -30,10 +30,6 @@ PC = GUESTS / "pc"
 QEMU_SKIP = qemu_unusable(QEMU_I386)
 GRUB_SKIP = grub_unusable()
 
-# vmm's side needs the pc board, --screen and the multiboot loader (issue 14's integration).
-PC_BOARD_PENDING = pytest.mark.xfail(strict=False,
-                                     reason="pc board lands with issue 14 integration")
-
 OK = (0x10 << 1) | 1                    # every kernel writes 0x10 to 0xF4 when all is well
 
 
@@ -259,7 +255,6 @@ def backend(request):
 
 
 @pytest.mark.kvm
-@PC_BOARD_PENDING
 @pytest.mark.parametrize("backend", BACKENDS, indirect=True)
 @pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
 def test_vmm_shows_what_qemu_shows(case, backend, tmp_path):
