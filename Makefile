@@ -39,9 +39,13 @@ help:
 
 # System packages the suite uses, as COMMAND:DEBIAN_PACKAGE; installed with apt-get as root,
 # else named in a clear error. bwrap: the grader's build sandbox (docs/grading.md); chromium:
-# the HTML report's tests; gdb: the debugger's tests (tests/test_gdb.py drives it for real).
+# the HTML report's tests; gdb: the debugger's tests (tests/test_gdb.py drives it for real);
+# QEMU, and GRUB's BIOS image with grub-mkrescue, xorriso and mtools to boot multiboot2: the
+# reference the pc kernels are compared with (tests/test_qemu_reference.py).
 SYSTEM_PACKAGES := as:binutils ld:binutils objcopy:binutils gcc:gcc bwrap:bubblewrap \
-                   chromium:chromium gdb:gdb
+                   chromium:chromium gdb:gdb qemu-system-i386:qemu-system-x86 \
+                   grub-mkrescue:grub-common /usr/lib/grub/i386-pc/grub-bios-setup:grub-pc-bin \
+                   xorriso:xorriso mformat:mtools
 
 check-tools:
 	@scripts/need-packages $(SYSTEM_PACKAGES)

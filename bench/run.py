@@ -13,6 +13,8 @@ baseline; see each module's docstring for exactly what is timed):
      suites            bench_suites.py   golden-suite and grading throughput
      debugging         bench_gdb.py      stepi, reverse-stepi and a debugged replay, per backend
   backends (only with --only)  bench_backends.py  the emulator backend against KVM
+  boot (only with --only)      bench_boot.py     boot to first output of a multiboot kernel:
+                                                 vmm (KVM, emu) vs qemu -kernel (KVM, TCG)
 
 Prints the table (Markdown, as the README shows it) and writes every sample as JSON to
 bench/results/latest.json (or --json FILE); --compare prints each row against an earlier file.
@@ -33,7 +35,7 @@ from pathlib import Path
 from common import ROOT, Row, Tools, fmt_value, guests_built, machine_description
 
 GROUPS = ("exits", "output", "startup", "record", "suites", "gdb")     # the default
-OPTIONAL_GROUPS = ("backends",)
+OPTIONAL_GROUPS = ("backends", "boot")
 MIN_RUNS = 5
 
 
@@ -65,6 +67,9 @@ def run_groups(groups: list[str], runs: int, install_qemu: bool) -> list[Row]:
             elif group == "backends":
                 from bench_backends import backend_rows
                 rows += backend_rows(runs, tmp)
+            elif group == "boot":
+                from bench_boot import boot_rows
+                rows += boot_rows(runs)
             print(f"bench: {group} done in {time.perf_counter() - started:.0f} s",
                   file=sys.stderr, flush=True)
     return rows
