@@ -363,14 +363,13 @@ def run_vmm(kernel: Path | str, backend: str, *, modules: list[Module] = (),
             extra_args: tuple[str, ...] = ()) -> BootResult:
     """Run `kernel` under `vmm record --board pc --screen final` on `backend` and return the
     same shape as run_qemu (board None: vmm's default board; screen False: no --screen, and
-    screen_rows holds whatever stdout has after the console lines, normally nothing). A guest
-    still running after vmm_timeout is stopped by vmm (status 28).
+    no screen_rows). A guest still running after vmm_timeout is stopped by vmm (status 28).
 
     The one place that knows how vmm reports a run (adjust here when that changes):
     - COM1 and 0xE9 come from the trace's `out` records (dev `com1`, `debugcon`): stdout
       interleaves every device's lines without saying whose they are;
-    - the screen is what stdout holds after the console's bytes (every line's text and \n,
-      interleaved between devices as they print): `--screen final` prints it when the run ends;
+    - the screen comes from the trace's `screen` records (the rows as the run left them), and
+      `--screen final` must have printed the same text as stdout's last lines;
     - `--cmdline APPEND`: vmm builds the multiboot1 command line as QEMU's -kernel does,
       `NAME APPEND` (`NAME ` without --cmdline), and gives multiboot2 kernels APPEND alone, as
       GRUB's `multiboot2 FILE APPEND` does;
@@ -415,15 +414,15 @@ def run_vmm(kernel: Path | str, backend: str, *, modules: list[Module] = (),
     def joined(dev: str) -> str:
         return "".join(text + ("" if partial else "\n") for text, partial in streams.get(dev, []))
 
-    # Console bytes on stdout: every line's text and its \n, but not in record order (the
-    # unfinished line of one device shows while another's completes), so skip them by count.
-    console = sum(len(text) + (0 if partial else 1)
-                  for lines in streams.values() for text, partial in lines)
-    rows = stdout[console:].split("\n")
-    while rows and not rows[-1].rstrip():
-        rows.pop()
+    rows: list[str] = []
+    if screen:
+        from vmm.screenlog import replay_rows, screen_text
+        text = screen_text(replay_rows(read_trace(str(trace)).screens()))
+        assert stdout.endswith(text), (f"--screen final did not print the final screen last on "
+                                       f"stdout: {stdout[-300:]!r}")
+        rows = text.splitlines()
     return BootResult(serial=joined("com1"), debugcon=joined("debugcon"),
-                      screen_rows=[r.rstrip(" ") for r in rows], exit_status=proc.returncode,
+                      screen_rows=rows, exit_status=proc.returncode,
                       extra={"command": cmd, "stdout": stdout, "stderr": stderr})
 
 

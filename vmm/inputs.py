@@ -198,6 +198,7 @@ class LiveInput(InputSource):
         self.script = ScriptRunner(script, self._queue) if script is not None else None
         self.timer_firings = 0                # every firing of the guest's timer (wait N ticks)
         self._time_told = 0                   # the guest time devices last told the guest
+        self._real_idle_progress = -1         # output progress at the last real-clock idle
         self.quantum_ns = quantum_ns          # guest time per observation (virtual clock)
         self._horizon = -1                    # virtual clock: no event before this (-1: ask)
         self._idle_streak = 0                 # idle points in a row with nothing scheduled
@@ -344,7 +345,15 @@ class LiveInput(InputSource):
             self._real_idle()
 
     def _real_idle(self) -> None:
-        """Nap until input arrives or the next deadline, at most 10 ms: don't burn a CPU."""
+        """Nap until input arrives or the next deadline, at most 10 ms: don't burn a CPU. Not
+        while the guest prints: a UART's status read before every byte (for THRE) finds no
+        input too, and a nap there would print 100 bytes a second. Only an idle point with no
+        output since the previous one naps."""
+        progress = self.output_progress()
+        printing, self._real_idle_progress = progress != self._real_idle_progress, progress
+        if printing:
+            self.stop_check()
+            return
         if not self.pending:
             now = self.clock.now()
             nap = REAL_IDLE_NAP_NS

@@ -78,13 +78,16 @@ class OutputCollector:
         self.keep = keep
         self.lines: list[tuple[str, str, bool]] = []
         self._shown: dict[str, int] = {}     # per device: bytes of its unfinished line shown
+        self._open: str | None = None        # the device whose line the stream is in the middle of
 
     def __call__(self, device: str, text: str, partial: bool) -> None:
         if self.keep:
             self.lines.append((device, text, partial))
         if self.stream is not None:
             shown = self._shown.pop(device, 0)
+            self._switch_to(device)
             self._write(text[shown:] + ("" if partial else "\n"))
+            self._open = device if partial and text else None
 
     def show_unfinished(self, device: str, text: str) -> None:
         """Write the part of an unfinished line (a prompt) not yet shown; the rest of the line
@@ -93,8 +96,18 @@ class OutputCollector:
             return
         shown = self._shown.get(device, 0)
         if len(text) > shown:
+            self._switch_to(device)
             self._shown[device] = len(text)
             self._write(text[shown:])
+            self._open = device
+
+    def _switch_to(self, device: str) -> None:
+        """Another device's line is half shown: end it on the stream first (its device's own
+        bytes are unchanged: only where two devices' lines meet is a newline added)."""
+        if self._open is not None and self._open != device:
+            self._shown.pop(self._open, None)
+            self._write("\n")
+            self._open = None
 
     def _write(self, text: str) -> None:
         try:
