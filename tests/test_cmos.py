@@ -298,8 +298,9 @@ def test_polling_register_c_for_the_periodic_flag():
 def test_polling_uip_with_set_held_never_ends_so_the_run_goes_idle():
     dev, inputs = polled()
     put(dev, 0x0B, 0x82)
+    from vmm.inputs import IDLE_CONFIRM
     with pytest.raises(StopRun) as stop:
-        for _ in range(10):
+        for _ in range(2 * IDLE_CONFIRM + 10):    # two reads of A make one idle point
             reg(dev, 0x0A)
     assert stop.value.reason == "idle"
 

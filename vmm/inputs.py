@@ -198,7 +198,7 @@ class LiveInput(InputSource):
         self.script = ScriptRunner(script, self._queue) if script is not None else None
         self.timer_firings = 0                # every firing of the guest's timer (wait N ticks)
         self._time_told = 0                   # the guest time devices last told the guest
-        self._real_idle_progress = -1         # output progress at the last real-clock idle
+        self._real_idle_progress = 0          # output progress at the last real-clock idle
         self.quantum_ns = quantum_ns          # guest time per observation (virtual clock)
         self._horizon = -1                    # virtual clock: no event before this (-1: ask)
         self._idle_streak = 0                 # idle points in a row with nothing scheduled

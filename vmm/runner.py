@@ -95,8 +95,9 @@ class OutputCollector:
         if self.stream is None:
             return
         shown = self._shown.get(device, 0)
-        if len(text) > shown:
-            self._switch_to(device)
+        if len(text) > shown and self._open in (None, device):
+            # (while another device's line is half shown, this one waits: shown both at once,
+            # two devices printing the same text would interleave a character of each)
             self._shown[device] = len(text)
             self._write(text[shown:])
             self._open = device
