@@ -292,6 +292,7 @@ class EmuBackend(CpuBackend):
         self._window = False         # request_interrupt_window(True) in force
         self._block_hook = None      # the window's block hook (handle), while installed
         self._io_stop = None         # the armed stop after an I/O instruction (saved DRs...)
+        self._push_rf = False        # the interrupt comes between REP string iterations
         self._at = None              # where the exit just returned leaves the CPU: "in" or
                                      # "out" (inside that instruction), "halt", "window", None
         self._block_hook_fn = None
@@ -620,6 +621,8 @@ class EmuBackend(CpuBackend):
                     self._suspend(INTERRUPTED)
                 continue            # a slice ended, or a stale kick: go on
             kind = cause[0]
+            if kind == "hlt" and self._pending is not None:
+                continue        # a late stop after an I/O instruction: the interrupt first
             if kind == "hlt":
                 self._wr(rip_reg, self._rd(rip_reg) + self._prefixed_length(0xF4))
                 self._end_shadow()              # the HLT completed: its shadow, if any, is over
@@ -774,16 +777,19 @@ class EmuBackend(CpuBackend):
             rcx = self._rd(x86.UC_X86_REG_RCX)
             left = ((rcx & amask) - 1) & amask
             self._wr(x86.UC_X86_REG_RCX, (rcx & ~amask) | left)
-            if left:
-                self._wr(x86.UC_X86_REG_RIP, rip)   # iterations remain: back to the instruction
+            # Back at the instruction, with RF in the frame, as KVM re-enters after a REP INS
+            # chunk or a REP OUTS element (measured: even after the last, with RCX 0).
+            self._wr(x86.UC_X86_REG_RIP, rip)
+            self._push_rf = True
         self._end_shadow()
 
     def _end_shadow(self) -> None:
-        """The instruction in an STI / MOV SS shadow completed (outside the emulation)."""
+        """The instruction in an STI / MOV SS shadow completed (outside the emulation). Also
+        sets HF_IOBPT again if a guest write to DR7 cleared it."""
         buf = self._save()
         hflags = _U32.unpack_from(buf, self._layout.hflags)[0]
-        if hflags & HF_INHIBIT_IRQ:
-            _U32.pack_into(buf, self._layout.hflags, hflags & ~HF_INHIBIT_IRQ)
+        if hflags & (HF_INHIBIT_IRQ | HF_IOBPT) != HF_IOBPT:
+            _U32.pack_into(buf, self._layout.hflags, (hflags & ~HF_INHIBIT_IRQ) | HF_IOBPT)
             self._restore()
 
     def _leave_block(self) -> bool:
@@ -805,6 +811,7 @@ class EmuBackend(CpuBackend):
             if end is not None:
                 while True:
                     self._suspend(end)      # delivery ended the run (triple fault, outside RAM)
+        self._push_rf = False
         if self._window and self._block_hook is None:
             self._install_block_hook()
 
@@ -830,16 +837,24 @@ class EmuBackend(CpuBackend):
         import unicorn
         if self._block_hook_fn is None:
             ref = weakref.ref(self)
+            # The common case, interrupts still disabled, costs one register read: bound here.
+            read, uch_p, rflags = self._raw.uc_reg_read, self._uch_p, self._x86.UC_X86_REG_RFLAGS
+            value = ctypes.c_uint64()
+            value_ref = ctypes.byref(value)
 
             def on_block(uch, address, size, ud):
                 me = ref()
-                if me is not None:
-                    try:
-                        me._on_block(address, size)
-                    except BaseException as e:    # never unwind through Unicorn's C frames
-                        if me._hook_error is None:
-                            me._hook_error = e
-                        me._emu_stop()
+                if me is None:
+                    return
+                read(uch_p, rflags, value_ref)
+                if not value.value & RFLAGS_IF and me._pending is None:
+                    return
+                try:
+                    me._on_block(address, size)
+                except BaseException as e:    # never unwind through Unicorn's C frames
+                    if me._hook_error is None:
+                        me._hook_error = e
+                    me._emu_stop()
 
             self._block_hook_fn = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_uint64,
                                                    ctypes.c_uint32, ctypes.c_void_p)(on_block)
@@ -941,7 +956,8 @@ class EmuBackend(CpuBackend):
         vmm keeps beside it (the RDTSC event count, a string IN's pending elements)."""
         return {"context": bytes(self._save()), "events": self._events,
                 "in_rest": list(self._in_rest), "ins_continues": self._ins_continues,
-                "rf_set": self._rf_set, "steps": self.debug.steps}
+                "rf_set": self._rf_set, "steps": self.debug.steps,
+                "interrupt": self._pending, "window": self._window}
 
     def debug_restore(self, saved: dict) -> None:
         """Load what debug_save() returned, before this backend has run (memory is the
@@ -952,6 +968,8 @@ class EmuBackend(CpuBackend):
         self._in_rest = deque(saved["in_rest"])
         self._ins_continues, self._rf_set = saved["ins_continues"], saved["rf_set"]
         self.debug.steps = saved["steps"]
+        self._pending, self._window = saved.get("interrupt"), saved.get("window", False)
+        self._irq_work = self._pending is not None or self._window
         self._dbg_in_insn = False
         self._uc.ctl_flush_tb()
 
@@ -1492,6 +1510,9 @@ class EmuBackend(CpuBackend):
         pushed_flags = rflags & ~RFLAGS_RF
         if not software and not external and _is_fault(vector):
             pushed_flags |= RFLAGS_RF
+            self._rf_set = True
+        elif external and self._push_rf:
+            pushed_flags |= RFLAGS_RF        # taken between iterations of a REP string I/O
             self._rf_set = True
         tr = _SEG.unpack_from(buf, lay.tr)
         if long_mode:
