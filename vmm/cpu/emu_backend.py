@@ -1456,8 +1456,11 @@ class EmuBackend(CpuBackend):
             sp = rsp & 0xFFFF
             frame = struct.pack("<HHH", rip & 0xFFFF, cs[0], rflags & 0xFFFF)
             sp = (sp - 6) & 0xFFFF
-            for i in range(0, 6, 2):        # each word wraps within the 64 KiB stack segment
-                self._write_linear(ss[1] + ((sp + i) & 0xFFFF), frame[i:i + 2])
+            if sp <= 0xFFFA:
+                self._write_linear(ss[1] + sp, frame)
+            else:
+                for i in range(0, 6, 2):    # each word wraps within the 64 KiB stack segment
+                    self._write_linear(ss[1] + ((sp + i) & 0xFFFF), frame[i:i + 2])
             self._finish_delivery(
                 rip=offset, rsp=(rsp & ~0xFFFF) | sp,
                 rflags=rflags & ~(RFLAGS_IF | RFLAGS_TF | RFLAGS_AC | RFLAGS_RF),
