@@ -18,8 +18,7 @@ from pathlib import Path
 import pytest
 
 from conftest import emu_usable
-from test_emu_backend import HAVE_AS, image_of, make, portable_cpuid
-from test_emu_backend import needs_kvm  # noqa: F401  (re-exported marker)
+from test_emu_backend import HAVE_AS, image_of, make, needs_kvm, portable_cpuid
 from vmm.cpu.backend import Halt, Interrupted, IoIn, IoOut, IrqWindow
 
 pytestmark = [pytest.mark.skipif(not emu_usable(), reason="needs the unicorn package"),
@@ -695,3 +694,21 @@ def test_rep_string_io_frames_in_protected_mode_carry_rf(tmp_path, kvm_available
     exits, outs, _ = on_kvm_and_emu(image_of(source, "protected", tmp_path),
                                     inject_at(kind, 0x20, nth), kvm_available)
     assert flags(outs[-5:], 2, 3) == [0x1000 + 7 + 1 + 1 + 4 + 5 + 5, 0x08, 0x10202, 0x2, 0]
+
+
+@pytest.mark.parametrize("code", ["sti\n in $0x45, %al", "cli\n in $0x45, %al"])
+def test_an_interrupt_injected_when_not_ready_is_still_taken_after_the_in(tmp_path,
+                                                                            kvm_available, code):
+    """The contract is to inject only when ready; injected anyway (in the STI shadow, or with
+    IF=0), both backends take it right after the IN, as KVM_INTERRUPT does."""
+    source = IVT_HANDLER.format(slot=0x80) + code + "\n mov $0x55, %bl\n hlt\n" + REAL_HANDLER
+
+    def new_act():
+        def act(backend, exit_, n):
+            if isinstance(exit_, IoIn):
+                assert not backend.interrupt_ready()
+                backend.inject_interrupt(0x20)
+            return False
+        return act
+    exits, outs, _ = on_kvm_and_emu(image_of(source, "real", tmp_path), new_act, kvm_available)
+    assert outs[0] == 0x1000 + 12 + 1 + 2 and outs[4] == 0       # past the IN, BL not yet set
