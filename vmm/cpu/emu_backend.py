@@ -43,8 +43,8 @@ from collections import deque
 
 from greenlet import GreenletExit, getcurrent, greenlet
 
-from .backend import (DEBUG_STOP, HALT, INTERRUPTED, SHUTDOWN, CpuBackend, CpuState, DebugState,
-                      EntryState, GPR_NAMES, InternalError, IoIn, IoOut, Mmio, Segment)
+from .backend import (DEBUG_STOP, HALT, INTERRUPTED, IRQ_WINDOW, SHUTDOWN, CpuBackend, CpuState,
+                      DebugState, EntryState, GPR_NAMES, InternalError, IoIn, IoOut, Mmio, Segment)
 from ..errors import BackendUnavailable
 
 SLICE_S = 0.02              # a guest computing without exits is stopped this often, to let
@@ -55,11 +55,14 @@ UNICORN_VERSIONS = "unicorn>=2.1.3,<2.2"
 
 # x86 TB flags (QEMU target/i386/cpu.h HF_*), in CPUX86State.hflags.
 HF_CPL_MASK = 3
+HF_INHIBIT_IRQ = 1 << 3     # the STI / MOV SS interrupt shadow
+HF_IOBPT = 1 << 24          # I/O breakpoints possible: every IN/OUT is followed by a check of
+                            # DR7 (vmm keeps this set: its precise stop after an I/O instruction)
 HF_CS32, HF_SS32, HF_ADDSEG, HF_PE = 1 << 4, 1 << 5, 1 << 6, 1 << 7
 HF_MP_SHIFT = 9
 HF_LMA, HF_CS64 = 1 << 14, 1 << 15
 HF_SVME, HF_GUEST, HF_OSFXSR, HF_SMAP = 1 << 20, 1 << 21, 1 << 22, 1 << 23
-HF_KEEP = (1 << 19) | (1 << 24) | (1 << 25) | (1 << 26)     # SMM, IOBPT, MPX: not modelled
+HF_KEEP = (1 << 19) | (1 << 25) | (1 << 26)     # SMM, MPX: not modelled
 # Segment-cache flags: the high dword of a descriptor (QEMU DESC_*).
 DESC_TYPE_SHIFT, DESC_S, DESC_DPL_SHIFT, DESC_P = 8, 1 << 12, 13, 1 << 15
 DESC_L, DESC_B, DESC_G = 1 << 21, 1 << 22, 1 << 23
@@ -78,6 +81,12 @@ RFLAGS_NT, RFLAGS_RF, RFLAGS_VM, RFLAGS_AC = 1 << 14, 1 << 16, 1 << 17, 1 << 18
 MSR_EFER, MSR_STAR, MSR_LSTAR, MSR_CSTAR, MSR_FMASK, MSR_TSC_AUX = (
     0xC0000080, 0xC0000081, 0xC0000082, 0xC0000083, 0xC0000084, 0xC0000103)
 MSR_SYSENTER_CS, MSR_SYSENTER_ESP, MSR_SYSENTER_EIP = 0x174, 0x175, 0x176
+
+# The precise stop after an I/O instruction (inject_interrupt, the interrupt window): an I/O
+# breakpoint (DR7 R/W0 = 10b, L0, length 1) on the port just used, reported as #DB by the check
+# QEMU runs right after the instruction.
+DR7_IO_STOP = 0x400 | 1 | (2 << 16)
+DB = 1
 
 ERROR_CODE_VECTORS = frozenset({8, 10, 11, 12, 13, 14, 17, 21, 29, 30})
 CONTRIBUTORY = frozenset({0, 10, 11, 12, 13})
@@ -272,6 +281,7 @@ class EmuBackend(CpuBackend):
         self._activity = 0           # bumped by every hook: the slicer leaves busy guests alone
         self._events = 0             # guest events, for RDTSC
         self._in_rest: deque[int] = deque()    # the rest of a string IN's chunk
+        self._in_stop_after = None   # (port, info): arm the stop after the chunk's last element
         self._io_in = IoIn(0, 1, 1)  # the IN exit, reused (CpuBackend.run allows it)
         self._exit_info = None       # decoded I/O instruction of the exit being handled
         self._ins_continues = None   # linear RIP of a REP INS that has more chunks to come
@@ -284,6 +294,16 @@ class EmuBackend(CpuBackend):
         self._coalesced: set[int] = set()
         self.coalesced_sink = None
         self._slicer = None
+        # external interrupts (inject_interrupt, request_interrupt_window)
+        self._irq_work = False       # anything below is set: run() takes its slow path
+        self._pending = None         # the vector inject_interrupt() asked for, not yet taken
+        self._window = False         # request_interrupt_window(True) in force
+        self._block_hook = None      # the window's block hook (handle), while installed
+        self._io_stop = None         # the armed stop after an I/O instruction (saved DRs...)
+        self._push_rf = False        # the interrupt comes between REP string iterations
+        self._at = None              # where the exit just returned leaves the CPU: "in" or
+                                     # "out" (inside that instruction), "halt", "window", None
+        self._block_hook_fn = None
         self._install_hooks()
 
     # --- raw register access (the hot paths avoid the binding's per-call overhead) ---------------
@@ -374,7 +394,11 @@ class EmuBackend(CpuBackend):
             return 0xFFFFFFFF
         self._events += 1
         if self._in_rest:                      # the rest of a string IN's chunk
-            return self._in_rest.popleft()
+            value = self._in_rest.popleft()
+            if not self._in_rest and self._in_stop_after is not None:
+                after, self._in_stop_after = self._in_stop_after, None
+                self._after_io(*after)
+            return value
         info = self._decode_io()                  # reads RIP, CS, CR0, CR3 into _io_vals
         sel = self._io_vals[1]
         if sel != self._cs_seen:
@@ -389,7 +413,9 @@ class EmuBackend(CpuBackend):
         self._exit_info = info
         exit_ = self._io_in
         exit_.port, exit_.size, exit_.count = port, size, count
+        self._at = "in"
         data = self._suspend(exit_)
+        self._at = None
         self._exit_info = None
         if places is not None:
             # The chunk's destination leaves RAM: as KVM does, store what lands in RAM and
@@ -416,9 +442,13 @@ class EmuBackend(CpuBackend):
         if data is None or len(data) < size * count:
             data = (bytes(data or b"") + b"\xff" * (size * count))[:size * count]
         if count == 1:
+            if self._irq_work:
+                self._after_io(port, info)
             return data[0] if size == 1 else int.from_bytes(data[:size], "little")
         values = [int.from_bytes(data[i:i + size], "little") for i in range(0, size * count, size)]
         self._in_rest.extend(values[1:])
+        if self._irq_work:              # stop after the chunk's last element
+            self._in_stop_after = (port, info)
         return values[0]
 
     def _on_out(self, uch, port, size, value, ud):
@@ -440,8 +470,12 @@ class EmuBackend(CpuBackend):
         self._raw.uc_reg_read(self._uch_p, self._cs_id, self._reg_ref)   # _note_cs, inlined
         if self._reg.value != self._cs_seen:
             self._note_cs(self._reg.value)
+        self._at = "out"
         self._suspend(IoOut(port, size, data))
+        self._at = None
         self._exit_info = None
+        if self._irq_work:
+            self._after_io(port, None)
 
     def _on_cpuid(self, uch, ud):
         self._activity += 1
@@ -493,6 +527,8 @@ class EmuBackend(CpuBackend):
             return
         if intno == HLT_INTERCEPT:
             self._stop = ("hlt",)
+        elif intno == DB and self._io_stop is not None:
+            self._stop = ("after-io",)          # vmm's own stop after an I/O instruction
         elif intno < 256:
             buf = self._save()
             lay = self._layout
@@ -568,6 +604,8 @@ class EmuBackend(CpuBackend):
         if self._kicked:
             self._kicked = False
             return self._drain(INTERRUPTED)
+        if self._irq_work and self._window_now():
+            return IRQ_WINDOW
         if self._slicer is None:
             self._start_slicer()
         self._caller = caller = getcurrent()
@@ -607,6 +645,8 @@ class EmuBackend(CpuBackend):
         start, u64, uch = self._raw.uc_emu_start, ctypes.c_uint64, self._uch_p
         zero, no_count = ctypes.c_uint64(0), ctypes.c_size_t(0)
         while True:
+            if self._irq_work:
+                self._between_runs()
             self._stop = None
             self._hook_error = None
             self._emulating = True
@@ -629,9 +669,22 @@ class EmuBackend(CpuBackend):
                     self._suspend(INTERRUPTED)
                 continue            # a slice ended, or a stale kick: go on
             kind = cause[0]
+            if kind == "hlt" and self._pending is not None:
+                continue        # a late stop after an I/O instruction: the interrupt first
             if kind == "hlt":
                 self._wr(rip_reg, self._rd(rip_reg) + self._prefixed_length(0xF4))
+                self._end_shadow()              # the HLT completed: its shadow, if any, is over
+                self._at = "halt"
                 self._suspend(HALT)
+                self._at = None
+            elif kind == "after-io":
+                self._end_io_stop()
+                if self._pending is None and self._window and self.interrupt_ready():
+                    self._at = "window"
+                    self._suspend(IRQ_WINDOW)
+                    self._at = None
+            elif kind == "inject":
+                pass                            # taken at the top of the loop
             elif kind == "exception":
                 end = self._exception(cause[1], cause[2], cause[3])
                 if end is not None:
@@ -732,6 +785,181 @@ class EmuBackend(CpuBackend):
             self._hook_error = None
         self._wr(rip_reg, rip + (sizes[0] if sizes else 0))
 
+    # --- external interrupts (DESIGN §10) ---------------------------------------------------------
+    # An interrupt is taken at an instruction boundary, as the CPU takes one:
+    # - at an IN or OUT exit, right after that instruction (the emulation waits inside the I/O
+    #   hook, mid translation block): an I/O breakpoint on the port just used, armed in DR7 for
+    #   this one instruction, makes QEMU's own check after the instruction raise #DB, which ends
+    #   the block there; vmm then puts the guest's debug registers back;
+    # - at any other exit (HLT, the window, a debugger stop) before the next instruction;
+    # - the window: a block hook, installed only while the window is requested, checks IF and
+    #   the interrupt shadow at the start of each block (IF can only be set by an instruction
+    #   that ends its block: STI, POPF, IRET, SYSRET; the instruction in an STI / MOV SS shadow
+    #   is a block of its own).
+    def interrupt_ready(self) -> bool:
+        if self._pending is not None:
+            return False
+        if not self._rd(self._x86.UC_X86_REG_RFLAGS) & RFLAGS_IF:
+            return False
+        if self._at in ("out", "halt", "window"):
+            return True             # the instruction completed: a shadow it was in is over
+        return not _U32.unpack_from(self._save(), self._layout.hflags)[0] & HF_INHIBIT_IRQ
+
+    def inject_interrupt(self, vector: int) -> None:
+        if not 0 <= vector <= 255:
+            raise ValueError(f"interrupt vector {vector} is not 0-255")
+        if self._pending is not None:
+            raise RuntimeError(f"interrupt {self._pending:#x} is still being injected")
+        self._pending = vector
+        self._irq_work = True
+
+    def request_interrupt_window(self, on: bool) -> None:
+        self._window = bool(on)
+        if not on:
+            self._irq_work = self._pending is not None
+            self._remove_block_hook()
+            return
+        self._irq_work = True
+        # At an I/O exit the stop after the instruction is armed when it resumes; elsewhere,
+        # if the guest can take an interrupt now, run() says so at once; otherwise the block
+        # hook goes in before the emulation goes on (see _between_runs).
+
+    def _window_now(self) -> bool:
+        """run(): the window is requested and open at the boundary the guest stopped at."""
+        return (self._window and self._pending is None and self._at not in ("in", "out")
+                and self.interrupt_ready())
+
+    def _after_io(self, port: int, info) -> None:
+        """In an I/O hook, just before the instruction completes: arm the stop right after it
+        if an interrupt is to be injected there or the window is wanted."""
+        if self._pending is None and not self._window:
+            return
+        x86 = self._x86
+        if not _U32.unpack_from(self._save(), self._layout.hflags)[0] & HF_IOBPT:
+            # This block was translated after the guest wrote DR7 (which recomputes the flag):
+            # no check follows the instruction. The stop takes effect at the end of the block
+            # (or at its next memory access), and the interrupt or the window comes then.
+            self._emu_stop()
+            return
+        if info is None:
+            info = self._decode_io()
+        saved = (self._rd(x86.UC_X86_REG_DR0), self._rd(x86.UC_X86_REG_DR6),
+                 self._rd(x86.UC_X86_REG_DR7))
+        self._io_stop = (saved, info, self._rd(x86.UC_X86_REG_RIP))
+        self._wr(x86.UC_X86_REG_DR0, port)
+        self._wr(x86.UC_X86_REG_DR7, DR7_IO_STOP)
+
+    def _end_io_stop(self) -> None:
+        """After the stop following an I/O instruction: the guest's debug registers back, and
+        for a REP string instruction the count QEMU decrements after the check."""
+        x86 = self._x86
+        (dr0, dr6, dr7), info, rip = self._io_stop
+        self._io_stop = None
+        self._wr(x86.UC_X86_REG_DR0, dr0)
+        self._wr(x86.UC_X86_REG_DR6, dr6)
+        self._wr(x86.UC_X86_REG_DR7, dr7)
+        if isinstance(info, dict) and info["string"] and info["rep"]:
+            amask = info["amask"]
+            rcx = self._rd(x86.UC_X86_REG_RCX)
+            left = ((rcx & amask) - 1) & amask
+            self._wr(x86.UC_X86_REG_RCX, (rcx & ~amask) | left)
+            # Back at the instruction, with RF in the frame, as KVM re-enters after a REP INS
+            # chunk or a REP OUTS element (measured: even after the last, with RCX 0).
+            self._wr(x86.UC_X86_REG_RIP, rip)
+            self._push_rf = True
+        self._end_shadow()
+
+    def _end_shadow(self) -> None:
+        """The instruction in an STI / MOV SS shadow completed (outside the emulation). Also
+        sets HF_IOBPT again if a guest write to DR7 cleared it."""
+        buf = self._save()
+        hflags = _U32.unpack_from(buf, self._layout.hflags)[0]
+        if hflags & (HF_INHIBIT_IRQ | HF_IOBPT) != HF_IOBPT:
+            _U32.pack_into(buf, self._layout.hflags, (hflags & ~HF_INHIBIT_IRQ) | HF_IOBPT)
+            self._restore()
+
+    def _leave_block(self) -> bool:
+        """In a code or block hook, resumed at an instruction boundary: if an interrupt is to
+        be taken here, or the window's hook must go in first, stop before the instruction."""
+        if self._pending is not None or (self._window and self._block_hook is None):
+            self._stop = ("inject",)
+            self._emu_stop()        # Unicorn checks right after the hook: nothing more runs
+            return True
+        return False
+
+    def _between_runs(self) -> None:
+        """Outside the emulation, before it goes on: take a pending interrupt, put the
+        window's block hook in (or take it out)."""
+        if self._pending is not None:
+            vector, self._pending = self._pending, None
+            self._irq_work = self._window
+            end = self._exception(vector, 0, False, external=True)
+            if end is not None:
+                while True:
+                    self._suspend(end)      # delivery ended the run (triple fault, outside RAM)
+        self._push_rf = False
+        if self._window and self._block_hook is None:
+            self._install_block_hook()
+
+    def _on_block(self, address: int, size: int) -> None:
+        if self._stop is not None:
+            return
+        if self._pending is not None:
+            self._stop = ("inject",)
+            self._emu_stop()
+            return
+        if not self._window or not self._rd(self._x86.UC_X86_REG_RFLAGS) & RFLAGS_IF:
+            return
+        if _U32.unpack_from(self._save(), self._layout.hflags)[0] & HF_INHIBIT_IRQ:
+            return                  # the one instruction in a shadow: the next block, then
+        self._activity += 1
+        self._at = "window"
+        self._suspend(IRQ_WINDOW)
+        self._at = None
+        self._leave_block()
+
+    def _install_block_hook(self) -> None:
+        """Called outside the emulation only (flushing translated code mid-block is unsafe)."""
+        import unicorn
+        if self._block_hook_fn is None:
+            ref = weakref.ref(self)
+            # The common case, interrupts still disabled, costs one register read: bound here.
+            read, uch_p, rflags = self._raw.uc_reg_read, self._uch_p, self._x86.UC_X86_REG_RFLAGS
+            value = ctypes.c_uint64()
+            value_ref = ctypes.byref(value)
+
+            def on_block(uch, address, size, ud):
+                me = ref()
+                if me is None:
+                    return
+                read(uch_p, rflags, value_ref)
+                if not value.value & RFLAGS_IF and me._pending is None:
+                    return
+                try:
+                    me._on_block(address, size)
+                except BaseException as e:    # never unwind through Unicorn's C frames
+                    if me._hook_error is None:
+                        me._hook_error = e
+                    me._emu_stop()
+
+            self._block_hook_fn = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_uint64,
+                                                   ctypes.c_uint32, ctypes.c_void_p)(on_block)
+        handle = ctypes.c_size_t()
+        err = self._lib.uc_hook_add(self._uch, ctypes.byref(handle), unicorn.UC_HOOK_BLOCK,
+                                    ctypes.cast(self._block_hook_fn, ctypes.c_void_p), None,
+                                    ctypes.c_uint64(1), ctypes.c_uint64(0))
+        if err:
+            raise BackendUnavailable(f"cannot install the emulator's interrupt-window hook "
+                                     f"(unicorn error {err})")
+        self._block_hook = handle
+        self._uc.ctl_flush_tb()             # code translated so far has no hook call in it
+
+    def _remove_block_hook(self) -> None:
+        if self._block_hook is not None:
+            # Unicorn invalidates the blocks the hook was translated into (safe mid-block).
+            self._lib.uc_hook_del(self._uch, self._block_hook)
+            self._block_hook = None
+
     # --- debugging (vmm.gdb) ------------------------------------------------------------------
     def debug_begin(self) -> DebugState:
         """Debug mode: a code hook before every instruction counts completed instructions
@@ -776,9 +1004,13 @@ class EmuBackend(CpuBackend):
             self._dbg_in_insn = False
             if self.debug.completed(address):
                 self._suspend(DEBUG_STOP)
+                if self._irq_work and self._leave_block():
+                    return
         if self._kicked:
             self._kicked = False
             self._suspend(INTERRUPTED)
+            if self._irq_work and self._leave_block():
+                return
         self._dbg_in_insn = True
 
     def debug_registers(self) -> dict[str, int]:
@@ -810,7 +1042,8 @@ class EmuBackend(CpuBackend):
         vmm keeps beside it (the RDTSC event count, a string IN's pending elements)."""
         return {"context": bytes(self._save()), "events": self._events,
                 "in_rest": list(self._in_rest), "ins_continues": self._ins_continues,
-                "rf_set": self._rf_set, "steps": self.debug.steps, "cs_seen": self._cs_seen}
+                "rf_set": self._rf_set, "steps": self.debug.steps, "cs_seen": self._cs_seen,
+                "interrupt": self._pending, "window": self._window}
 
     def debug_restore(self, saved: dict) -> None:
         """Load what debug_save() returned, before this backend has run (memory is the
@@ -822,6 +1055,8 @@ class EmuBackend(CpuBackend):
         self._ins_continues, self._rf_set = saved["ins_continues"], saved["rf_set"]
         self._cs_seen = saved.get("cs_seen", -1)
         self.debug.steps = saved["steps"]
+        self._pending, self._window = saved.get("interrupt"), saved.get("window", False)
+        self._irq_work = self._pending is not None or self._window
         self._dbg_in_insn = False
         self._uc.ctl_flush_tb()
 
@@ -943,7 +1178,7 @@ class EmuBackend(CpuBackend):
         cs_flags = _SEG.unpack_from(buf, lay.segs + 24 * CS)[3]
         ss_flags = _SEG.unpack_from(buf, lay.segs + 24 * SS)[3]
         old = _U32.unpack_from(buf, lay.hflags)[0]
-        hf = (old & HF_KEEP) | HF_GUEST | (cpl & HF_CPL_MASK)
+        hf = (old & HF_KEEP) | HF_GUEST | HF_IOBPT | (cpl & HF_CPL_MASK)
         pe = cr0 & CR0_PE
         if pe:
             hf |= HF_PE
@@ -1362,20 +1597,26 @@ class EmuBackend(CpuBackend):
                 pass
 
     # --- events vmm carries out: exceptions, interrupts, SYSCALL/SYSENTER ------------------------
-    def _exception(self, vector: int, error_code: int, software: bool):
-        """Deliver an exception or software interrupt as the CPU would, with #DF and triple
-        fault. Returns None when delivered, or the exit that ends the run (Shutdown, Mmio)."""
+    def _exception(self, vector: int, error_code: int, software: bool, external: bool = False):
+        """Deliver an exception, software interrupt or (`external`) external interrupt as the
+        CPU would, with #DF and triple fault. Returns None when delivered, or the exit that ends
+        the run (Shutdown, Mmio)."""
         x86 = self._x86
         snapshot = bytes(self._save())
         rip = self._rd(x86.UC_X86_REG_RIP)
-        first_fault = not software
-        current = (vector, error_code, software)
+        first_fault = not software and not external
+        current = (vector, error_code, software, external)
         for _ in range(8):
             try:
                 self._deliver(*current)
                 return None
             except _Fault as fault:
                 v = current[0]
+                if current[3]:
+                    # Faults delivering an external interrupt: the interrupt is benign (no
+                    # #DF, whatever its vector); the fault is delivered in its place.
+                    current = (fault.vector, fault.error_code, False, False)
+                    continue
                 if v == DF:
                     self._ctx_buf[:] = snapshot
                     self._restore()
@@ -1386,16 +1627,17 @@ class EmuBackend(CpuBackend):
                     return SHUTDOWN
                 if (v in CONTRIBUTORY and fault.vector in CONTRIBUTORY) or (
                         v == PF and (fault.vector == PF or fault.vector in CONTRIBUTORY)):
-                    current = (DF, 0, False)
+                    current = (DF, 0, False, False)
                 else:
-                    current = (fault.vector, fault.error_code, False)
+                    current = (fault.vector, fault.error_code, False, False)
             except _OutsideRam as e:
                 self._ctx_buf[:] = snapshot
                 self._restore()
                 return Mmio(e.address, e.is_write, e.length, b"")
         return SHUTDOWN
 
-    def _deliver(self, vector: int, error_code: int, software: bool) -> None:
+    def _deliver(self, vector: int, error_code: int, software: bool,
+                 external: bool = False) -> None:
         x86 = self._x86
         buf = self._save()
         lay = self._layout
@@ -1416,8 +1658,11 @@ class EmuBackend(CpuBackend):
             sp = rsp & 0xFFFF
             frame = struct.pack("<HHH", rip & 0xFFFF, cs[0], rflags & 0xFFFF)
             sp = (sp - 6) & 0xFFFF
-            for i in range(0, 6, 2):        # each word wraps within the 64 KiB stack segment
-                self._write_linear(ss[1] + ((sp + i) & 0xFFFF), frame[i:i + 2])
+            if sp <= 0xFFFA:
+                self._write_linear(ss[1] + sp, frame)
+            else:
+                for i in range(0, 6, 2):    # each word wraps within the 64 KiB stack segment
+                    self._write_linear(ss[1] + ((sp + i) & 0xFFFF), frame[i:i + 2])
             self._finish_delivery(
                 rip=offset, rsp=(rsp & ~0xFFFF) | sp,
                 rflags=rflags & ~(RFLAGS_IF | RFLAGS_TF | RFLAGS_AC | RFLAGS_RF),
@@ -1462,13 +1707,17 @@ class EmuBackend(CpuBackend):
         base, limit, flags = _descriptor_parts(d_low, d_high)
         conforming = bool(d_high & DESC_C)
         new_cpl = cpl if conforming else dpl
-        has_error = not software and vector in ERROR_CODE_VECTORS
+        # No error code for INT n, nor for an external interrupt on an exception's vector.
+        has_error = not software and not external and vector in ERROR_CODE_VECTORS
         clear = RFLAGS_TF | RFLAGS_VM | RFLAGS_RF | RFLAGS_NT
         if gate_type in (0x6, 0xE):
             clear |= RFLAGS_IF
         pushed_flags = rflags & ~RFLAGS_RF
-        if not software and _is_fault(vector):
+        if not software and not external and _is_fault(vector):
             pushed_flags |= RFLAGS_RF
+            self._rf_set = True
+        elif external and self._push_rf:
+            pushed_flags |= RFLAGS_RF        # taken between iterations of a REP string I/O
             self._rf_set = True
         tr = _SEG.unpack_from(buf, lay.tr)
         if long_mode:

@@ -197,6 +197,9 @@ class KvmBackend(CpuBackend):
 
     def inject_interrupt(self, vector: int) -> None:
         self._vcpu.interrupt(vector)
+        # KVM refreshes the flag at the next exit only: until then an interrupt is being
+        # injected, and the guest cannot take another (the interface's contract).
+        self._run_area[kvm.RUN_READY_FOR_INTERRUPT_INJECTION] = 0
 
     def request_interrupt_window(self, on: bool) -> None:
         self._run_area[kvm.RUN_REQUEST_INTERRUPT_WINDOW] = 1 if on else 0
