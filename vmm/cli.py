@@ -692,3 +692,8 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("vmm: interrupted", file=sys.stderr)
         return EXIT_CODES["interrupted"]
+    except BrokenPipeError:
+        # stdout went away (`vmm inspect t.trace | head`): as any Unix tool, stop quietly; and
+        # point stdout at /dev/null so that the interpreter's last flush does not complain.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0

@@ -151,6 +151,7 @@ class Machine:
         self.coalesced_writes = 0
         self.coalesced_ports: list[int] = []      # the ports being batched now
         self.ticks = 0                             # host-side returns (Interrupted exits)
+        self._unfinished_progress = 0              # output at the last idle point
         self._guest_exits_at_tick = -1             # exits - ticks at the last tick
         self._spin_sample = None                   # the state at the last quiet tick
         self._spin_cpu_mark = 0.0                  # this thread's CPU time after that sample
@@ -220,7 +221,15 @@ class Machine:
             show(self.screen)
 
     def _show_unfinished(self) -> None:
-        """The guest waits: let the user see a prompt that has no newline yet."""
+        """The guest waits: let the user see a prompt that has no newline yet. Under the real
+        clock, not at an idle point right after the guest printed: a UART's status poll before
+        each byte is one too, and two devices printing the same text would show a character of
+        each in turn; the guest that waits reaches its next idle point at once."""
+        if not getattr(self.inputs, "virtual", True):
+            progress = self.output_bytes + sum(len(d.line_buffer) for d in self._line_devices)
+            printing, self._unfinished_progress = progress != self._unfinished_progress, progress
+            if printing:
+                return
         for device in self._line_devices:
             if device.line_buffer:
                 self._sink.show_unfinished(device.name, device.partial)

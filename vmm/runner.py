@@ -79,14 +79,20 @@ class OutputCollector:
         self.lines: list[tuple[str, str, bool]] = []
         self._shown: dict[str, int] = {}     # per device: bytes of its unfinished line shown
         self._open: str | None = None        # the device whose line the stream is in the middle of
+        self._ended: set[str] = set()        # devices whose shown part another line ended
 
     def __call__(self, device: str, text: str, partial: bool) -> None:
         if self.keep:
             self.lines.append((device, text, partial))
         if self.stream is not None:
             shown = self._shown.pop(device, 0)
+            ended = device in self._ended          # its shown part was ended by a newline
+            self._ended.discard(device)
             self._switch_to(device)
-            self._write(text[shown:] + ("" if partial else "\n"))
+            rest = text[shown:]
+            if ended and not rest and not partial:
+                return                           # all of it is on the stream already
+            self._write(rest + ("" if partial else "\n"))
             self._open = device if partial and text else None
 
     def show_unfinished(self, device: str, text: str) -> None:
@@ -106,7 +112,7 @@ class OutputCollector:
         """Another device's line is half shown: end it on the stream first (its device's own
         bytes are unchanged: only where two devices' lines meet is a newline added)."""
         if self._open is not None and self._open != device:
-            self._shown.pop(self._open, None)
+            self._ended.add(self._open)
             self._write("\n")
             self._open = None
 
