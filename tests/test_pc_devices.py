@@ -604,3 +604,22 @@ def test_the_pc_board_port_ranges_do_not_overlap():
     bus.register(BochsShutdown(), 0x8900)
     bus.register(PostCodePort(), 0x80)
     assert len(bus.describe()) == 10
+
+
+def test_uart_pc_mode_the_lsr_read_after_sending_a_byte_is_no_idle_point():
+    # A kernel prints by polling LSR for THRE before each byte: those reads are no waits for
+    # input, so the virtual clock does not jump at them; a read with nothing sent since is one.
+    com, inputs, _, sink = uart(b"", waiting_rbr=False)
+    for byte in b"hi\n":
+        out(com, RBR, byte)
+        assert com.read(LSR, 1) & 0x20          # THRE
+    assert inputs.idle_points == 0
+    com.read(LSR, 1)                            # nothing sent since: the guest waits
+    assert inputs.idle_points == 1
+
+
+def test_uart_p3_mode_keeps_every_empty_lsr_read_an_idle_point():
+    com, inputs, _, _ = uart(b"")
+    out(com, RBR, ord("x"))
+    com.read(LSR, 1)
+    assert inputs.idle_points == 1

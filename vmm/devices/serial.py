@@ -85,6 +85,7 @@ class Serial16550(Device):
         self.name = name
         self._inputs = inputs
         self._waiting_rbr = waiting_rbr
+        self.sent_since_lsr = False     # pc mode: a byte went out since the last LSR read
         self._receives = receives
         self.tx = LineOutput(name, sink, nonprintable="drop", drop_cr=True)
         self.rx_fifo: list[int] = []
@@ -137,8 +138,18 @@ class Serial16550(Device):
         return True
 
     def _lsr_poll(self) -> None:
-        """LSR's view: with nothing received, ask once, an idle point, and one more look."""
+        """LSR's view: with nothing received, ask once, an idle point, and one more look.
+
+        On the pc board (a non-waiting RBR) the read right after the guest sent a byte is no
+        idle point: that read is the wait for THRE before the next byte (always set here: the
+        byte left at once), not a wait for input. Otherwise every byte a kernel prints would
+        let the virtual clock jump to its next deadline."""
+        sent, self.sent_since_lsr = self.sent_since_lsr, False
         if self.rx_fifo:
+            return
+        if sent and not self._waiting_rbr:
+            if not self.loopback and self._receives:
+                self.poll_rx()
             return
         if self.loopback or not self._receives:
             self._inputs.idle()
@@ -278,12 +289,14 @@ class Serial16550(Device):
             self._receive(byte)
         else:
             self.tx.put(byte)
+            self.sent_since_lsr = True
         self.thr_empty_pending = True             # ... and the byte leaves at once
 
     def write_bytes(self, offset: int, data: bytes) -> None:
         if offset == RBR_THR and not self.lcr & LCR_DLAB and not self.loopback and data:
             self.tx.put_bytes(data)               # transmit: the common case, in bulk
             self.thr_empty_pending = True
+            self.sent_since_lsr = True
         else:
             super().write_bytes(offset, data)
 
