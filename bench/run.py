@@ -1,6 +1,6 @@
 """`make bench`: vmm measured against baselines run in the same command, on this machine.
 
-    python3 bench/run.py [--runs N] [--only exits,output,startup,record,suites,backends]
+    python3 bench/run.py [--runs N] [--only exits,output,startup,record,suites,gdb,boot,backends]
                          [--json FILE] [--compare OLD.json] [--no-install]
     python3 bench/run.py --show FILE      # the table of an earlier run, without running
 
@@ -12,9 +12,9 @@ baseline; see each module's docstring for exactly what is timed):
   4. record/replay     bench_record.py   record vs run, replay speed under the virtual clock
      suites            bench_suites.py   golden-suite and grading throughput
      debugging         bench_gdb.py      stepi, reverse-stepi and a debugged replay, per backend
-  backends (only with --only)  bench_backends.py  the emulator backend against KVM
-  boot (only with --only)      bench_boot.py     boot to first output of a multiboot kernel:
+     boot              bench_boot.py     boot to first output of a multiboot kernel:
                                                  vmm (KVM, emu) vs qemu -kernel (KVM, TCG)
+  backends (only with --only)  bench_backends.py  the emulator backend against KVM
 
 Prints the table (Markdown, as the README shows it) and writes every sample as JSON to
 bench/results/latest.json (or --json FILE); --compare prints each row against an earlier file.
@@ -34,8 +34,8 @@ from pathlib import Path
 
 from common import ROOT, Row, Tools, fmt_value, guests_built, machine_description
 
-GROUPS = ("exits", "output", "startup", "record", "suites", "gdb")     # the default
-OPTIONAL_GROUPS = ("backends", "boot")
+GROUPS = ("exits", "output", "startup", "record", "suites", "gdb", "boot")     # the default
+OPTIONAL_GROUPS = ("backends",)
 MIN_RUNS = 5
 
 
