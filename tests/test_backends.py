@@ -26,7 +26,6 @@ pytestmark = [pytest.mark.kvm, pytest.mark.skipif(
     not (kvm_usable() and emu_usable()), reason="compares KVM with the emulator: needs both")]
 
 GOLDENS = sorted((ROOT / "traces").rglob("*.trace"))
-BOOT_KEYS = ("mode", "load", "entry", "mem", "stack")
 # Goldens whose sessions leave CPUID feature bits in registers (the monitor's CPU information).
 CPUID_GOLDENS = {"test_monitor_menu_entry-1-Stepping_d"}
 
@@ -78,7 +77,8 @@ def record_session_of(golden: Path, backend: str, path: Path):
     machine = trace.header["machine"]
     feeds = (machine.get("feeds") or {}).get("file")
     spec = LiveRun(guest=str(ROOT / trace.header["guest"]["path"]),
-                   boot=BootOptions(**{k: machine["boot"].get(k) for k in BOOT_KEYS}),
+                   boot=BootOptions.from_dict(dict(machine["boot"],
+                                                   board=machine.get("board", "p3"))),
                    script=redrive_script(trace), feeds=feeds, offline=feeds is None,
                    trace_path=str(path), backend=backend)
     return trace, live_run(spec)
