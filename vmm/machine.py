@@ -425,9 +425,13 @@ class Machine:
             if inputs.irq_edges(line, device):
                 pic.pulse(line)
         for line, device in self._level_sources:
-            poll = getattr(device, "poll_rx", None) or getattr(device, "poll", None)
+            poll = (getattr(device, "poll_line", None) or getattr(device, "poll_rx", None)
+                    or getattr(device, "poll", None))
             if poll is not None:
-                poll()                       # a byte that arrives raises the line unasked
+                # first the level the access left (the read of 0x60 that took a byte lowers
+                # IRQ 1), then the byte that arrives raises it again unasked: an edge per byte
+                pic.set_irq(line, device.irq_pending())
+                poll()
             pic.set_irq(line, device.irq_pending())
         if not pic.has_interrupt() or not backend.interrupt_ready():
             return False
