@@ -26,7 +26,7 @@ pytestmark = [pytest.mark.kvm, pytest.mark.skipif(
     not (kvm_usable() and emu_usable()), reason="compares KVM with the emulator: needs both")]
 
 GOLDENS = sorted((ROOT / "traces").rglob("*.trace"))
-BOOT_KEYS = ("mode", "load", "entry", "mem", "stack")
+BOOT_KEYS = ("mode", "load", "entry", "mem", "stack", "board")   # board: the pc goldens
 # Goldens whose sessions leave CPUID feature bits in registers (the monitor's CPU information).
 CPUID_GOLDENS = {"test_monitor_menu_entry-1-Stepping_d"}
 
