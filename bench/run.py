@@ -34,7 +34,7 @@ from pathlib import Path
 
 from common import ROOT, Row, Tools, fmt_value, guests_built, machine_description
 
-GROUPS = ("exits", "output", "startup", "record", "suites", "gdb", "boot")     # the default
+GROUPS = ("exits", "output", "startup", "record", "suites", "gdb", "boot", "irq")  # the default
 OPTIONAL_GROUPS = ("backends",)
 MIN_RUNS = 5
 
@@ -70,6 +70,9 @@ def run_groups(groups: list[str], runs: int, install_qemu: bool) -> list[Row]:
             elif group == "boot":
                 from bench_boot import boot_rows
                 rows += boot_rows(runs)
+            elif group == "irq":
+                from bench_irq import irq_rows
+                rows += irq_rows(runs)
             print(f"bench: {group} done in {time.perf_counter() - started:.0f} s",
                   file=sys.stderr, flush=True)
     return rows

@@ -22,7 +22,8 @@ GUESTS = ROOT / "guests" / "build"
 
 
 # Integration modules whose tests run on every usable backend (parametrized as [kvm], [emu]).
-BACKEND_MODULES = {"test_run_guests", "test_run_failures", "test_record_replay", "test_goldens"}
+BACKEND_MODULES = {"test_run_guests", "test_run_failures", "test_record_replay", "test_goldens",
+                   "test_irq_kernels"}
 
 
 def kvm_usable() -> bool:

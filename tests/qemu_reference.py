@@ -299,13 +299,14 @@ def _boot_once(cmd: list[str], work: Path, tag: str, exit_device: bool,
 
 def run_qemu(kernel: Path | str, *, modules: list[Module] = (), append: str | None = None,
              timeout: float = 20.0, loader: str = "auto", workdir: Path | None = None,
-             accel: str | None = None) -> BootResult:
+             accel: str | None = None, extra_args: tuple[str, ...] = ()) -> BootResult:
     """Boot `kernel` under QEMU and return what it showed (see the module docstring).
 
     loader: "kernel" (`qemu-system-i386 -kernel`, multiboot1), "grub" (`qemu-system-x86_64
     -cdrom` of a GRUB ISO with `multiboot2`), or "auto" (by the kernel's multiboot header).
     append: QEMU's -append (the kernel sees `NAME APPEND` under -kernel, `APPEND` under GRUB).
-    accel: None (QEMU's default, TCG) or e.g. "kvm". Raises QemuError when QEMU cannot boot it;
+    accel: None (QEMU's default, TCG) or e.g. "kvm". extra_args: more QEMU options (such as
+    `-rtc base=...`, so that both boots see the same date). Raises QemuError when QEMU cannot boot it;
     callers skip on `qemu_unusable()` / `grub_unusable()` first."""
     kernel = Path(kernel)
     modules = [m if isinstance(m, Module) else Module(Path(m)) for m in modules]
@@ -331,6 +332,7 @@ def run_qemu(kernel: Path | str, *, modules: list[Module] = (), append: str | No
             raise ValueError(f"loader {loader!r}")
         if accel:
             cmd += ["-accel", accel]
+        cmd += list(extra_args)
         serial, debugcon, cells, status, err = _boot_once(cmd, work, "exit", True, timeout)
         if cells is None:
             if status is None or status % 2 == 0:

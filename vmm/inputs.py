@@ -141,9 +141,12 @@ class InputSource:
         recorded whenever it changed since it was last told, so a replay tells the same."""
         raise NotImplementedError
 
-    def irq_edges(self, line: int, device) -> int:
-        """At an interrupt point: the rising edges of an edge-triggered source (the PIT's
-        `take_edges(now)`) since the last time, recorded as an `edge` event when there are any."""
+    point: str | None = None      # the interrupt point being serviced (vmm.machine), or None
+
+    def irq_edges(self, line: int, device, point: str) -> int:
+        """At an interrupt point ("in", "hlt", "window"): the rising edges of an edge-triggered
+        source (the PIT's `take_edges(now)`) since the last time, recorded as an `edge` event,
+        with its point, when there are any."""
         raise NotImplementedError
 
     def idle_until_interrupt(self) -> None:
@@ -250,11 +253,11 @@ class LiveInput(InputSource):
                 self.record.time(self.obs, now)
         return now
 
-    def irq_edges(self, line: int, device) -> int:
+    def irq_edges(self, line: int, device, point: str) -> int:
         now = self.clock.now()
         count = device.take_edges(now)
         if count and self.record is not None:
-            self.record.edge(self.obs, now, line, count)
+            self.record.edge(self.obs, now, line, count, point)
         return count
 
     def _queue(self, data: bytes, now: int) -> None:
@@ -308,7 +311,10 @@ class LiveInput(InputSource):
         byte, arrival = self.pending.popleft()
         self._input_events += 1
         if self.record is not None:
-            self.record.key(self.obs, arrival, device, byte)
+            if self.point is None:
+                self.record.key(self.obs, arrival, device, byte)
+            else:                          # taken by a device's poll at an interrupt point
+                self.record.key_at(self.obs, arrival, device, byte, self.point)
         return byte
 
     def timer_fired(self, deadline: int, period: int) -> int:
@@ -454,9 +460,14 @@ class ReplayInput(InputSource):
         queue = self._queue
         return queue[0] if queue else self.stream.peek(self._INPUT, self.obs + 1)
 
-    def irq_edges(self, line: int, device) -> int:
+    def irq_edges(self, line: int, device, point: str) -> int:
+        # Several points share an observation (the IN's, then every HLT until the next IN): an
+        # edge is taken at a point of the kind it was recorded at, so an edge that came at a
+        # HLT is not taken at the IN before it, where it would merge with the previous one
+        # (older traces have no point: taken at the first point of their observation)
         e = self._next_input()
-        if e is None or e["n"] != self.obs or e["type"] != "edge" or e["line"] != line:
+        if e is None or e["n"] != self.obs or e["type"] != "edge" or e["line"] != line or \
+                e.get("point", point) != point:
             return 0
         self.stream.pop(self._INPUT)
         self.index += 1
@@ -524,6 +535,12 @@ class ReplayInput(InputSource):
         return found
 
     def key(self, device: str) -> int | None:
+        # A key the recording gave at an interrupt point (a device's poll there: `point`) is
+        # given at a point of that kind only, not at a read or an earlier point of the same
+        # observation, where the guest would see it sooner
+        e = self._next_input()
+        if e is not None and e["type"] == "key" and e.get("point", self.point) != self.point:
+            return None
         e = self._take("key", device)
         return None if e is None else e["byte"]
 

@@ -410,7 +410,7 @@ class Machine:
         self.observer.on_checkpoint(self.inputs.obs, self.backend.cpu_state())
 
     # --- interrupts -----------------------------------------------------------------------------
-    def _service_interrupts(self, point: str) -> bool:
+    def _service_interrupts(self, point: str, stamp: str | None = None) -> bool:
         """At a point a replay finds again (after an IN, at a HLT with interrupts enabled):
         bring the controller's lines up to date, and inject its interrupt if the guest can
         take it now. True if one was injected.
@@ -421,14 +421,21 @@ class Machine:
         only at its next exit of any kind, a moment no replay can find again; so vmm does not
         use it (docs/devices.md, "Interrupts")."""
         pic, inputs, backend = self.interrupts, self.inputs, self.backend
+        stamp = stamp or point               # what edges and keys taken here are stamped with
         for line, device in self._edge_sources:
-            if inputs.irq_edges(line, device):
+            if inputs.irq_edges(line, device, stamp):
                 pic.pulse(line)
+        inputs.point = stamp
         for line, device in self._level_sources:
-            poll = getattr(device, "poll_rx", None) or getattr(device, "poll", None)
+            poll = (getattr(device, "poll_line", None) or getattr(device, "poll_rx", None)
+                    or getattr(device, "poll", None))
             if poll is not None:
-                poll()                       # a byte that arrives raises the line unasked
+                # first the level the access left (the read of 0x60 that took a byte lowers
+                # IRQ 1), then the byte that arrives raises it again unasked: an edge per byte
+                pic.set_irq(line, device.irq_pending())
+                poll()
             pic.set_irq(line, device.irq_pending())
+        inputs.point = None
         if not pic.has_interrupt() or not backend.interrupt_ready():
             return False
         vector = pic.acknowledge()
@@ -442,8 +449,13 @@ class Machine:
         """HLT with interrupts enabled, on a board with an interrupt controller: an idle point.
         Time moves on (virtual clock: to the next deadline) until an interrupt comes; a run with
         nothing more to come ends there as any idle run does (DESIGN §10)."""
-        while not self._service_interrupts("hlt"):
+        # Edges and keys that come once time has moved on are stamped "idle", not "hlt": a
+        # replay must not take them at the HLT's first look, where an interrupt that came
+        # before it (at the IN) is still pending and would swallow the new edge
+        stamp = "hlt"
+        while not self._service_interrupts("hlt", stamp):
             self.inputs.idle_until_interrupt()
+            stamp = "idle"
 
     def _halted(self) -> None:
         cpu = self.backend.cpu_state()

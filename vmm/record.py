@@ -135,6 +135,13 @@ class TraceRecorder(Observer):
         if len(lines) >= self.BATCH:
             self._hand_over()
 
+    def key_at(self, n: int, at: int, device: str, byte: int, point: str) -> None:
+        """A key a device took at an interrupt point (its poll there): the point is kept."""
+        self._lines.append(b'{"type":"key","n":%d,"at":%d,"dev":"%s","byte":%d,"point":"%s"}\n'
+                           % (n, at, device.encode("ascii"), byte, point.encode("ascii")))
+        if len(self._lines) >= self.BATCH:
+            self._hand_over()
+
     def timer(self, n: int, at: int, count: int) -> None:
         lines = self._lines
         lines.append(b'{"type":"timer","n":%d,"at":%d,"count":%d}\n' % (n, at, count))
@@ -147,9 +154,9 @@ class TraceRecorder(Observer):
         if len(lines) >= self.BATCH:
             self._hand_over()
 
-    def edge(self, n: int, at: int, line: int, count: int) -> None:
-        self._lines.append(b'{"type":"edge","n":%d,"at":%d,"line":%d,"count":%d}\n'
-                           % (n, at, line, count))
+    def edge(self, n: int, at: int, line: int, count: int, point: str) -> None:
+        self._lines.append(b'{"type":"edge","n":%d,"at":%d,"line":%d,"count":%d,"point":"%s"}\n'
+                           % (n, at, line, count, point.encode()))
         if len(self._lines) >= self.BATCH:
             self._hand_over()
 

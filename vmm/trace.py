@@ -69,9 +69,12 @@ RECORD_FIELDS = {
 }
 INPUT_TYPES = frozenset({"key", "timer", "fetch", "time", "edge"})
 IRQ_POINTS = frozenset({"in", "hlt"})   # where vmm injects an interrupt (vmm.machine)
+EDGE_POINTS = IRQ_POINTS | {"window", "idle"}  # where edges and polled keys are taken
 # Optional fields: name -> accepted types (None allowed where listed).
 _OPTIONAL = {
     "out": {"partial": (bool,)},
+    "edge": {"point": (str,)},
+    "key": {"point": (str,)},
     "end": {"at": (int, type(None)), "at_read": (bool,), "message": (str, type(None)),
             "regs": (str, type(None)), "mem": (str, type(None)), "output": (str, type(None))},
 }
@@ -482,7 +485,8 @@ def _check_record(path: str, number: int, record: dict, version: int = VERSION) 
                                                      MAX_TEXT if name == "text" else MAX_INT):
             raise TraceError(f"corrupt trace {path}: line {number} ({kind}) has a '{name}' "
                              "that is too long")
-    if kind == "key" and not 0 <= record["byte"] <= 255 or \
+    if kind == "key" and (not 0 <= record["byte"] <= 255
+                          or record.get("point", "in") not in EDGE_POINTS) or \
             kind == "end" and abs(record["exit_code"]) > MAX_INT:
         raise TraceError(f"corrupt trace {path}: line {number} ({kind}) has a value out of range")
     if kind == "fetch":
@@ -495,7 +499,8 @@ def _check_record(path: str, number: int, record: dict, version: int = VERSION) 
                              f"need trace format version 4, the header says {version}")
         if kind == "irq" and (record["point"] not in IRQ_POINTS
                               or not 0 <= record["vector"] <= 255) or \
-                kind == "edge" and not 0 <= record["line"] < 16:
+                kind == "edge" and (not 0 <= record["line"] < 16
+                                    or record.get("point", "in") not in EDGE_POINTS):
             raise TraceError(f"corrupt trace {path}: line {number} ({kind}) has a value out of "
                              "range")
 

@@ -137,6 +137,13 @@ class Serial16550(Device):
         self._receive(byte)
         return True
 
+    def poll_line(self) -> bool:
+        """At an interrupt injection point: take a byte (poll_rx) only if the guest enabled
+        the received-data interrupt (IER bit 0), the one way such a byte changes the line. A
+        byte that could not raise it stays in the input stream, which COM1 shares with the
+        keyboard: a kernel that echoes PS/2 keys from IRQ 1 gets every key."""
+        return bool(self.ier & IER_RDA) and self.poll_rx()
+
     def _lsr_poll(self) -> None:
         """LSR's view: with nothing received, ask once, an idle point, and one more look.
 
