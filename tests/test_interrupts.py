@@ -1,6 +1,6 @@
 """Interrupts on the pc board, deterministically (DESIGN §10): the 8254's channel 0 drives IRQ 0
 through the 8259A pair; vmm injects at points a replay finds again (after an IN, at a HLT with
-interrupts enabled, at the interrupt window), and records the edges and the injections."""
+interrupts enabled), and records the edges and the injections."""
 
 from __future__ import annotations
 

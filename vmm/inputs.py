@@ -144,7 +144,7 @@ class InputSource:
     point: str | None = None      # the interrupt point being serviced (vmm.machine), or None
 
     def irq_edges(self, line: int, device, point: str) -> int:
-        """At an interrupt point ("in", "hlt", "window"): the rising edges of an edge-triggered
+        """At an interrupt point ("in", "hlt", "idle"): the rising edges of an edge-triggered
         source (the PIT's `take_edges(now)`) since the last time, recorded as an `edge` event,
         with its point, when there are any."""
         raise NotImplementedError

@@ -22,7 +22,7 @@ from .record_type import Record
 
 from . import boot
 from .cpu.backend import (CpuBackend, FailEntry, Halt, InternalError, Interrupted, IoIn, IoOut,
-                          IrqWindow, Mmio, Shutdown, UnknownExit)
+                          Mmio, Shutdown, UnknownExit)
 from .boards import BoardContext, get_board
 from .devices import LineOutput, PortBus
 from .devices.cmos import VIRTUAL_EPOCH
@@ -358,8 +358,6 @@ class Machine:
                 self._spin_tick()
             elif kind is Halt:
                 self._halted()
-            elif kind is IrqWindow:
-                self._service_interrupts("window")
             else:
                 self._fault(exit_)
 

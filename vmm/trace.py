@@ -69,7 +69,7 @@ RECORD_FIELDS = {
 }
 INPUT_TYPES = frozenset({"key", "timer", "fetch", "time", "edge"})
 IRQ_POINTS = frozenset({"in", "hlt"})   # where vmm injects an interrupt (vmm.machine)
-EDGE_POINTS = IRQ_POINTS | {"window", "idle"}  # where edges and polled keys are taken
+EDGE_POINTS = IRQ_POINTS | {"idle"}  # where edges and polled keys are taken
 # Optional fields: name -> accepted types (None allowed where listed).
 _OPTIONAL = {
     "out": {"partial": (bool,)},
@@ -103,9 +103,6 @@ class Trace:
 
     def checkpoints(self) -> list[dict]:
         return [r for r in self.records if r["type"] == "cp"]
-
-    def interrupts(self) -> list[dict]:
-        return [r for r in self.records if r["type"] == "irq"]
 
     @property
     def counts(self) -> dict[str, int]:
