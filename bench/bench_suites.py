@@ -5,7 +5,8 @@
   traces per second of wall time.
 - Grading: `vmm grade` (harness/grader.py) over the echo guest and its mutants with the example
   rubric (examples/rubrics/echo.toml), one process (-j 1): submissions per second for those
-  that do I/O, and seconds for the one that spins (its time is the rubric's wall-time limit).
+  that do I/O, seconds for the one that spins (found at a watchdog tick), and seconds for a
+  guest that computes forever (ended by the rubric's instruction budget).
   `grading_throughput` calls the grader's Python API, `grade(sources, rubric_path, out,
   jobs=1)`, and is skipped with a note when that API is absent.
 """
@@ -73,7 +74,8 @@ def grading_throughput(runs: int, tmp: str) -> list[Row]:
     if not RUBRIC.exists() or not mutants:
         return [Row(id="grading", group="4. suites", name=name, unit="subs/s", vmm=None,
                     compare="value", note="skipped: no rubric or no mutants (make guests)")]
-    rates, spins = [], []
+    busy = str(ROOT / "guests" / "build" / "faults" / "busy.bin")
+    rates, spins, busies = [], [], []
     for i in range(runs):
         out = os.path.join(tmp, f"grade-{i}")
         rates.append(len(working) / timed(lambda: grade(working, str(RUBRIC), out, jobs=1,
@@ -82,6 +84,10 @@ def grading_throughput(runs: int, tmp: str) -> list[Row]:
             out = os.path.join(tmp, f"grade-spin-{i}")
             spins.append(timed(lambda: grade(spinning, str(RUBRIC), out, jobs=1,
                                              progress_stream=io.StringIO())))
+        if os.path.exists(busy):
+            out = os.path.join(tmp, f"grade-busy-{i}")
+            busies.append(timed(lambda: grade([busy], str(RUBRIC), out, jobs=1,
+                                              progress_stream=io.StringIO())))
     rows = [Row(id="grading", group="4. suites",
                 name=f"{name}: echo.bin and {len(working) - 1} mutants that do I/O",
                 unit="subs/s", vmm=summary(rates), compare="value",
@@ -93,6 +99,12 @@ def grading_throughput(runs: int, tmp: str) -> list[Row]:
                         target=("<=", 1.0),
                         note="6 scenarios; each ends as a spin at a watchdog tick, not by the "
                              "rubric's wall_time (5 s)"))
+    if busies:
+        rows.append(Row(id="grading-busy", group="4. suites",
+                        name=f"{name}: a guest that computes forever (faults/busy.s)", unit="s",
+                        vmm=summary(busies), compare="value",
+                        note="6 scenarios; each ends at the rubric's instruction budget (2M, "
+                             "on the emulator): the same end on every machine"))
     return rows
 
 

@@ -35,7 +35,8 @@ from .rubric import (SETTINGS, Check, Rubric, Scenario, check_settings, load_rub
 TARBALL_SUFFIXES = (".tar.gz", ".tgz", ".tar.xz", ".tar.bz2", ".tar")
 ABNORMAL = {"triple-fault", "guest-exception", "memory-outside-ram", "unknown-port", "timeout",
             "output-flood", "kvm-error", "max-time", "expect-failed", "interrupted",
-            "terminated", "vmm-limit"}
+            "terminated", "vmm-limit", "max-observations", "max-exits", "max-instructions",
+            "spin", "reset"}
 
 
 # --- results ----------------------------------------------------------------------------------
@@ -61,6 +62,8 @@ class ScenarioResult:
     output: str                      # the console transcript (capped)
     trace: str | None                # relative to the output directory
     execution_time: float = 0.0      # informational
+    limit: str = ""                  # the [limits] key that ended the scenario ("" if none did)
+    work: dict = field(default_factory=dict)   # guest work: observations, exits, instructions
 
 
 @dataclass
@@ -391,6 +394,20 @@ def boot_for(guest: str, rubric: Rubric, settings: dict | None = None) -> BootOp
     return base
 
 
+# The [limits] key behind each way a scenario can be ended by one.
+LIMIT_OF_END = {"max-time": "max_time", "timeout": "wall_time", "output-flood": "max_output",
+                "max-observations": "max_observations", "max-exits": "max_exits",
+                "max-instructions": "max_instructions"}
+
+
+def instruction_budget(scenario: Scenario) -> int | None:
+    """The scenario's instruction budget where it applies: on the emulator, which grading uses
+    under --backend auto when there is one; on KVM (--backend kvm), which cannot count
+    instructions, the other limits and spin detection stop a guest that computes forever."""
+    from vmm.runner import resolve_backend
+    return None if resolve_backend(None) == "kvm" else scenario.max_instructions
+
+
 def run_scenario(guest: str, rubric: Rubric, scenario: Scenario, trace: Path,
                  settings: dict | None = None) -> ScenarioResult:
     from vmm.runner import LiveRun, live_run
@@ -400,7 +417,8 @@ def run_scenario(guest: str, rubric: Rubric, scenario: Scenario, trace: Path,
             guest=guest, boot=boot_for(guest, rubric, settings), script=scenario.script,
             clock="virtual", max_time_ns=scenario.max_time_ns, timeout_ns=scenario.wall_time_ns,
             max_output=scenario.max_output, cpuid=rubric.cpuid, trace_path=str(trace),
-            offline=True))
+            offline=True, max_observations=scenario.max_observations,
+            max_exits=scenario.max_exits, max_instructions=instruction_budget(scenario)))
     except VmmError as e:                         # the guest cannot even be booted
         return _zero(scenario, f"cannot run the guest: {e}", "not-run", None, started)
     end = result.end
@@ -424,12 +442,43 @@ def run_scenario(guest: str, rubric: Rubric, scenario: Scenario, trace: Path,
         reason = (f"no points: the gate \"{failed_gates[0].describe()}\" failed"
                   + (f" -- {reason}" if reason else ""))
     if end.reason in ABNORMAL:
-        reason = f"{end.message}" + (f" -- {reason}" if reason else "")
+        reason = _in_rubric_terms(end.message) + (f" -- {reason}" if reason else "")
     return ScenarioResult(
         name=scenario.name, score=round(min(scenario.points, sum(c.score for c in checks)), 2),
         max_score=scenario.points, visibility=scenario.visibility, reason=reason,
         end_reason=end.reason, exit_code=end.exit_code, checks=checks,
-        output=output[:4000], trace=None, execution_time=round(time.monotonic() - started, 3))
+        output=output[:4000], trace=None, execution_time=round(time.monotonic() - started, 3),
+        limit=LIMIT_OF_END.get(end.reason, ""),
+        work=_work(end))
+
+
+# The command-line flags a run's end message names, and the rubric keys they stand for here.
+_FLAG_KEYS = {"--timeout": "limits.wall_time", "--max-time": "limits.max_time",
+              "--max-output": "limits.max_output", "--max-observations": "limits.max_observations",
+              "--max-exits": "limits.max_exits", "--max-instructions": "limits.max_instructions"}
+
+
+def _in_rubric_terms(message: str) -> str:
+    """An end message as the rubric's author and the student read it: with the [limits] key
+    instead of the `vmm run` flag that sets the same limit."""
+    return re.sub(r"--[a-z-]+", lambda m: _FLAG_KEYS.get(m.group(0), m.group(0)), message)
+
+
+def _work(end) -> dict:
+    """The guest work a scenario took, as its report keeps it: reads and exits, and
+    instructions where the end did not depend on when the host looked. (A spin is found at a
+    host-timed moment, but it makes no exit: its reads and exits are the same every time;
+    only a wall-clock timeout, the safety net, leaves them to chance.)"""
+    from vmm.record import HOST_REASONS
+    work = {"observations": end.stats.get("observations", 0), "exits": _guest_exits(end.stats)}
+    if "instructions" in end.stats and end.reason not in HOST_REASONS:
+        work["instructions"] = end.stats["instructions"]
+    return work
+
+
+def _guest_exits(stats: dict) -> int:
+    """The exits the guest made (vmm.machine.Machine.guest_exits), from a run's stats."""
+    return stats.get("guest_exits", stats.get("exits", 0))
 
 
 def _zero(scenario: Scenario, reason: str, end_reason: str, exit_code, started) -> ScenarioResult:
@@ -508,17 +557,20 @@ def run_scenario_isolated(guest: str, rubric: Rubric, scenario: Scenario, trace:
     if isinstance(result, ScenarioResult):
         return result
     code = child.exitcode
+    limit = ""
     if "memory" in hits or result == "MemoryError":
-        why = f"the VMM went over its memory limit ({_size_text(scenario.memory)})"
+        why, limit = f"the VMM went over its memory limit ({_size_text(scenario.memory)})", "memory"
     elif code == -signal.SIGXCPU:
-        why = f"the VMM went over its CPU-time limit ({scenario.cpu_s}s)"
+        why, limit = f"the VMM went over its CPU-time limit ({scenario.cpu_s}s)", "cpu_time"
     elif code is None or code == -signal.SIGKILL:
         why = "the VMM did not finish and was killed"
     elif code < 0:
         why = f"the VMM crashed ({signal.Signals(-code).name})"
     else:
         why = f"the VMM ended without a result (exit status {code})"
-    return _zero(scenario, why, "vmm-limit", None, started)
+    zero = _zero(scenario, why, "vmm-limit", None, started)
+    zero.limit = limit
+    return zero
 
 
 def _size_text(n: int) -> str:
@@ -536,8 +588,7 @@ def _scenario_context():
     if _context is None:
         import multiprocessing
         _context = multiprocessing.get_context("forkserver")
-        _context.set_forkserver_preload(["harness.grader", "harness.sandbox", "vmm.runner",
-                                         "vmm.machine"])
+        _context.set_forkserver_preload(["harness.preload"])
     return _context
 
 

@@ -50,6 +50,15 @@ SORT_SCRIPT = """
 """
 
 
+def ended_by(sc: dict) -> str:
+    """One line: how the scenario ended, the limit that ended it, and the guest work it took."""
+    work = sc.get("work") or {}
+    took = ", ".join(f"{work[k]} {label}" for k, label in (("observations", "reads"),
+                     ("exits", "exits"), ("instructions", "instructions")) if k in work)
+    limit = f" (the [limits] {sc['limit']} limit)" if sc.get("limit") else ""
+    return f"Ended by {sc['end_reason']}{limit}" + (f"; the guest took {took}" if took else "")
+
+
 def e(text) -> str:
     return html.escape(str(text), quote=True)
 
@@ -238,6 +247,7 @@ def submission_page(report: dict, sub: dict, out: Path) -> str:
                     f'{sc["max_score"]:g}</h2>')
         if sc["reason"]:
             body.append(f"<p>Why points were lost: {e(sc['reason'])}</p>")
+        body.append(f"<p>{e(ended_by(sc))}</p>")
         body.append("<table><thead><tr><th>check</th><th class=\"n\">points</th>"
                     "<th>detail</th></tr></thead><tbody>")
         for check in sc["checks"]:

@@ -20,6 +20,8 @@ from pathlib import Path
 from vmm import __version__
 from vmm.errors import UsageError
 
+from .html_report import ended_by
+
 REPORT_FORMAT, REPORT_VERSION = "vmm-grade-report", 1
 
 
@@ -68,6 +70,7 @@ def gradescope(sub: dict) -> dict:
                        + (f": {c['detail']}" if c["detail"] and not c["passed"] else ""))
         if sc["reason"]:
             out.append(f"Why points were lost: {sc['reason']}")
+        out.append(ended_by(sc))
         if sc["trace"]:
             out.append(f"Replay it: vmm replay {os.path.relpath(sc['trace'], sub['name'])}")
         tests.append({"name": sc["name"], "score": sc["score"], "max_score": sc["max_score"],

@@ -17,13 +17,20 @@ from dataclasses import dataclass, field
 from vmm.boot import MODES, BootOptions
 from vmm.errors import EXIT_CODES, UsageError
 from vmm.script import parse_script
-from vmm.units import parse_duration, parse_size
+from vmm.units import parse_count, parse_duration, parse_size
 
 from .sandbox import BuildLimits
 
 VISIBILITY = ("visible", "hidden", "after_due_date", "after_published")   # Gradescope's values
 DEFAULT_VMM_MEMORY = 1 << 30       # each scenario's VMM process: resident memory ...
 DEFAULT_VMM_CPU_S = 60             # ... and CPU seconds
+# Guest-work budgets per scenario ([limits]; docs/grading.md). The scenarios of a console
+# assignment take hundreds of exits and thousands of instructions; a guest that computes
+# without end reaches these in well under a second, at the same point on every machine.
+DEFAULT_MAX_EXITS = 50_000
+DEFAULT_MAX_INSTRUCTIONS = 2_000_000      # the emulator counts them (KVM cannot)
+BUDGETS = {"max_observations": None, "max_exits": DEFAULT_MAX_EXITS,
+           "max_instructions": DEFAULT_MAX_INSTRUCTIONS}
 SETTINGS = ("board", "mode", "load", "entry", "mem", "stack")  # what a vmm.toml may set
 MAX_SETTINGS_FILE = 16 << 10
 CHECK_KINDS = ("contains", "not_contains", "regex_lines", "lines", "end_reason", "exit_code",
@@ -76,6 +83,10 @@ class Scenario:
     memory: int = DEFAULT_VMM_MEMORY          # the scenario's VMM process (harness.limits)
     cpu_s: int = DEFAULT_VMM_CPU_S
     checks: list[Check] = field(default_factory=list)
+    # guest-work budgets (vmm.machine.RunConfig; None: none): the same end on every machine
+    max_observations: int | None = None
+    max_exits: int | None = DEFAULT_MAX_EXITS
+    max_instructions: int | None = DEFAULT_MAX_INSTRUCTIONS   # on the emulator
 
 
 @dataclass
@@ -160,6 +171,22 @@ def _size(text, where: str) -> int:
         raise _Bad(f"{where}: {e}") from None
 
 
+def _budget(table: dict, key: str, where: str, default: int | None) -> int | None:
+    """A guest-work budget: a whole number, or a string such as "5M" (k, M, G: powers of
+    1000); 0 or "none" for no budget."""
+    if key not in table:
+        return default
+    value = table[key]
+    if value == "none" or value == 0:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise _Bad(f"{where}.{key}: expected a whole number such as 5000000 or \"5M\"")
+    try:
+        return parse_count(str(value))
+    except UsageError as e:
+        raise _Bad(f"{where}.{key}: {e}") from None
+
+
 def _board(name: str | None, where: str) -> str | None:
     from vmm.boards import BOARDS
     if name is not None and name not in BOARDS:
@@ -197,7 +224,8 @@ def _build(data: dict, path: str, digest: str) -> Rubric:
     build = _build_table(_get(data, "build", "rubric", dict, {}))
 
     limits_t = _get(data, "limits", "rubric", dict, {})
-    _known(limits_t, "limits", ("max_time", "wall_time", "max_output", "memory", "cpu_time"))
+    _known(limits_t, "limits", ("max_time", "wall_time", "max_output", "memory", "cpu_time",
+                                *BUDGETS))
     default_limits = {
         "max_time": _duration(_get(limits_t, "max_time", "limits", str, "30s"), "limits.max_time"),
         "wall_time": _duration(_get(limits_t, "wall_time", "limits", str, "10s"),
@@ -205,7 +233,8 @@ def _build(data: dict, path: str, digest: str) -> Rubric:
         "max_output": _size(_get(limits_t, "max_output", "limits", str, "64K"),
                             "limits.max_output"),
         "memory": _positive_size(limits_t, "memory", "limits", DEFAULT_VMM_MEMORY),
-        "cpu_time": _seconds(limits_t, "cpu_time", "limits", DEFAULT_VMM_CPU_S)}
+        "cpu_time": _seconds(limits_t, "cpu_time", "limits", DEFAULT_VMM_CPU_S),
+        **{key: _budget(limits_t, key, "limits", default) for key, default in BUDGETS.items()}}
 
     raw_scenarios = _get(data, "scenario", "rubric", list)
     if not raw_scenarios:
@@ -276,7 +305,7 @@ def _scenario(table, where: str, limits: dict, path: str) -> Scenario:
     if not isinstance(table, dict):
         raise _Bad(f"{where}: expected a table")
     _known(table, where, ("name", "points", "visibility", "script", "max_time", "wall_time",
-                          "max_output", "memory", "cpu_time", "check"))
+                          "max_output", "memory", "cpu_time", *BUDGETS, "check"))
     name = _get(table, "name", where, str)
     where = f"scenario {name!r}"
     points = _get(table, "points", where, float)
@@ -306,7 +335,8 @@ def _scenario(table, where: str, limits: dict, path: str) -> Scenario:
         else limits["max_output"],
         memory=_positive_size(table, "memory", where, limits["memory"]),
         cpu_s=_seconds(table, "cpu_time", where, limits["cpu_time"]),
-        checks=checks)
+        checks=checks,
+        **{key: _budget(table, key, where, limits[key]) for key in BUDGETS})
 
 
 def _check(table, where: str) -> Check:

@@ -53,7 +53,9 @@ def test_a_guest_that_makes_the_vmm_too_big_costs_its_scenarios_only(tmp_path):
 
 
 def test_a_guest_computing_forever_is_stopped_by_the_vmm_cpu_limit(tmp_path):
-    path = rubric(tmp_path, **{'wall_time = "5s"': 'wall_time = "30s"\ncpu_time = "1s"'})
+    # (without the instruction budget, which would end it first: tests/test_budgets.py)
+    path = rubric(tmp_path, **{'wall_time = "5s"': 'wall_time = "30s"\ncpu_time = "1s"',
+                               'max_instructions = "2M"': 'max_instructions = "none"'})
     report = grade([str(GUESTS / "faults" / "busy.bin")], path, str(tmp_path / "out"))
     spun = [sc for sc in report["submissions"][0]["scenarios"] if sc["end_reason"] == "vmm-limit"]
     assert spun, report["submissions"][0]["scenarios"]

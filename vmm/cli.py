@@ -9,7 +9,7 @@ import sys
 
 from . import __version__
 from .errors import EXIT_CODES, Terminated, UsageError, VmmError
-from .units import parse_address, parse_duration, parse_size
+from .units import parse_address, parse_count, parse_duration, parse_size
 
 
 EPILOG_EXIT_CODES = """\
@@ -24,7 +24,8 @@ exit status:
   16         --gdb: cannot listen for gdb (the port is in use, a bad address)
   20         triple fault            22  unhandled guest exception / BIOS call
   24         memory outside RAM      26  unknown port
-  28         --timeout or --max-time ran out                30  output past --max-output
+  28         --timeout or --max-time ran out, or a guest-work budget (--max-observations,
+             --max-exits, --max-instructions)               30  output past --max-output
   32         KVM/emulator error      34  a --script expect step's text did not come
   36         the quit key (Ctrl-]) was pressed
   50         the guest spins forever: no I/O, and its state came round exactly
@@ -44,7 +45,8 @@ def _argument(parse):
     return convert
 
 
-_duration, _size, _address = (_argument(p) for p in (parse_duration, parse_size, parse_address))
+_duration, _size, _address, _budget = (_argument(p) for p in (parse_duration, parse_size,
+                                                             parse_address, parse_count))
 
 
 def _positive_duration(text: str) -> int:
@@ -59,6 +61,7 @@ _positive_duration.__name__ = "duration"
 # Options whose value may look like an option to argparse ("--timeout -1s"): given so, the
 # value is passed on as "--timeout=-1s", for the option's own parser to refuse it by name.
 _NUMERIC_OPTIONS = frozenset({"--timeout", "--max-time", "--mem", "--max-output", "--load",
+                              "--max-observations", "--max-exits", "--max-instructions",
                               "--entry", "--stack", "--checkpoint-every", "-j", "--jobs",
                               "--limit"})
 
@@ -141,6 +144,17 @@ def add_machine_options(p: argparse.ArgumentParser) -> None:
     r.add_argument("--max-output", type=_size, default="10M", metavar="SIZE",
                    help="stop the run when the guest has printed more than this, bytes the "
                         "devices drop included (default 10M; 0 = no limit)")
+    r.add_argument("--max-observations", type=_budget, metavar="N",
+                   help="guest-work budget: end the run at the guest's read number N+1 (the "
+                        "observation counter; reason max-observations, status 28). Budgets end "
+                        "a run at the same point on every machine and backend")
+    r.add_argument("--max-exits", type=_budget, metavar="N",
+                   help="guest-work budget: end the run once the guest has made more than N "
+                        "exits (I/O operations, batched writes included, and halts)")
+    r.add_argument("--max-instructions", type=_budget, metavar="N",
+                   help="guest-work budget, the emulator only (picks it under --backend "
+                        "auto): end the run before it executes more than N instructions "
+                        "(counted per translated block; docs/emulator.md)")
     r.add_argument("--ignore-unknown-ports", action="store_true",
                    help="log accesses to ports no device owns and go on (IN reads all ones) "
                         "instead of stopping the run")
@@ -465,7 +479,9 @@ def cmd_run(args) -> int:
                    clock=args.clock, max_time_ns=args.max_time, timeout_ns=args.timeout,
                    max_output=args.max_output, ignore_unknown_ports=args.ignore_unknown_ports,
                    cpuid=args.cpuid, trace_path=args.output, feeds=args.feeds,
-                   offline=args.offline, backend=args.backend)
+                   offline=args.offline, backend=args.backend,
+                   max_observations=args.max_observations, max_exits=args.max_exits,
+                   max_instructions=args.max_instructions)
     if args.output is not None:
         spec.checkpoint_every = args.checkpoint_every
     feed, terminal = (None, False) if args.script else _stdin_feed()
@@ -476,6 +492,9 @@ def cmd_run(args) -> int:
         from .terminal import LocalEcho
         feed = LocalEcho(feed)
     if getattr(args, "gdb", None) is not None:
+        if (args.max_observations, args.max_exits, args.max_instructions) != (None,) * 3:
+            raise UsageError("the --max-observations/--max-exits/--max-instructions budgets "
+                             "do not apply under --gdb: the debugger decides when to stop")
         from .gdb.session import live_spec, serve
         from .inputs import NullFeed
         if terminal:

@@ -62,6 +62,9 @@ EXIT_CODES = {
     "timeout": 28,         # --timeout (wall clock) ran out
     "spin": 50,            # the guest loops forever with no I/O in a state that repeats exactly
     "max-time": 28,        # --max-time (virtual clock) ran out
+    "max-observations": 28,  # the guest-work budgets: --max-observations (reads),
+    "max-exits": 28,         # --max-exits (I/O operations and halts),
+    "max-instructions": 28,  # --max-instructions (the emulator)
     "script-end": 0,       # --script: the last step is done and the guest went idle
     "session-end": 0,      # harness.session: the test closed the session
     "expect-failed": 34,   # --script: an expect step's text did not appear in time

@@ -21,11 +21,12 @@ import time
 from .record_type import Record
 
 from . import boot
-from .cpu.backend import (CpuBackend, FailEntry, Halt, InternalError, Interrupted, IoIn, IoOut,
-                          Mmio, Shutdown, UnknownExit)
+from .cpu.backend import (CpuBackend, FailEntry, Halt, InstructionLimit, InternalError,
+                          Interrupted, IoIn, IoOut, Mmio, Shutdown, UnknownExit)
 from .boards import BoardContext, get_board
 from .devices import LineOutput, PortBus
 from .devices.cmos import VIRTUAL_EPOCH
+from .errors import UsageError
 from .devices.exitdev import ExitRequested
 from .outcome import RunEnd, StopRun
 from .screenlog import ScreenLog
@@ -40,6 +41,9 @@ COALESCE_AFTER = 1024
 # device) to the output count. A backend's batch must stay well below it (KVM's ring holds 169
 # writes; the emulator's batch, 4 KiB).
 COALESCE_MARGIN = 32 << 10
+# Likewise --max-exits: batching stops this many exits before the budget, more than a batch
+# holds on any backend (the emulator's 4 KiB of one-byte writes; KVM's ring, 169 writes).
+EXIT_MARGIN = 8192
 
 WATCHDOG_TICK = 0.05          # seconds between watchdog kicks while one is armed
 RFLAGS_IF = 1 << 9
@@ -58,10 +62,16 @@ class RunConfig(Record):
     kick_for_input: bool = False         # kick KVM_RUN periodically to read the terminal
     checkpoint_every: int = 0            # observations between register checkpoints (0: none)
     coalesce_after: int | None = COALESCE_AFTER  # output bytes before OUTs to batched ports
+                                                  # are batched (0: at once; None: never)
+    # Guest-work budgets (deterministic: the same guest and inputs end at the same point on
+    # every machine and backend; None: none). Reads (the observation counter); exits, i.e. the
+    # guest's I/O operations (batched writes included) and halts; instructions (the emulator).
+    max_observations: int | None = None
+    max_exits: int | None = None
+    max_instructions: int | None = None
     rtc_epoch: int = VIRTUAL_EPOCH       # the CMOS clock at guest time 0 (Unix seconds): the
                                          # virtual clock's fixed 2000-01-01, or the start of a
                                          # real-clock run (kept in its trace)
-                                                  # are batched (0: at once; None: never)
 
 
 class Observer:
@@ -149,6 +159,7 @@ class Machine:
             backend.set_cpuid(cpuid)
         backend.set_entry_state(image.entry)
         self.coalesced_writes = 0
+        self._elements = 0                         # string I/O elements beyond one per exit
         self.coalesced_ports: list[int] = []      # the ports being batched now
         self.ticks = 0                             # host-side returns (Interrupted exits)
         self._unfinished_progress = 0              # output at the last idle point
@@ -156,6 +167,12 @@ class Machine:
         self._spin_sample = None                   # the state at the last quiet tick
         self._spin_cpu_mark = 0.0                  # this thread's CPU time after that sample
         self._coalesce_at = config.coalesce_after  # output bytes at which batching starts
+        if config.max_instructions is not None:
+            if not backend.counts_instructions:
+                raise UsageError(f"--max-instructions needs a backend that counts instructions: "
+                                 f"the {backend.name} backend cannot (KVM has no instruction "
+                                 "counter here); use --backend emu, or --max-exits")
+            backend.set_instruction_limit(config.max_instructions)
         if self._coalesce_at == 0:
             self._start_coalescing()
 
@@ -202,6 +219,9 @@ class Machine:
     def _start_coalescing(self) -> None:
         self._coalesce_at = None
         limit = self.config.max_output
+        exits = self.config.max_exits
+        if exits is not None and self.guest_exits() > exits - EXIT_MARGIN:
+            return                     # near the exit budget: every OUT exits (_check_exits)
         if limit is None or self.output_bytes <= limit - COALESCE_MARGIN:
             self.backend.coalesced_sink = self._coalesced_out
             self.coalesced_ports = [port for port in self.board.batched_ports
@@ -297,7 +317,9 @@ class Machine:
 
     def stats(self) -> dict:
         return {"exits": self.exits, "coalesced_writes": self.coalesced_writes,
-                "observations": self.inputs.obs,
+                "observations": self.inputs.obs, "guest_exits": self.guest_exits(),
+                **({"instructions": self.backend.instructions}
+                   if self.config.max_instructions is not None else {}),
                 "output_bytes": self.output_bytes, "unknown_ports": self.unknown_ports,
                 **({"interrupts": self.interrupts_injected} if self.interrupts is not None
                    else {}),
@@ -308,12 +330,15 @@ class Machine:
         complete_in = self.backend.complete_in
         screen = self.screen
         interrupts = self.interrupts
+        obs_limit, exit_limit = self.config.max_observations, self.config.max_exits
         while True:
             exit_ = run()
             self.exits += 1
             kind = type(exit_)
             if kind is IoOut:
                 data = exit_.data
+                if exit_limit is not None:
+                    self._check_exits()
                 hit = lookup(exit_.port)
                 if hit is None:
                     self._unknown_port(exit_.port, exit_.size, "out", data)
@@ -322,10 +347,16 @@ class Machine:
                 if len(data) == 1:
                     device.write(offset, 1, data[0])
                 else:
+                    self._elements += len(data) // exit_.size - 1    # a string OUT's others
                     self._write(device, offset, exit_.size, data)
             elif kind is IoIn:
                 self._in_read = True
                 inputs.observe()
+                if obs_limit is not None and inputs.obs > obs_limit:
+                    raise StopRun("max-observations", f"the guest used up its budget of "
+                                                      f"{obs_limit} reads (--max-observations)")
+                if exit_limit is not None:
+                    self._check_exits()
                 if inputs.obs == self._next_checkpoint:
                     self._checkpoint()
                 if screen is not None:
@@ -343,6 +374,7 @@ class Machine:
                 if count == 1:
                     complete_in((device.read(offset, size) & mask).to_bytes(size, "little"))
                 else:
+                    self._elements += count - 1
                     complete_in(b"".join((device.read(offset, size) & mask).to_bytes(size, "little")
                                          for _ in range(count)))
                 self._in_read = False
@@ -357,9 +389,37 @@ class Machine:
                     self.observer.tick()
                 self._spin_tick()
             elif kind is Halt:
+                if exit_limit is not None:
+                    self._check_exits()
                 self._halted()
+            elif kind is InstructionLimit:
+                self.exits -= 1                     # the budget's stop: no exit of the guest's
+                raise StopRun("max-instructions", f"the guest used up its budget of "
+                                                  f"{self.config.max_instructions} instructions "
+                                                  "(--max-instructions)")
             else:
+                if exit_limit is not None:
+                    self._check_exits()
                 self._fault(exit_)
+
+    def guest_exits(self) -> int:
+        """The guest's exits so far: its I/O operations (each element of a string IN or OUT,
+        however a backend splits the string into exits; OUTs the backend batched included) and
+        halts; not the host's own returns (Interrupted)."""
+        return self.exits - self.ticks + self.coalesced_writes + self._elements
+
+    def _check_exits(self) -> None:
+        """At every exit, with --max-exits. Which writes a backend batches and where its batch
+        exits differ (KVM's ring, the emulator's 4 KiB), so batching stops EXIT_MARGIN exits
+        before the budget: from there on every OUT exits, on every backend, and the budget
+        ends the run at the same write everywhere."""
+        limit = self.config.max_exits
+        n = self.guest_exits()
+        if n > limit - EXIT_MARGIN and self.coalesced_ports:
+            self._stop_coalescing()
+        if n > limit:
+            raise StopRun("max-exits", f"the guest used up its budget of {limit} exits "
+                                       "(--max-exits: I/O operations and halts)")
 
     # --- a guest that spins forever -----------------------------------------------------------
     def _spin_tick(self) -> None:

@@ -51,6 +51,9 @@ class OutputDigest:
         self._h = state.copy()
 
 
+BUDGETS = ("max_observations", "max_exits", "max_instructions")   # machine.RunConfig's
+
+
 def machine_config(machine, boot_options: dict, cpuid: list[dict], clock: str,
                    max_time_ns: int | None, feeds: dict | None = None) -> dict:
     """The complete machine configuration, as recorded in a trace header (with `feeds`, the
@@ -72,6 +75,8 @@ def machine_config(machine, boot_options: dict, cpuid: list[dict], clock: str,
         "ignore_unknown_ports": config.ignore_unknown_ports,
         "checkpoint_every": config.checkpoint_every,
         "max_time_ns": max_time_ns,
+        **{name: getattr(config, name) for name in BUDGETS
+           if getattr(config, name) is not None},
         "quantum_ns": getattr(machine.inputs, "quantum_ns", 0),
         **({"rtc_epoch": config.rtc_epoch} if machine.board.name == "pc" else {}),
         **({"feeds": feeds} if feeds is not None else {}),

@@ -149,6 +149,17 @@ class LiveRun(Record):
     coalesce_after: int | None = None   # ... after this many output bytes (None: the default,
                                         # vmm.machine.COALESCE_AFTER; 0: from the start)
     backend: str | None = None          # "kvm", "emu" or "auto" (None: auto, or $VMM_BACKEND)
+    max_observations: int | None = None  # guest-work budgets (machine.RunConfig); with
+    max_exits: int | None = None         # max_instructions, "auto" picks the emulator, the
+    max_instructions: int | None = None  # backend that counts instructions
+
+
+def budget_backend(choice: str | None, max_instructions) -> str | None:
+    """The backend to ask for: an instruction budget needs the emulator, so "auto" (or none
+    given) becomes "emu" then; an explicit "kvm" is left for the machine to refuse."""
+    if max_instructions is not None and resolve_backend(choice) == "auto":
+        return "emu"
+    return choice
 
 
 class _FetcherOnDemand:
@@ -201,6 +212,9 @@ def live_run(spec: LiveRun, *, feed=None, terminal: bool = False, sink=None,
     elif feed is None:
         feed = NullFeed()
     output = sink if isinstance(sink, OutputCollector) else OutputCollector()
+    if spec.max_instructions is not None and resolve_backend(spec.backend) == "kvm":
+        raise UsageError("--max-instructions needs the emulator (--backend emu): KVM has no "
+                         "instruction counter here; bound KVM runs with --max-exits")
     recorder = None
     if spec.trace_path is not None:
         from .record import TraceRecorder
@@ -210,7 +224,9 @@ def live_run(spec: LiveRun, *, feed=None, terminal: bool = False, sink=None,
     config = RunConfig(timeout_ns=spec.timeout_ns, max_output=spec.max_output or None,
                        ignore_unknown_ports=spec.ignore_unknown_ports,
                        checkpoint_every=spec.checkpoint_every if recorder else 0,
-                       kick_for_input=terminal and clock_name == "real")
+                       kick_for_input=terminal and clock_name == "real",
+                       max_observations=spec.max_observations, max_exits=spec.max_exits,
+                       max_instructions=spec.max_instructions)
     if clock_name == "real":
         config.rtc_epoch = int(time.time())       # the real date: the trace keeps it
     if not spec.coalesce_output:
@@ -219,7 +235,8 @@ def live_run(spec: LiveRun, *, feed=None, terminal: bool = False, sink=None,
         config.coalesce_after = spec.coalesce_after
     backend = None
     try:
-        backend = create_backend(spec.backend, image.mem_size, log)
+        backend = create_backend(budget_backend(spec.backend, spec.max_instructions),
+                                 image.mem_size, log)
         cpuid = cpuid_table(spec.cpuid, backend.supported_cpuid())
         clock = VirtualClock() if clock_name == "virtual" else RealClock()
         inputs = LiveInput(feed, clock, script=spec.script, max_time_ns=max_time,
@@ -278,6 +295,12 @@ def replay_trace(path: str, *, guest: str | None = None, boot_override: dict | N
                        max_output=max_output if isinstance(max_output, int) else None,
                        ignore_unknown_ports=bool(machine_cfg.get("ignore_unknown_ports")),
                        rtc_epoch=recorded_rtc_epoch(machine_cfg))
+    for name in ("max_observations", "max_exits", "max_instructions"):
+        value = machine_cfg.get(name)          # the recording's budgets: it ends where it did
+        if name == "max_instructions" and (trace.end or {}).get("reason") != "max-instructions":
+            continue       # never reached: the replay needs no counter, and may run on KVM
+        if isinstance(value, int) and value >= 0:
+            setattr(config, name, value)
     output = sink if isinstance(sink, OutputCollector) else OutputCollector()
     if guest is None:
         if boot_override is not None:
@@ -302,7 +325,10 @@ def replay_trace(path: str, *, guest: str | None = None, boot_override: dict | N
                            fetch_answers=recorded_fetches(trace),
                            quantum_ns=recorded_quantum(trace))
         observer = None
-    backend = create_backend(backend, image.mem_size, log)
+    if config.max_instructions is not None and resolve_backend(backend) == "kvm":
+        raise UsageError("the recording ended at its instruction budget (max-instructions), "
+                         "which only the emulator counts: replay it with --backend emu")
+    backend = create_backend(budget_backend(backend, config.max_instructions), image.mem_size, log)
     try:
         machine = Machine(image, backend, inputs, output, log, config, cpuid, observer=observer)
         end = machine.run()

@@ -694,7 +694,8 @@ def _check_machine(path: str, machine: dict) -> None:
                 value = entry.get(key)
                 if value is not None and not (_whole(value) and value < 1 << top):
                     raise TraceError(f"{bad} {name} entry has an invalid '{key}'")
-    for name in ("max_output", "checkpoint_every", "max_time_ns"):
+    for name in ("max_output", "checkpoint_every", "max_time_ns", "max_observations", "max_exits",
+                 "max_instructions"):
         value = machine.get(name)
         if value is not None and not _whole(value):
             raise TraceError(f"{bad} '{name}' is not a whole number")

@@ -34,6 +34,24 @@ def parse_size(text: str) -> int:
     return int(m.group(1)) * _SIZE_MULT[unit if unit != "B" else ""]
 
 
+_COUNT = re.compile(r"^\s*(\d[\d_]*)\s*([kKMG]?)\s*$")
+_COUNT_MULT = {"": 1, "k": 1_000, "K": 1_000, "M": 1_000_000, "G": 1_000_000_000}
+
+
+def parse_count(text: str) -> int:
+    """'5000', '100k', '20M', '1_000_000' -> a whole number above zero (k, M, G: powers of
+    1000)."""
+    m = _COUNT.match(str(text))
+    if not m and str(text).strip().startswith("-"):
+        raise UsageError(f"bad count {text!r}: a count cannot be negative")
+    if not m or m.group(1).endswith("_"):
+        raise UsageError(f"bad count {text!r}: write a whole number, e.g. 5000, 100k, 20M")
+    value = int(m.group(1).replace("_", "")) * _COUNT_MULT[m.group(2)]
+    if value <= 0:
+        raise UsageError(f"bad count {text!r}: a budget must be above zero")
+    return value
+
+
 def parse_address(text: str) -> int:
     """'0x1000', '4096', '0X7C00' -> int."""
     try:

@@ -192,7 +192,14 @@ class DebugStop(Exit):
     __slots__ = ()
 
 
+class InstructionLimit(Exit):
+    """The guest used up its instruction budget (set_instruction_limit, the emulator only):
+    the next translated block would take it past the limit. A deterministic point."""
+    __slots__ = ()
+
+
 HALT, SHUTDOWN, INTERRUPTED, DEBUG_STOP = Halt(), Shutdown(), Interrupted(), DebugStop()
+INSTRUCTION_LIMIT = InstructionLimit()
 IRQ_WINDOW = IrqWindow()
 
 
@@ -296,6 +303,17 @@ class CpuBackend:
         """With on=True, run() returns IRQ_WINDOW at the first instruction boundary where the
         guest can take an interrupt (at once if it can now)."""
         raise NotImplementedError(f"the {self.name} backend has no interrupt injection")
+
+    # --- an instruction budget (optional: the emulator) ----------------------------------------
+    counts_instructions = False    # whether set_instruction_limit() is supported
+    instructions = 0               # counted so far, once a limit is set
+
+    def set_instruction_limit(self, limit: int) -> None:
+        """From now on count the instructions the guest executes in `instructions`, a whole
+        translated block at a time (at the block's start, as QEMU's icount does), and return
+        INSTRUCTION_LIMIT from run() before a block that would take the count past `limit`.
+        The count is a function of the guest's execution only: the same on every run."""
+        raise NotImplementedError(f"the {self.name} backend cannot count instructions")
 
     def kick(self) -> None:
         """Make the current or next run() return Interrupted soon; async-signal safe."""

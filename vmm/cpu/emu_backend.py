@@ -43,7 +43,7 @@ from collections import deque
 
 from greenlet import GreenletExit, getcurrent, greenlet
 
-from .backend import (DEBUG_STOP, HALT, INTERRUPTED, IRQ_WINDOW, SHUTDOWN, CpuBackend, CpuState,
+from .backend import (DEBUG_STOP, HALT, INSTRUCTION_LIMIT, INTERRUPTED, IRQ_WINDOW, SHUTDOWN, CpuBackend, CpuState,
                       DebugState, EntryState, GPR_NAMES, InternalError, IoIn, IoOut, Mmio, Segment)
 from ..errors import BackendUnavailable
 
@@ -304,6 +304,12 @@ class EmuBackend(CpuBackend):
         self._at = None              # where the exit just returned leaves the CPU: "in" or
                                      # "out" (inside that instruction), "halt", "window", None
         self._block_hook_fn = None
+        # the instruction budget (set_instruction_limit)
+        self.instructions = 0        # counted a translated block at a time
+        self._insn_limit = None
+        self._insn_hook = None       # (handle, callback) of the counting block hook
+        self._block_insns: dict[tuple[int, int], int] = {}   # (linear pc, bytes) -> instructions
+        self._decoders: dict = {}    # capstone mode -> decoder
         self._install_hooks()
 
     # --- raw register access (the hot paths avoid the binding's per-call overhead) ---------------
@@ -636,7 +642,9 @@ class EmuBackend(CpuBackend):
         # a guest that never calls a hook is stopped by the slicer thread within SLICE_S, and
         # the handler runs then.
         self._kicked = True
-        if self._emulating:
+        if self._emulating and self._insn_limit is None:
+            # (While counting instructions, the counting hook stops at the next block's start
+            # instead: a stop from inside another hook would leave a counted block half run.)
             self._emu_stop()
 
     def _emulate(self, _resume=None):
@@ -669,6 +677,9 @@ class EmuBackend(CpuBackend):
                     self._suspend(INTERRUPTED)
                 continue            # a slice ended, or a stale kick: go on
             kind = cause[0]
+            if kind == "insn-limit":
+                while True:
+                    self._suspend(INSTRUCTION_LIMIT)    # the budget is spent: for good
             if kind == "hlt" and self._pending is not None:
                 continue        # a late stop after an I/O instruction: the interrupt first
             if kind == "hlt":
@@ -959,6 +970,80 @@ class EmuBackend(CpuBackend):
             # Unicorn invalidates the blocks the hook was translated into (safe mid-block).
             self._lib.uc_hook_del(self._uch, self._block_hook)
             self._block_hook = None
+
+    # --- the instruction budget -----------------------------------------------------------------
+    counts_instructions = True
+
+    def set_instruction_limit(self, limit: int) -> None:
+        """Count instructions with a block hook: at each translated block's start, its
+        instruction count (decoded once per block with capstone) is added to `instructions`,
+        and a block that would take the count past `limit` is not run: run() returns
+        INSTRUCTION_LIMIT with the CPU at that block's first instruction. Called before the
+        run starts (flushing translated code mid-block is unsafe)."""
+        import unicorn
+        self._insn_limit = int(limit)
+        if self._insn_hook is not None:
+            return
+        ref = weakref.ref(self)
+        counts = self._block_insns
+
+        def on_block(uch, address, size, ud):
+            me = ref()
+            if me is None:
+                return
+            me._activity += 1                  # a counted guest is never stopped by the slicer
+            if me._kicked or me._stop is not None:
+                me._emu_stop()                 # a host stop between blocks: none is half run
+                return
+            n = counts.get((address, size))
+            if n is None:
+                try:
+                    n = counts[(address, size)] = me._count_block(address, size)
+                except BaseException as e:     # never unwind through Unicorn's C frames
+                    me._hook_error = me._hook_error or e
+                    me._emu_stop()
+                    return
+            if me.instructions + n > me._insn_limit:
+                me._stop = ("insn-limit",)
+                me._emu_stop()                 # Unicorn checks right after the hook
+                return
+            me.instructions += n
+
+        callback = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint32,
+                                    ctypes.c_void_p)(on_block)
+        handle = ctypes.c_size_t()
+        err = self._lib.uc_hook_add(self._uch, ctypes.byref(handle), unicorn.UC_HOOK_BLOCK,
+                                    ctypes.cast(callback, ctypes.c_void_p), None,
+                                    ctypes.c_uint64(1), ctypes.c_uint64(0))
+        if err:
+            raise BackendUnavailable(f"cannot install the emulator's instruction counter "
+                                     f"(unicorn error {err})")
+        self._insn_hook = (handle, callback)
+        self._uc.ctl_flush_tb()                # code translated so far has no hook call in it
+
+    def _count_block(self, address: int, size: int) -> int:
+        """The instructions in the block of `size` bytes at linear `address`, in the CPU's
+        current code size (a byte that does not decode counts as one instruction: it ends the
+        block with an exception)."""
+        code = self._peek_linear(address, size) or b""
+        if not code:
+            return 1
+        import capstone
+        _, cs_flags, cr0 = self._cs()
+        if self._rdmsr(MSR_EFER) & EFER_LMA and cs_flags & DESC_L:
+            mode = capstone.CS_MODE_64
+        elif cs_flags & DESC_B and cr0 & CR0_PE:
+            mode = capstone.CS_MODE_32
+        else:
+            mode = capstone.CS_MODE_16
+        decoder = self._decoders.get(mode)
+        if decoder is None:
+            decoder = self._decoders[mode] = capstone.Cs(capstone.CS_ARCH_X86, mode)
+        n = used = 0
+        for _, length, _, _ in decoder.disasm_lite(code, address):
+            n += 1
+            used += length
+        return max(1, n + (used < len(code)))
 
     # --- debugging (vmm.gdb) ------------------------------------------------------------------
     def debug_begin(self) -> DebugState:
@@ -1932,7 +2017,10 @@ def _slicer(ref) -> None:
         with me._uc_lock:
             if me._closed:
                 return
-            if me._emulating:
+            if me._emulating and me._insn_limit is None:
+                # (While counting instructions, the counting hook runs at every block and
+                # signal handlers with it; a stop from here could land inside that hook after
+                # it counted a block that then does not run.)
                 activity = me._activity
                 if activity == last:
                     me._emu_stop()
