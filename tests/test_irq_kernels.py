@@ -137,16 +137,40 @@ def test_tick_pm_on_this_kvm_host_ends_naming_iret(vmm, tmp_path, vmm_backend):
     assert r.lines[:2] == [RTC_LINE, "ticks 1"], r
 
 
-# ---- spin-wait: `while (ticks < 50);`, nothing vmm can inject at -------------------------------
+# ---- spin-wait: `while (ticks < 50);`, an idle spin -----------------------------------------
 
-def test_a_spin_wait_with_interrupts_on_ends_at_the_timeout(vmm, tmp_path, vmm_backend):
+SPIN_LINES = ["spin-wait: waiting for 50 ticks in a loop with no hlt and no I/O", "done",
+              "ticks 50 done"]
+
+
+def test_a_spin_wait_gets_its_interrupts_at_the_loops_lowest_instruction(vmm, tmp_path,
+                                                                         vmm_backend):
+    """The loop has no exit at all; vmm finds it as an idle spin, steps to its lowest
+    instruction and injects there: 50 timer interrupts, 10 ms of guest time apart."""
     trace = tmp_path / "spin.trace"
-    r = vmm("record", SPIN, "--board", "pc", "--timeout", "1s",
-            "-o", trace, timeout=30)
-    assert r.returncode == 28, r                  # --timeout: not a spin end, and no hang
-    assert r.lines == ["spin-wait: waiting for 50 ticks in a loop with no hlt and no I/O"], r
-    assert interrupts(trace) == []                # no point in the loop to inject at
-    assert records_without_info(trace)[-1]["reason"] == "timeout"
+    r = vmm("record", SPIN, "--board", "pc", "--clock", "virtual", "--timeout", "60s",
+            "--screen", "final", "-o", trace, timeout=120)
+    assert r.returncode == EXIT_OK, r
+    assert r.lines[:2] == SPIN_LINES[:2] and "ticks 50 done" in r.stdout, r
+    irqs = [rec for rec in records_without_info(trace) if rec["type"] == "irq"]
+    assert [(i["vector"], i["point"]) for i in irqs] == [(0x20, "spin")] * 50
+    assert [i["at"] for i in irqs] == [10_000_000 * k + i["at"] % 10_000_000
+                                       for k, i in enumerate(irqs, start=1)]
+    for backend in BACKENDS:
+        replay = vmm("replay", trace, "--backend", backend, timeout=120)
+        assert replay.returncode == 0 and "50 interrupts" in replay.stderr, replay
+
+
+@pytest.mark.skipif(len(BACKENDS) < 2, reason="needs both /dev/kvm and the emulator")
+def test_a_spin_wait_records_the_same_trace_on_both_backends(vmm, tmp_path):
+    traces = []
+    for backend in ("kvm", "emu"):
+        trace = tmp_path / f"spin-{backend}.trace"
+        r = vmm("record", SPIN, "--board", "pc", "--clock", "virtual", "--backend", backend,
+                "--screen", "none", "-o", trace, timeout=120)
+        assert r.returncode == EXIT_OK, r
+        traces.append(records_without_info(trace))
+    assert traces[0] == traces[1]
 
 
 # ---- Hypothesis: random key timings ------------------------------------------------------------

@@ -21,8 +21,8 @@ import time
 from .record_type import Record
 
 from . import boot
-from .cpu.backend import (CpuBackend, FailEntry, Halt, InstructionLimit, InternalError,
-                          Interrupted, IoIn, IoOut, Mmio, Shutdown, UnknownExit)
+from .cpu.backend import (CpuBackend, DebugStop, FailEntry, Halt, InstructionLimit,
+                          InternalError, Interrupted, IoIn, IoOut, Mmio, Shutdown, UnknownExit)
 from .boards import BoardContext, get_board
 from .devices import LineOutput, PortBus
 from .devices.cmos import VIRTUAL_EPOCH
@@ -48,6 +48,8 @@ EXIT_MARGIN = 8192
 WATCHDOG_TICK = 0.05          # seconds between watchdog kicks while one is armed
 RFLAGS_IF = 1 << 9
 SPIN_CPU_S = 0.02             # CPU time the guest must have had between two spin samples
+SPIN_CYCLE_MAX = 4096         # instructions single-stepped to see an idle spin come round
+SPIN_HOT_TICK = 0.002         # the watchdog's tick right after an idle spin, while they go on
 UNKNOWN_PORT_LOG_LIMIT = 10   # --ignore-unknown-ports: log this many, then only count
 STOP_GRACE_S = 0.25           # a host-side stop waits this long for the next read boundary
 NO_CHECKPOINT = -1
@@ -166,6 +168,8 @@ class Machine:
         self._guest_exits_at_tick = -1             # exits - ticks at the last tick
         self._spin_sample = None                   # the state at the last quiet tick
         self._spin_cpu_mark = 0.0                  # this thread's CPU time after that sample
+        self._spin_hot = False                     # the last quiet tick found an idle spin
+        self._set_tick = lambda interval: None     # the watchdog's: its tick (None: usual)
         self._coalesce_at = config.coalesce_after  # output bytes at which batching starts
         if config.max_instructions is not None:
             if not backend.counts_instructions:
@@ -436,17 +440,82 @@ class Machine:
         # The guest must really have run since the last sample: CPU time of this thread, which
         # KVM_RUN and the emulator both spend, not wall time (a process the host did not
         # schedule, or a second kick at once, returns with the guest where it was).
+        if self._spin_hot and self._stop is None:
+            # Just after an idle spin: the guest is most likely back in its loop, with the
+            # next interrupt to wait for. Single-stepping proves it (or not) at once.
+            cpu = self.backend.cpu_state()
+            if self._can_be_interrupted(cpu) and self._idle_spin(cpu, cpu.digest(legacy=True)):
+                self._guest_exits_at_tick = -1
+                return
+            self._spin_hot = False
+            self._set_tick(None)
+            self.backend.prompt_kicks(False)
         if self._stop is not None or time.thread_time() - self._spin_cpu_mark < SPIN_CPU_S:
             return
         cpu = self.backend.cpu_state()
         sample = (cpu.digest(legacy=True), cpu.rip, cpu.cs_selector, cpu.cr0, cpu.cr3, cpu.cr4, cpu.efer,
                   self.output_bytes, self.coalesced_writes, self.backend.memory_digest())
-        if sample == self._spin_sample and not self._can_be_interrupted(cpu):
-            raise StopRun("spin", f"the guest spins forever at rip={cpu.rip:#x}: with no I/O, "
-                                  "its registers and memory came round to the same state, and "
-                                  "nothing can interrupt it")
+        if sample == self._spin_sample:
+            if not self._can_be_interrupted(cpu):
+                raise StopRun("spin", f"the guest spins forever at rip={cpu.rip:#x}: with no "
+                                      "I/O, its registers and memory came round to the same "
+                                      "state, and nothing can interrupt it")
+            self._spin_sample = None
+            if self._idle_spin(cpu, sample[0]):
+                self._guest_exits_at_tick = -1
+                self._spin_hot = True                # look again soon: SPIN_HOT_TICK
+                self._set_tick(SPIN_HOT_TICK)
+                self.backend.prompt_kicks(True)
+                return
         self._spin_sample = sample
         self._spin_cpu_mark = time.thread_time()
+
+    def _idle_spin(self, cpu, digest: str) -> bool:
+        """A loop with interrupts enabled whose state came round exactly: the guest waits for
+        an interrupt in it (`while (ticks < n);`), so it is an idle point, as HLT is (DESIGN
+        §10), at a place that does not depend on when the host looked: the loop is
+        single-stepped once round (which also proves it is one: the same registers at the same
+        instruction, without an exit), then to its lowest instruction address, and the
+        interrupt is injected there. Every iteration is in the same state, so a replay, which
+        finds the loop at another moment, injects at the same instruction in the same state.
+        False if the loop does not come round within SPIN_CYCLE_MAX instructions."""
+        backend = self.backend
+        start = cpu.linear_rip
+        debug = backend.debug_begin()
+        try:
+            rips = []
+            while len(rips) < SPIN_CYCLE_MAX:
+                rip = self._step_once(debug)
+                if rip is None:
+                    return False
+                rips.append(rip)
+                if rip == start and backend.cpu_state().digest(legacy=True) == digest:
+                    break
+            else:
+                return False
+            lowest = min(rips)
+            for _ in range(len(rips)):
+                if backend.cpu_state().linear_rip == lowest:
+                    break
+                if self._step_once(debug) is None:
+                    return False
+        finally:
+            backend.debug_end()
+        self._wait_for_interrupt("spin")
+        return True
+
+    def _step_once(self, debug) -> int | None:
+        """One instruction under the backend's debug mode; its linear RIP after it, or None if
+        the guest made an exit (then it was no loop without I/O after all: never, since none
+        came between the two samples, but the exit must not be lost: it ends the run)."""
+        debug.target = debug.steps + 1
+        while True:
+            exit_ = self.backend.run()
+            if type(exit_) is DebugStop:
+                return self.backend.cpu_state().linear_rip
+            if type(exit_) is not Interrupted:
+                raise StopRun("kvm-error", f"the guest made an exit ({type(exit_).__name__}) "
+                                           "in a loop that had made none")
 
     def _can_be_interrupted(self, cpu) -> bool:
         """Whether an interrupt could still end the loop (the board has a controller and the
@@ -503,15 +572,16 @@ class Machine:
             self.observer.on_interrupt(inputs.obs, inputs.now(), vector, point)
         return True
 
-    def _wait_for_interrupt(self) -> None:
-        """HLT with interrupts enabled, on a board with an interrupt controller: an idle point.
-        Time moves on (virtual clock: to the next deadline) until an interrupt comes; a run with
-        nothing more to come ends there as any idle run does (DESIGN §10)."""
+    def _wait_for_interrupt(self, point: str = "hlt") -> None:
+        """HLT with interrupts enabled, on a board with an interrupt controller, or an idle
+        spin (point "spin"): an idle point. Time moves on (virtual clock: to the next deadline)
+        until an interrupt comes; a run with nothing more to come ends there as any idle run
+        does (DESIGN §10)."""
         # Edges and keys that come once time has moved on are stamped "idle", not "hlt": a
         # replay must not take them at the HLT's first look, where an interrupt that came
         # before it (at the IN) is still pending and would swallow the new edge
-        stamp = "hlt"
-        while not self._service_interrupts("hlt", stamp):
+        stamp = point
+        while not self._service_interrupts(point, stamp):
             self.inputs.idle_until_interrupt()
             stamp = "idle"
 
@@ -653,7 +723,13 @@ class _Watchdog:
             if self.deadline is not None:
                 first = max(1e-4, min(first, self.deadline - time.monotonic()))
             signal.setitimer(signal.ITIMER_REAL, first, self.tick)
+            self.machine._set_tick = self._set_tick
         return self
+
+    def _set_tick(self, interval: float | None) -> None:
+        """A shorter tick for a while (vmm.machine.SPIN_HOT_TICK), or None: the usual one."""
+        interval = interval or self.tick
+        signal.setitimer(signal.ITIMER_REAL, interval, interval)
 
     def __exit__(self, *exc) -> None:
         if self.tick is not None:

@@ -68,7 +68,7 @@ RECORD_FIELDS = {
     "irq": {"n": _INT, "at": _INT, "vector": _INT, "point": (str,)},
 }
 INPUT_TYPES = frozenset({"key", "timer", "fetch", "time", "edge"})
-IRQ_POINTS = frozenset({"in", "hlt"})   # where vmm injects an interrupt (vmm.machine)
+IRQ_POINTS = frozenset({"in", "hlt", "spin"})   # where vmm injects an interrupt (vmm.machine)
 EDGE_POINTS = IRQ_POINTS | {"idle"}  # where edges and polled keys are taken
 # Optional fields: name -> accepted types (None allowed where listed).
 _OPTIONAL = {

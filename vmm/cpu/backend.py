@@ -315,6 +315,11 @@ class CpuBackend:
         The count is a function of the guest's execution only: the same on every run."""
         raise NotImplementedError(f"the {self.name} backend cannot count instructions")
 
+    def prompt_kicks(self, on: bool) -> None:
+        """With on=True, a kick() should take effect within a few milliseconds even while the
+        guest makes no exit (the machine is waiting to catch an idle spin); off: the usual
+        latency. A hint: KVM's kicks are always immediate."""
+
     def kick(self) -> None:
         """Make the current or next run() return Interrupted soon; async-signal safe."""
         raise NotImplementedError
@@ -332,6 +337,11 @@ class CpuBackend:
     def debug_begin(self) -> DebugState:
         """From now on run() counts instructions in `debug.steps` and returns DEBUG_STOP where
         `debug` says to stop. Costs nothing until called."""
+        raise NotImplementedError(f"the {self.name} backend cannot be debugged")
+
+    def debug_end(self) -> None:
+        """Leave debug mode: run() no longer counts or stops, and costs what it did before
+        debug_begin(). The guest stays where it is (between two instructions)."""
         raise NotImplementedError(f"the {self.name} backend cannot be debugged")
 
     def debug_registers(self) -> dict[str, int]:

@@ -49,6 +49,7 @@ from ..errors import BackendUnavailable
 
 SLICE_S = 0.02              # a guest computing without exits is stopped this often, to let
                             # signal handlers run (the stop is invisible to the guest)
+SLICE_S_PROMPT = 0.001      # ... and this often while the machine wants prompt kicks
 TSC_PER_EVENT = 1000        # RDTSC: this many ticks per guest event (docs/emulator.md)
 COALESCE_LIMIT = 4096       # batched output bytes before an OUT exits anyway (as KVM's ring)
 UNICORN_VERSIONS = "unicorn>=2.1.3,<2.2"
@@ -294,6 +295,7 @@ class EmuBackend(CpuBackend):
         self._coalesced: set[int] = set()
         self.coalesced_sink = None
         self._slicer = None
+        self._slice_s = SLICE_S
         # external interrupts (inject_interrupt, request_interrupt_window)
         self._irq_work = False       # anything below is set: run() takes its slow path
         self._pending = None         # the vector inject_interrupt() asked for, not yet taken
@@ -630,6 +632,9 @@ class EmuBackend(CpuBackend):
 
     def complete_in(self, data: bytes) -> None:
         self._resume = bytes(data)
+
+    def prompt_kicks(self, on: bool) -> None:
+        self._slice_s = SLICE_S_PROMPT if on else SLICE_S
 
     def kick(self) -> None:
         if self.debug is not None:
@@ -1078,8 +1083,19 @@ class EmuBackend(CpuBackend):
                 raise BackendUnavailable(f"cannot install the emulator's debug hook (unicorn "
                                          f"error {err})")
             self._hooks.append(fptr)
+            self._debug_hook = handle
             self._uc.ctl_flush_tb()           # code translated so far has no hook call in it
         return self.debug
+
+    def debug_end(self) -> None:
+        if self.debug is None:
+            return
+        # Unicorn invalidates the blocks the hook was translated into (safe mid-block, as the
+        # emulation is suspended inside the hook now).
+        self._lib.uc_hook_del(self._uch, self._debug_hook)
+        self._debug_hook = None
+        self.debug = None
+        self._dbg_in_insn = False
 
     def _on_code(self, address: int) -> None:
         self._activity += 1                   # also keeps the slicer from stopping mid-block
@@ -2009,8 +2025,9 @@ def _slicer(ref) -> None:
     """Stop a guest that has computed for a whole SLICE_S without calling any hook, so that
     Python can run pending signal handlers; the emulation then simply goes on."""
     last = None
+    pause = SLICE_S
     while True:
-        time.sleep(SLICE_S)
+        time.sleep(pause)
         me = ref()
         if me is None or me._closed:
             return
@@ -2029,6 +2046,7 @@ def _slicer(ref) -> None:
                     last = activity
             else:
                 last = None
+            pause = me._slice_s
         del me
 
 

@@ -224,6 +224,15 @@ class KvmBackend(CpuBackend):
             self.run = self._debug_run
         return self.debug
 
+    def debug_end(self) -> None:
+        if self.debug is None:
+            return
+        if self._debug_stepping not in (None, ("off",)):
+            self._vcpu.set_guest_debug(0)
+        self.__dict__.pop("run", None)         # KvmBackend.run again
+        self.debug = None
+        self._debug_pending = False
+
     def _debug_run(self):
         debug = self.debug
         if self._debug_pending:
