@@ -414,3 +414,31 @@ def test_multiboot_modules_are_bounded_before_decoding(tmp_path, modules):
     header["machine"]["boot"]["modules"] = modules
     with pytest.raises(TraceError):
         open_trace(write(tmp_path / "t.trace", header, *golden_lines()[1:]))
+
+
+# --- the fast parse of interrupt records agrees with the JSON path -----------------------------
+@pytest.mark.parametrize("line", [
+    b'{"type":"time","n":1,"at":10000}',
+    b'{"type":"edge","n":8,"at":10000989,"line":0,"count":1,"point":"idle"}',
+    b'{"type":"edge","n":8,"at":5,"line":15,"count":3}',
+    b'{"type":"irq","n":0,"at":10000989,"vector":32,"point":"spin"}',
+])
+def test_interrupt_records_parse_the_same_fast_and_slow(line):
+    from vmm.trace import _check_record, _record
+    slow = json.loads(line)
+    _check_record("t", 1, slow)
+    assert _record("t", 1, line, True, 4) == slow
+
+
+@pytest.mark.parametrize("line, version", [
+    (b'{"type":"edge","n":8,"at":5,"line":16,"count":3}', 4),        # no IRQ line 16
+    (b'{"type":"irq","n":0,"at":1,"vector":256,"point":"in"}', 4),   # no vector 256
+    (b'{"type":"irq","n":0,"at":1,"vector":32,"point":"idle"}', 4),  # never injected at idle
+    (b'{"type":"edge","n":0,"at":1,"line":0,"count":1,"point":"nap"}', 4),
+    (b'{"type":"time","n":1,"at":10000}', 3),                        # before version 4
+])
+def test_interrupt_records_out_of_range_are_refused_on_the_fast_path_too(line, version):
+    from vmm.errors import TraceError
+    from vmm.trace import _record
+    with pytest.raises(TraceError):
+        _record("t", 1, line, True, version)

@@ -404,6 +404,22 @@ _FAST = {
     ord("c"): (re.compile(rb'\{"type":"cp","n":' + _NUM + rb',"regs":"([0-9a-f]{1,64})"\}'),
                lambda g: {"type": "cp", "n": int(g[0]), "regs": g[1].decode("ascii")}),
 }
+_POINT = rb'"(in|hlt|spin|idle)"'
+# Interrupt-driven kernels' traces are mostly these (version 4): checked as _check_record would.
+_FAST_V4 = {
+    ord("t"): (re.compile(rb'\{"type":"time","n":' + _NUM + rb',"at":' + _NUM + rb'\}'),
+               lambda g: {"type": "time", "n": int(g[0]), "at": int(g[1])}),
+    ord("e"): (re.compile(rb'\{"type":"edge","n":' + _NUM + rb',"at":' + _NUM
+                          + rb',"line":([0-9]|1[0-5]),"count":' + _NUM
+                          + rb'(?:,"point":' + _POINT + rb')?\}'),
+               lambda g: dict({"type": "edge", "n": int(g[0]), "at": int(g[1]),
+                               "line": int(g[2]), "count": int(g[3])},
+                              **({"point": g[4].decode("ascii")} if g[4] else {}))),
+    ord("i"): (re.compile(rb'\{"type":"irq","n":' + _NUM + rb',"at":' + _NUM
+                          + rb',"vector":(0|[1-9][0-9]{0,2}),"point":"(in|hlt|spin)"\}'),
+               lambda g: {"type": "irq", "n": int(g[0]), "at": int(g[1]),
+                          "vector": int(g[2]), "point": g[3].decode("ascii")}),
+}
 _FAST_AT = len(b'{"type":"')
 _SEEN = 256              # lines remembered with their records: a repeated line is parsed once
 
@@ -436,14 +452,19 @@ def _parse_line(path: str, number: int, line: bytes, last: bool):
 
 def _record(path: str, number: int, line: bytes, complete: bool, version: int) -> dict | None:
     """A checked record from a line (None: a last line cut off mid-write)."""
-    fast = _FAST.get(line[_FAST_AT]) if len(line) > _FAST_AT else None
-    if fast is not None:
-        m = fast[0].fullmatch(line)
-        if m is not None:
-            record = fast[1](m.groups())
-            if record["n"] <= MAX_INT and record.get("at", 0) <= MAX_INT and \
-                    record.get("count", 0) <= MAX_INT and record.get("byte", 0) <= 255:
-                return record
+    if len(line) > _FAST_AT:
+        first = line[_FAST_AT]
+        for fast in (_FAST.get(first), _FAST_V4.get(first) if version >= 4 else None):
+            if fast is None:
+                continue
+            m = fast[0].fullmatch(line)
+            if m is not None:
+                record = fast[1](m.groups())
+                if record["n"] <= MAX_INT and record.get("at", 0) <= MAX_INT and \
+                        record.get("count", 0) <= MAX_INT and record.get("byte", 0) <= 255 \
+                        and record.get("vector", 0) <= 255:
+                    return record
+                break
     record = _parse_line(path, number, line, last=not complete)
     if record is not None:
         _check_record(path, number, record, version)
