@@ -34,6 +34,14 @@ def test_a_loop_that_still_prints_is_not_a_spin(vmm, guests, tmp_path):
     assert r.returncode == 30, r            # output-flood, never "spin"
 
 
+def test_a_loop_that_writes_memory_is_not_a_spin(vmm, guests, tmp_path):
+    # inc word [0x2000]; jmp back: the same registers at every turn, but memory moves on.
+    guest = tmp_path / "counter.bin"
+    guest.write_bytes(bytes([0xFF, 0x06, 0x00, 0x20, 0xEB, 0xFA]))
+    r = vmm("run", guest, "--timeout", "500ms")
+    assert r.returncode == 28 and "passed --timeout" in r.stderr, r    # never "spin"
+
+
 def test_triple_fault(vmm, guests):
     r = vmm("run", guests / FAULTS / "triple.bin")
     assert r.returncode == 20, r

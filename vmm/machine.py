@@ -50,6 +50,8 @@ RFLAGS_IF = 1 << 9
 SPIN_CPU_S = 0.02             # CPU time the guest must have had between two spin samples
 SPIN_CYCLE_MAX = 4096         # instructions single-stepped to see an idle spin come round
 SPIN_HOT_TICK = 0.002         # the watchdog's tick right after an idle spin, while they go on
+SPIN_VERIFY_STEPS = 64        # a quiet tick first steps this far to see a short loop come round
+SPIN_TRIES = 3                # ... at most this many quiet ticks in a row
 UNKNOWN_PORT_LOG_LIMIT = 10   # --ignore-unknown-ports: log this many, then only count
 STOP_GRACE_S = 0.25           # a host-side stop waits this long for the next read boundary
 NO_CHECKPOINT = -1
@@ -169,6 +171,8 @@ class Machine:
         self._spin_sample = None                   # the state at the last quiet tick
         self._spin_cpu_mark = 0.0                  # this thread's CPU time after that sample
         self._spin_hot = False                     # the last quiet tick found an idle spin
+        self._spin_tries = 0                       # quick spin checks since the last exit
+        self._deferred_exit = None                 # an exit single-stepping ran into
         self._set_tick = lambda interval: None     # the watchdog's: its tick (None: usual)
         self._coalesce_at = config.coalesce_after  # output bytes at which batching starts
         if config.max_instructions is not None:
@@ -335,8 +339,12 @@ class Machine:
         screen = self.screen
         interrupts = self.interrupts
         obs_limit, exit_limit = self.config.max_observations, self.config.max_exits
+        pending = None              # an exit the spin check's single-stepping ran into
         while True:
-            exit_ = run()
+            if pending is None:
+                exit_ = run()
+            else:
+                exit_, pending = pending, None
             self.exits += 1
             kind = type(exit_)
             if kind is IoOut:
@@ -392,6 +400,7 @@ class Machine:
                 if self.observer is not None:
                     self.observer.tick()
                 self._spin_tick()
+                pending, self._deferred_exit = self._deferred_exit, None
             elif kind is Halt:
                 if exit_limit is not None:
                     self._check_exits()
@@ -436,6 +445,7 @@ class Machine:
         if guest_exits != self._guest_exits_at_tick or self.backend.debug is not None:
             self._guest_exits_at_tick = guest_exits
             self._spin_sample = None
+            self._spin_tries = 0
             return
         # The guest must really have run since the last sample: CPU time of this thread, which
         # KVM_RUN and the emulator both spend, not wall time (a process the host did not
@@ -444,57 +454,110 @@ class Machine:
             # Just after an idle spin: the guest is most likely back in its loop, with the
             # next interrupt to wait for. Single-stepping proves it (or not) at once.
             cpu = self.backend.cpu_state()
-            if self._can_be_interrupted(cpu) and self._idle_spin(cpu, cpu.digest(legacy=True)):
-                self._guest_exits_at_tick = -1
-                return
+            if self._can_be_interrupted(cpu):
+                cycle = self._comes_round(cpu, cpu.digest(legacy=True), SPIN_CYCLE_MAX)
+                if cycle and self._idle_spin(cycle):
+                    self._guest_exits_at_tick = -1
+                    return
+                if self._deferred_exit is not None:
+                    return
             self._spin_hot = False
             self._set_tick(None)
             self.backend.prompt_kicks(False)
-        if self._stop is not None or time.thread_time() - self._spin_cpu_mark < SPIN_CPU_S:
+        if self._stop is not None:
+            return
+        if self._spin_sample is None and self._spin_tries < SPIN_TRIES:
+            # The first quiet tick: a short loop (the usual `jmp .`, `while (!flag);`) is
+            # found at once by stepping it round, which also proves it loops, with no need
+            # for a second sample a tick later. A guest that is computing costs
+            # SPIN_VERIFY_STEPS steps here, a few times in a row at most.
+            cpu = self.backend.cpu_state()
+            self._spin_tries += 1
+            cycle = self._comes_round(cpu, cpu.digest(legacy=True), SPIN_VERIFY_STEPS)
+            if cycle:
+                self._spun(self.backend.cpu_state(), cycle)
+                return
+            if self._deferred_exit is not None:
+                return
+        if time.thread_time() - self._spin_cpu_mark < SPIN_CPU_S:
             return
         cpu = self.backend.cpu_state()
         sample = (cpu.digest(legacy=True), cpu.rip, cpu.cs_selector, cpu.cr0, cpu.cr3, cpu.cr4, cpu.efer,
                   self.output_bytes, self.coalesced_writes, self.backend.memory_digest())
         if sample == self._spin_sample:
-            if not self._can_be_interrupted(cpu):
-                raise StopRun("spin", f"the guest spins forever at rip={cpu.rip:#x}: with no "
-                                      "I/O, its registers and memory came round to the same "
-                                      "state, and nothing can interrupt it")
             self._spin_sample = None
-            if self._idle_spin(cpu, sample[0]):
-                self._guest_exits_at_tick = -1
-                self._spin_hot = True                # look again soon: SPIN_HOT_TICK
-                self._set_tick(SPIN_HOT_TICK)
-                self.backend.prompt_kicks(True)
+            cycle = self._comes_round(cpu, sample[0], SPIN_CYCLE_MAX)
+            if cycle:
+                self._spun(self.backend.cpu_state(), cycle)
+                return
+            if self._deferred_exit is not None:
                 return
         self._spin_sample = sample
         self._spin_cpu_mark = time.thread_time()
 
-    def _idle_spin(self, cpu, digest: str) -> bool:
-        """A loop with interrupts enabled whose state came round exactly: the guest waits for
-        an interrupt in it (`while (ticks < n);`), so it is an idle point, as HLT is (DESIGN
-        §10), at a place that does not depend on when the host looked: the loop is
-        single-stepped once round (which also proves it is one: the same registers at the same
-        instruction, without an exit), then to its lowest instruction address, and the
-        interrupt is injected there. Every iteration is in the same state, so a replay, which
-        finds the loop at another moment, injects at the same instruction in the same state.
-        False if the loop does not come round within SPIN_CYCLE_MAX instructions."""
+    def _spun(self, cpu, cycle: list[int]) -> None:
+        """The guest is in a loop without I/O that comes round exactly (`cycle`: the linear
+        RIPs of one round): with nothing that can interrupt it, a spin without end; with
+        interrupts on, an idle spin."""
+        if not self._can_be_interrupted(cpu):
+            raise StopRun("spin", f"the guest spins forever at rip={cpu.rip:#x}: with no I/O, "
+                                  "its registers and memory came round to the same state, and "
+                                  "nothing can interrupt it")
+        if self._idle_spin(cycle):
+            self._guest_exits_at_tick = -1
+            self._spin_hot = True                # look again soon: SPIN_HOT_TICK
+            self._set_tick(SPIN_HOT_TICK)
+            self.backend.prompt_kicks(True)
+
+    def _comes_round(self, cpu, digest: str, limit: int) -> list[int] | None:
+        """Single-step the guest until it is back at `cpu`'s instruction with the same
+        registers (`digest`), at most `limit` instructions: then, if memory is as it was too,
+        the linear RIPs of the round; else None (no round within the limit, memory changed, or
+        an exit came: that is kept in _deferred_exit for the run loop). The same registers and
+        memory at the same instruction with no exit in between, on a machine where nothing
+        else moves, mean the loop goes round forever."""
         backend = self.backend
+        if not self._may_step(cpu):
+            return None
         start = cpu.linear_rip
+        memory = backend.memory_digest()
+        wrote = (self.output_bytes, self.coalesced_writes)     # batched OUTs make no exit
         debug = backend.debug_begin()
         try:
             rips = []
-            while len(rips) < SPIN_CYCLE_MAX:
+            while len(rips) < limit:
                 rip = self._step_once(debug)
                 if rip is None:
-                    return False
+                    return None
                 rips.append(rip)
                 if rip == start and backend.cpu_state().digest(legacy=True) == digest:
-                    break
-            else:
-                return False
-            lowest = min(rips)
-            for _ in range(len(rips)):
+                    same = (backend.memory_digest() == memory
+                            and (self.output_bytes, self.coalesced_writes) == wrote)
+                    return rips if same else None
+            return None
+        finally:
+            backend.debug_end()
+
+    def _may_step(self, cpu) -> bool:
+        """Whether single-stepping cannot take the guest into an interrupt: with interrupts
+        on, an interrupt vmm injected and the guest has not taken yet (a host-side stop came
+        first) would be delivered during a step, with the stepping's trap flag in the frame
+        it pushes, and the guest's IRET would bring it back (a #DB the guest never asked for;
+        seen on KVM)."""
+        return not cpu.regs["rflags"] & RFLAGS_IF or self.backend.interrupt_ready()
+
+    def _idle_spin(self, cycle: list[int]) -> bool:
+        """A loop with interrupts enabled that comes round exactly (`cycle`): the guest waits
+        for an interrupt in it (`while (ticks < n);`), so it is an idle point, as HLT is
+        (DESIGN §10), at a place that does not depend on when the host looked: the loop's
+        lowest instruction address, stepped to, where the interrupt is injected. Every
+        iteration is in the same state, so a replay, which finds the loop at another moment,
+        injects at the same instruction in the same state."""
+        backend = self.backend
+        lowest = min(cycle)
+        debug = backend.debug_begin()
+        try:
+            for _ in range(len(cycle)):
                 if backend.cpu_state().linear_rip == lowest:
                     break
                 if self._step_once(debug) is None:
@@ -506,16 +569,16 @@ class Machine:
 
     def _step_once(self, debug) -> int | None:
         """One instruction under the backend's debug mode; its linear RIP after it, or None if
-        the guest made an exit (then it was no loop without I/O after all: never, since none
-        came between the two samples, but the exit must not be lost: it ends the run)."""
+        the guest made an exit instead (an I/O instruction, a HLT: no loop without I/O, then),
+        which the run loop takes next (_deferred_exit), as if run() had returned it."""
         debug.target = debug.steps + 1
         while True:
             exit_ = self.backend.run()
             if type(exit_) is DebugStop:
                 return self.backend.cpu_state().linear_rip
             if type(exit_) is not Interrupted:
-                raise StopRun("kvm-error", f"the guest made an exit ({type(exit_).__name__}) "
-                                           "in a loop that had made none")
+                self._deferred_exit = exit_
+                return None
 
     def _can_be_interrupted(self, cpu) -> bool:
         """Whether an interrupt could still end the loop (the board has a controller and the

@@ -1099,8 +1099,8 @@ class EmuBackend(CpuBackend):
 
     def _on_code(self, address: int) -> None:
         self._activity += 1                   # also keeps the slicer from stopping mid-block
-        if self._stop is not None:
-            return
+        if self._stop is not None or self.debug is None:
+            return                            # (None: the rest of a block after debug_end)
         if self._dbg_in_insn:
             self._dbg_in_insn = False
             if self.debug.completed(address):
