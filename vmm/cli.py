@@ -477,10 +477,12 @@ def _log(text: str) -> None:
 def cmd_run(args) -> int:
     """`vmm run` and `vmm record`: a live run, recorded when args.output is set."""
     from .runner import LiveRun, OutputCollector, live_run
-    from .script import load_script
 
-    spec = LiveRun(guest=args.guest, boot=boot_options(args),
-                   script=load_script(args.script) if args.script else None,
+    boot, script = boot_options(args), None           # in this order: which error comes first
+    if args.script:
+        from .script import load_script
+        script = load_script(args.script)
+    spec = LiveRun(guest=args.guest, boot=boot, script=script,
                    clock=args.clock, max_time_ns=args.max_time, timeout_ns=args.timeout,
                    max_output=args.max_output, ignore_unknown_ports=args.ignore_unknown_ports,
                    cpuid=args.cpuid, trace_path=args.output, feeds=args.feeds,
