@@ -11,8 +11,6 @@ when one of its names is first asked for, so that a machine loads only its board
 
 from __future__ import annotations
 
-from importlib import import_module
-
 from .bus import Device, PortBus, PortConflict
 
 _MODULES = {
@@ -41,7 +39,8 @@ def __getattr__(name: str):
     module = _MODULES.get(name)
     if module is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(import_module(f".{module}", __name__), name)
+    # __import__, not importlib.import_module: `python -X importtime` then lists the module
+    value = getattr(__import__(f"{__name__}.{module}", fromlist=(name,)), name)
     globals()[name] = value
     return value
 
