@@ -233,6 +233,19 @@ def test_detects_multiboot2_at_an_8_byte_boundary_in_the_first_32k():
     assert detect_protocol(bytes(bad)) is None
 
 
+def test_the_quick_look_before_loading_the_multiboot_module_misses_no_header():
+    """vmm.boot looks for either magic number in the first 32 KiB before it imports
+    vmm.boot.multiboot (start-up): it must say "none" only where the full search does too."""
+    from vmm.boot import multiboot
+    assert boot._MB1_MAGIC == struct.pack("<I", multiboot.MB1_MAGIC)
+    assert boot._MB2_MAGIC == struct.pack("<I", multiboot.MB2_MAGIC)
+    for size, header in ((8192, mb1_header(0)), (32768, mb2_header())):
+        for at in range(size - 32, size + 8, 4):
+            data = bytes(at) + header + bytes(64)
+            assert detect_protocol(data) == multiboot.detect_protocol(data), at
+        assert detect_protocol(bytes(size - 32) + header) is not None
+
+
 def test_a_kernel_with_both_headers_boots_as_multiboot1_as_under_qemu():
     assert detect_protocol(mb1_header(0) + bytes(4) + mb2_header()) == "multiboot1"
 

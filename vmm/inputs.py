@@ -31,7 +31,6 @@ import time
 from collections import deque
 
 from .outcome import StopRun
-from .script import ScriptRunner
 
 QUIT_KEY = 0x1D          # Ctrl-]: ends a run on a terminal (as in telnet)
 INTERRUPT_KEY = 0x03     # Ctrl-C on a raw terminal: ends the run as interrupted
@@ -198,7 +197,10 @@ class LiveInput(InputSource):
         self._input_events = 0                # bytes queued or taken (see input_moving)
         self._events_at_idle = 0
         self._host = bytearray()              # virtual clock: read from the host, not released
-        self.script = ScriptRunner(script, self._queue) if script is not None else None
+        self.script = None
+        if script is not None:
+            from .script import ScriptRunner     # here: a run without a script never loads it
+            self.script = ScriptRunner(script, self._queue)
         self.timer_firings = 0                # every firing of the guest's timer (wait N ticks)
         self._time_told = 0                   # the guest time devices last told the guest
         self._real_idle_progress = 0          # output progress at the last real-clock idle

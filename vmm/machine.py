@@ -29,7 +29,6 @@ from .devices.cmos import VIRTUAL_EPOCH
 from .errors import UsageError
 from .devices.exitdev import ExitRequested
 from .outcome import RunEnd, StopRun
-from .screenlog import ScreenLog
 
 # Batching starts after this many bytes of output: registering a port costs the VM's teardown
 # one SRCU grace period (~15 ms on the benchmark machine) unless the run goes on that long, so
@@ -152,6 +151,7 @@ class Machine:
             backend.memory[address:address + len(data)] = data
         self.screen: ScreenLog | None = None       # the board's text screen, if it has one
         if self.board.screen is not None and sum(self.board.screen) <= image.mem_size:
+            from .screenlog import ScreenLog       # here: boards without a screen never load it
             vga = self.devices.get("vga")
             self.screen = ScreenLog(backend.memory, *self.board.screen,
                                     on_change=self._screen_changed,

@@ -33,6 +33,13 @@ class OutputDigest:
         if len(self._parts) >= self.BATCH:
             self._update()
 
+    def add_lines(self, device: str, texts: list[str], partial: bool) -> None:
+        """add() for each of `texts` (at least one), in order: one string for them all."""
+        end = "\0" + ("1" if partial else "0") + "\n"
+        self._parts.append(device + "\0" + (end + device + "\0").join(texts) + end)
+        if len(self._parts) >= self.BATCH:
+            self._update()
+
     def _update(self) -> None:
         self._h.update("".join(self._parts).encode("ascii", "replace"))
         self._parts.clear()
@@ -87,26 +94,38 @@ class TraceRecorder(Observer):
     """Writes a live run's trace as it happens. Records are encoded here and handed to the
     TraceWriter in batches of up to BATCH (and at every watchdog tick, and at once for the rare
     kinds: fetches, steps, checkpoints, the end), so that the hot paths, a key and a line of
-    output, cost a format and an append."""
+    output, cost a format and an append.
+
+    A line of output costs less still: consecutive output records of one observation, device
+    and partial flag (a chatty guest's lines between two reads) are held as their texts, up to
+    OUTPUT_BATCH, and encoded together (_end_outputs), as are their output-digest lines. Every
+    other record ends such a run of them first, so the records keep their order."""
 
     wants_ticks = True        # buffered records reach the file at every watchdog tick
     BATCH = 64
+    OUTPUT_BATCH = 256
 
     def __init__(self, path: str):
         self.writer = TraceWriter(path)
         self.outputs = OutputDigest()
         self._lines: list[bytes] = []             # encoded records not yet handed over
-        self._devices: dict[str, bytes] = {}      # device name -> its JSON string, encoded
+        self._texts: list[str] = []               # then the texts of output records, all of
+        self._out = (None, None, None)            # this (observation, device, partial)
+        self._devices: dict[str, str] = {}        # device name -> its JSON string
         self._key_templates: dict[str, bytes] = {}  # device name -> its key record's format
         self.started = time.monotonic_ns()
         self.inputs = None
 
     def _hand_over(self) -> None:
+        if self._texts:
+            self._end_outputs()
         if self._lines:
             self.writer.write_lines(self._lines)
             self._lines.clear()
 
     def _write(self, record: dict) -> None:
+        if self._texts:
+            self._end_outputs()
         self._lines.append(encode(record))
         self._hand_over()
 
@@ -131,6 +150,8 @@ class TraceRecorder(Observer):
     def key(self, n: int, at: int, device: str, byte: int) -> None:
         # Hand-formatted: this is the hot path of recording; the fields are all integers and
         # a device name from vmm's own table, so no JSON escaping is needed.
+        if self._texts:
+            self._end_outputs()
         template = self._key_templates.get(device)
         if template is None:
             template = self._key_templates[device] = (
@@ -142,24 +163,32 @@ class TraceRecorder(Observer):
 
     def key_at(self, n: int, at: int, device: str, byte: int, point: str) -> None:
         """A key a device took at an interrupt point (its poll there): the point is kept."""
+        if self._texts:
+            self._end_outputs()
         self._lines.append(b'{"type":"key","n":%d,"at":%d,"dev":"%s","byte":%d,"point":"%s"}\n'
                            % (n, at, device.encode("ascii"), byte, point.encode("ascii")))
         if len(self._lines) >= self.BATCH:
             self._hand_over()
 
     def timer(self, n: int, at: int, count: int) -> None:
+        if self._texts:
+            self._end_outputs()
         lines = self._lines
         lines.append(b'{"type":"timer","n":%d,"at":%d,"count":%d}\n' % (n, at, count))
         if len(lines) >= self.BATCH:
             self._hand_over()
 
     def time(self, n: int, at: int) -> None:
+        if self._texts:
+            self._end_outputs()
         lines = self._lines
         lines.append(b'{"type":"time","n":%d,"at":%d}\n' % (n, at))
         if len(lines) >= self.BATCH:
             self._hand_over()
 
     def edge(self, n: int, at: int, line: int, count: int, point: str) -> None:
+        if self._texts:
+            self._end_outputs()
         self._lines.append(b'{"type":"edge","n":%d,"at":%d,"line":%d,"count":%d,"point":"%s"}\n'
                            % (n, at, line, count, point.encode()))
         if len(self._lines) >= self.BATCH:
@@ -169,6 +198,8 @@ class TraceRecorder(Observer):
         self.interrupt(n, at, vector, point)
 
     def interrupt(self, n: int, at: int, vector: int, point: str) -> None:
+        if self._texts:
+            self._end_outputs()
         self._lines.append(b'{"type":"irq","n":%d,"at":%d,"vector":%d,"point":"%s"}\n'
                            % (n, at, vector, point.encode("ascii")))
         if len(self._lines) >= self.BATCH:
@@ -181,19 +212,45 @@ class TraceRecorder(Observer):
         self._write({"type": "step", "n": self.inputs.obs, "at": now, "index": index})
 
     def on_output(self, n: int, device: str, text: str, partial: bool) -> None:
-        # Hand-formatted too (a line of output is a record): the same bytes as
-        # trace.encode({"type": "out", "n": n, "dev": device, "text": text[, "partial": true]}).
-        dev = self._devices.get(device)
-        if dev is None:
-            dev = self._devices[device] = _json_string(device).encode("ascii")
-        lines = self._lines
-        lines.append(b'{"type":"out","n":%d,"dev":%s,"text":%s%s}\n' % (
-            n, dev, _json_string(text).encode("ascii"), b',"partial":true' if partial else b""))
-        self.outputs.add(device, text, partial)
-        if len(lines) >= self.BATCH:
+        # The hot path of an output-heavy recording: the text is kept, and encoded with the
+        # others of its run (_end_outputs).
+        texts = self._texts
+        out = self._out
+        if n != out[0] or device is not out[1] or partial is not out[2]:
+            if texts:
+                self._end_outputs()
+                if len(self._lines) >= self.BATCH:
+                    self._hand_over()
+            self._out = (n, device, partial)
+        texts.append(text)
+        if len(texts) >= self.OUTPUT_BATCH:
             self._hand_over()
 
+    def _end_outputs(self) -> None:
+        """The output records held as texts, encoded: the same bytes as trace.encode({"type":
+        "out", "n": n, "dev": device, "text": text[, "partial": true]}) for each, hand-formatted
+        (json.dumps of the record, as encode, costs several times more)."""
+        texts = self._texts
+        n, device, partial = self._out
+        self.outputs.add_lines(device, texts, partial)
+        dev = self._devices.get(device)
+        if dev is None:
+            dev = self._devices[device] = _json_string(device)
+        head = '{"type":"out","n":%d,"dev":%s,"text":' % (n, dev)
+        tail = ',"partial":true}\n' if partial else "}\n"
+        joined = "".join(texts)
+        if len(_json_string(joined)) == len(joined) + 2:
+            # Nothing to escape (each escape lengthens the string): each text's JSON string is
+            # the text in quotes, and the records are one join.
+            block = head + '"' + ('"' + tail + head + '"').join(texts) + '"' + tail
+        else:
+            block = "".join([head + _json_string(text) + tail for text in texts])
+        self._lines.append(block.encode("ascii"))
+        texts.clear()
+
     def on_screen(self, n: int, rows: list) -> None:
+        if self._texts:
+            self._end_outputs()
         self._lines.append(encode({"type": "screen", "n": n, "rows": [list(r) for r in rows]}))
         if len(self._lines) >= self.BATCH:
             self._hand_over()
@@ -206,6 +263,7 @@ class TraceRecorder(Observer):
         self._write({"type": "cp", "n": n, "regs": cpu.digest()})
 
     def finish(self, end, machine) -> None:
+        self._hand_over()                       # the output digest then holds every line
         self._write(end_record(end, machine, self.outputs.hexdigest(), {
             "exits": end.stats.get("exits"),
             "wall_ns": time.monotonic_ns() - self.started}))

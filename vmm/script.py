@@ -21,14 +21,13 @@ trace header, so a re-drive can run the same script against another guest.
 from __future__ import annotations
 
 import re
-import shlex
 
 from .errors import UsageError
 from .units import parse_duration
 
 DEFAULT_EXPECT_TIMEOUT_NS = 10_000_000_000
 DEFAULT_TICKS_TIMEOUT_NS = 60_000_000_000
-_TICKS = re.compile(r"(\d+)\s+ticks?\b(.*)$")
+_TICKS = r"(\d+)\s+ticks?\b(.*)$"          # compiled by re when first used (start-up)
 _ESCAPES = {"n": "\n", "r": "\r", "t": "\t", "e": "\x1b", "0": "\0", "\\": "\\", '"': '"',
             "b": "\b"}
 
@@ -119,7 +118,7 @@ def parse_script(text: str, name: str = "script") -> list[dict]:
             step["timeout_ns"] = _within(tail, where)
             steps.append(step)
         elif op == "wait":
-            m = _TICKS.match(_strip_comment(rest).strip())
+            m = re.match(_TICKS, _strip_comment(rest).strip())
             if m:
                 count = int(m.group(1))
                 if not 1 <= count <= 1_000_000:
@@ -160,6 +159,7 @@ def _no_tail(tail: str, where: str) -> None:
 
 
 def _within(tail: str, where: str) -> int:
+    import shlex                 # here: off the start-up path of `vmm run` without a script
     try:
         words = shlex.split(tail, comments=True)
     except ValueError as e:

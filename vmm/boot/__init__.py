@@ -20,8 +20,6 @@ boot information and modules.
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import os
 import struct
 from ..record_type import Record, factory
@@ -95,6 +93,8 @@ class BootOptions(Record):
         if self.cmdline is not None:
             d["cmdline"] = self.cmdline
         if self.modules:
+            import base64
+            import hashlib      # here, as in from_dict: off the start-up path of `vmm run`
             d["modules"] = [{"name": m.name, "string": m.string, "size": len(m.data),
                              "sha256": hashlib.sha256(m.data).hexdigest(),
                              "data": base64.b64encode(m.data).decode("ascii")}
@@ -116,6 +116,9 @@ class BootOptions(Record):
         if board is not None and not isinstance(board, str):
             raise ValueError("board")
         modules = []
+        if d.get("modules"):
+            import base64
+            import hashlib
         for m in d.get("modules") or ():
             if not (isinstance(m, dict) and isinstance(m.get("name"), str)
                     and isinstance(m.get("string"), str) and isinstance(m.get("data"), str)):
@@ -185,9 +188,16 @@ def load_guest(path: str, opts: BootOptions) -> BootImage:
     return build_boot_image(os.path.basename(path), read_guest_file(path), opts)
 
 
+# The headers' magic numbers as a file holds them (vmm.boot.multiboot's MB1_MAGIC, MB2_MAGIC)
+_MB1_MAGIC, _MB2_MAGIC = b"\x02\xb0\xad\x1b", b"\xd6\x50\x52\xe8"
+
+
 def detect_protocol(data: bytes) -> str | None:
     """"multiboot1" or "multiboot2" when the file holds a valid header of that boot protocol
     (multiboot 1 wins when it holds both, as with `qemu-system-i386 -kernel`), else None."""
+    head = data[:32 * 1024]              # multiboot 2's search range, the longer one
+    if _MB1_MAGIC not in head and _MB2_MAGIC not in head:
+        return None                      # no header can be there: multiboot.py stays unloaded
     from .multiboot import detect_protocol as detect
     return detect(data)
 

@@ -26,8 +26,6 @@ the virtual clock jumps there instead of the guest spinning through a second of 
 
 from __future__ import annotations
 
-from datetime import date
-
 from .bus import Device
 
 INDEX, DATA = 0, 1
@@ -71,13 +69,14 @@ KiB, MiB = 1 << 10, 1 << 20
 
 VIRTUAL_EPOCH = 946_684_800            # 2000-01-01 00:00:00 UTC: the virtual clock's date
 MAX_EPOCH = 253_402_300_799            # 9999-12-31 23:59:59 UTC
-_UNIX_ORDINAL = date(1970, 1, 1).toordinal()
-_MIN_SECONDS = (date(1, 1, 1).toordinal() - _UNIX_ORDINAL) * 86400
+_UNIX_ORDINAL = 719_163                # date(1970, 1, 1).toordinal(); datetime is imported
+_MIN_SECONDS = (1 - _UNIX_ORDINAL) * 86400   # where used: off `vmm run`'s start-up (p3 board)
 
 
 def _fields(seconds: int) -> list[int]:
     """[second, minute, hour, weekday (1 = Sunday), day, month, year % 100, century] of a Unix
     time, UTC (clamped to years 1-9999)."""
+    from datetime import date
     seconds = min(max(seconds, _MIN_SECONDS), MAX_EPOCH)
     days, sod = divmod(seconds, 86400)
     d = date.fromordinal(_UNIX_ORDINAL + days)
@@ -90,6 +89,7 @@ def _seconds(fields: list[int]) -> int | None:
     sec, minute, hour, _, day, month, year, century = fields
     if not (0 <= sec < 60 and 0 <= minute < 60 and 0 <= hour < 24 and 0 <= year < 100):
         return None
+    from datetime import date
     try:
         d = date(century * 100 + year, month, day)
     except (ValueError, OverflowError):

@@ -49,7 +49,7 @@ ticks at 18.2 Hz until the guest reprograms it.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable   # not typing: ~3 ms of `vmm run` start-up
 
 from .bus import Device
 
