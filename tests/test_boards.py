@@ -32,9 +32,13 @@ def test_p3_is_the_seeds_device_set_at_its_documented_ports():
     ports = {(d["name"], d["port"], d["length"]) for d in bus_of(BOARDS["p3"]).describe()}
     assert {("console", 0x42, 1), ("keyboard", 0x44, 2), ("timer", 0x46, 2),
             ("debugcon", 0xE9, 1), ("serial", 0xF1, 1), ("exit", 0xF4, 1),
-            ("com1", 0x3F8, 8), ("headline", 0x100, 1)} <= ports
-    assert len(ports) == 8 + 12                # and the 6 weather and 6 air-quality ports
+            ("com1", 0x3F8, 8), ("headline", 0x100, 1),
+            ("pic-master", 0x20, 2), ("pic-slave", 0xA0, 2)} <= ports
+    assert len(ports) == 10 + 12               # and the 6 weather and 6 air-quality ports
     assert BOARDS["p3"].default_mem == 16 << 20 and BOARDS["p3"].screen is None
+    # the optional PIC: it takes part once the guest initialises it (docs/devices.md)
+    assert BOARDS["p3"].controller == "pic-master" and BOARDS["p3"].controller_on_init
+    assert not BOARDS["pc"].controller_on_init
 
 
 def test_pc_has_no_p3_ports_and_a_text_screen():

@@ -1,7 +1,9 @@
 """The interrupt-driven kernels of guests/irq/ (issue 15): tick-real.bin (real mode, IVT),
-tick-pm.elf (protected mode, IDT; the emulator only on this host) and spin-wait.bin. Each runs
-under the virtual clock with scripted keys, records and replays exactly (across backends where
-the host allows), and shows the same as under QEMU. Goldens: traces/test_irq_kernels/.
+tick-pm.elf (protected mode, IDT; the emulator only on this host) and spin-wait.bin on the pc
+board, and echo-p3.bin on the p3 board (its optional PIC: the timer on IRQ 0, the keyboard on
+IRQ 1). Each runs under the virtual clock with scripted keys, records and replays exactly
+(across backends where the host allows), and the pc ones show the same as under QEMU. Goldens:
+traces/test_irq_kernels/.
 
 Every test runs once per usable backend (conftest.BACKEND_MODULES: the vmm_backend fixture sets
 $VMM_BACKEND, which every vmm run here follows unless it names --backend)."""
@@ -171,6 +173,109 @@ def test_a_spin_wait_records_the_same_trace_on_both_backends(vmm, tmp_path):
         assert r.returncode == EXIT_OK, r
         traces.append(records_without_info(trace))
     assert traces[0] == traces[1]
+
+
+# ---- echo-p3: the p3 board's devices through its optional PIC ---------------------------------
+
+ECHO_P3 = IRQ + "echo-p3.bin"
+P3_READY = "echo-p3: ready"
+P3_TICKS = 50                                   # 100 ms each: 5 s of guest time, then a halt
+
+
+def p3_lines(*typed: str) -> list[str]:
+    """What echo-p3 prints: its banner, each line typed, then the tick and key counts."""
+    keys = sum(len(line) + 1 for line in typed)
+    return [P3_READY, *typed, f"ticks {P3_TICKS}, keys {keys}"]
+
+
+def test_echo_p3_echoes_keys_from_irq_1_and_counts_ticks_from_irq_0(vm, golden, vmm_backend):
+    s = vm(ECHO_P3)
+    s.expect_exact(P3_READY, timeout=1)
+    s.sendline("hello")
+    s.expect_exact("hello", timeout=1)
+    s.sendline("p3 irq")
+    s.expect_exact("p3 irq", timeout=1)
+    s.expect_exact("ticks 50", timeout=10)
+    s.wait(1)
+    assert s.reason == "halt" and s.exit_code == 0, s
+    assert s.lines == p3_lines("hello", "p3 irq")
+    assert s == golden
+
+
+def test_echo_p3_records_and_replays_exactly_on_every_backend(vmm, tmp_path, vmm_backend):
+    trace = tmp_path / "p3.trace"
+    keys = script(tmp_path, 'send "hello\\n"\nexpect "hello"\nwait 1s\nsend "p3 irq\\n"\n'
+                            'wait 6s\n')
+    r = vmm("record", ECHO_P3, "--script", keys, "-o", trace)
+    assert r.returncode == 0 and r.lines == p3_lines("hello", "p3 irq"), r
+    records = records_without_info(trace)
+    assert records[0]["machine"]["board"] == "p3"
+    assert records[-1]["reason"] == "halt"
+    irqs = interrupts(trace)
+    # a tick per 100 ms, a key per byte typed (13), each taken at the idle loop's HLT
+    assert irqs.count((0x20, "hlt")) == P3_TICKS and irqs.count((0x21, "hlt")) == 13
+    assert len(irqs) == P3_TICKS + 13
+    timers = [rec for rec in records if rec["type"] == "timer"]
+    keyed = [rec for rec in records if rec["type"] == "key"]
+    # the guest never reads the timer's status nor the keyboard's: every firing and every key
+    # was taken by the device's poll at an interrupt point, and carries it
+    assert len(timers) == P3_TICKS and all(rec["point"] == "idle" for rec in timers)
+    assert [rec["at"] for rec in timers] == [100_000_000 * i for i in range(1, P3_TICKS + 1)]
+    assert len(keyed) == 13 and all(rec["point"] in ("in", "hlt", "idle") for rec in keyed)
+    assert not [rec for rec in records if rec["type"] == "edge"]
+    for replay_on in BACKENDS:
+        rep = vmm("replay", trace, "--backend", replay_on)
+        assert rep.returncode == 0 and "identical" in rep.stderr, (replay_on, rep)
+        assert rep.lines == r.lines and f"{len(irqs)} interrupts" in rep.stderr, rep
+
+
+def test_echo_p3_gives_the_same_records_twice_and_on_either_backend(vmm, tmp_path):
+    keys = script(tmp_path, 'wait 250ms\nsend "ab"\nwait 1s\nsend "c\\n"\nwait 6s\n')
+    traces = []
+    for i, backend in enumerate(BACKENDS + BACKENDS[:1]):
+        trace = tmp_path / f"{i}-{backend}.trace"
+        r = vmm("record", ECHO_P3, "--backend", backend, "--script", keys, "-o", trace)
+        assert r.returncode == 0 and r.lines == p3_lines("abc"), (backend, r)
+        traces.append(trace)
+    first = records_without_info(traces[0])
+    for other in traces[1:]:
+        assert records_without_info(other) == first, other
+
+
+def test_echo_p3_under_the_real_clock_replays_exactly(vmm, tmp_path, vmm_backend):
+    trace = tmp_path / "real.trace"
+    r = vmm("record", ECHO_P3, "--clock", "real", "--timeout", "30s", "-o", trace,
+            input=b"one\ntwo\n")
+    assert r.returncode == 0 and r.lines == p3_lines("one", "two"), r
+    irqs = interrupts(trace)
+    assert irqs.count((0x20, "hlt")) == P3_TICKS and irqs.count((0x21, "hlt")) == 8
+    rep = vmm("replay", trace)
+    assert rep.returncode == 0 and "identical" in rep.stderr and rep.lines == r.lines, rep
+
+
+P3_TYPED = "abcxyz 42\n"
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.tuples(st.integers(0, 600), st.sampled_from(P3_TYPED)), max_size=6))
+def test_random_key_timings_into_echo_p3_record_and_replay_identically(vmm, tmp_path_factory,
+                                                                        presses):
+    tmp = tmp_path_factory.mktemp("p3keys")
+    lines = []
+    for delay_ms, key in presses:                  # at most 3.6 s: all before the 50th tick
+        lines += [f"wait {delay_ms}ms", 'send "%s"' % ("\\n" if key == "\n" else key)]
+    keys = script(tmp, "\n".join(lines + ["wait 6s"]) + "\n")
+    trace = tmp / "keys.trace"
+    r = vmm("record", ECHO_P3, "--script", keys, "-o", trace)
+    assert r.returncode == 0, r
+    typed = "".join(key for _, key in presses)
+    assert r.lines == [P3_READY, *typed.split("\n")[:-1], f"ticks {P3_TICKS}, keys {len(typed)}"]
+    irqs = interrupts(trace)
+    assert irqs.count((0x21, "hlt")) == len(presses) and irqs.count((0x20, "hlt")) == P3_TICKS
+    for replay_on in BACKENDS:
+        rep = vmm("replay", trace, "--backend", replay_on)
+        assert rep.returncode == 0 and rep.stdout == r.stdout, (replay_on, rep)
+        assert f"{len(irqs)} interrupts" in rep.stderr, rep
 
 
 # ---- Hypothesis: random key timings ------------------------------------------------------------

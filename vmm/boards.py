@@ -8,7 +8,10 @@ board or a device adds rows here and changes no run-loop code path.
 - `p3`: the seeds' port-I/O model (docs/devices.md): console 0x42, keyboard 0x44/0x45, interval
   timer 0x46/0x47, web data 0x100-0x106 and 0x201-0x206, COM1's polled subset, the debug
   console 0xe9, the pseudo-serial port 0xf1, the exit port 0xf4. Every existing guest, trace and
-  rubric runs on it, and it is the default for everything that is not a multiboot kernel.
+  rubric runs on it, and it is the default for everything that is not a multiboot kernel. Its
+  optional interrupt lines go to an 8259A pair at 0x20/0xA0 (timer fired: IRQ 0, key waiting:
+  IRQ 1, COM1: IRQ 4), which takes part only once the guest has initialised the master (ICW1):
+  a polled guest that never does runs exactly as on a board without one.
 - `pc`: what hobby kernels expect of a PC: the VGA text screen at 0xB8000 with its registers
   0x3c0-0x3df, COM1 and COM2, the debug console 0xe9, a sink for POST codes at 0x80, and the exit
   and shutdown ports of QEMU and Bochs. It is the default for multiboot kernels, with QEMU's
@@ -51,7 +54,7 @@ class Slot(Record, frozen=True):
     make: Callable            # make(BoardContext) -> Device
     port: int
     count: int = 1
-    irq: int | None = None    # the interrupt line the device drives (next issue: the PIC's input)
+    irq: int | None = None    # the interrupt line the device drives: the controller's input
     batch: bool = False       # output only: its OUTs may be batched (coalesced PIO). Only the
                               # slot's first port is batched: a 16550's base is THR while LCR.DLAB
                               # is clear; with DLAB set the byte goes to the divisor latch, and
@@ -67,6 +70,10 @@ class Board(Record, frozen=True):
     default_mem: int
     screen: tuple[int, int] | None = None   # (address, bytes) of a text screen in guest RAM
     controller: str | None = None   # the device that is the interrupt controller (its .pair)
+    controller_on_init: bool = False   # the controller takes part (lines brought up to date,
+                                       # interrupts injected, HLT with IF=1 waits) only once the
+                                       # guest has written ICW1 to the master: until then the
+                                       # board behaves as one without a controller (p3)
 
     def build(self, context: BoardContext) -> list[tuple[Slot, object]]:
         """Each slot's device, made in table order (a slot may use an earlier one's device)."""
@@ -103,8 +110,11 @@ def _web_slots() -> tuple:
 P3 = Board(
     name="p3",
     summary="the seeds' port-I/O devices: console 0x42, keyboard 0x44, timer 0x46, web data, "
-            "COM1, debug console 0xe9, pseudo-serial 0xf1, exit 0xf4",
+            "COM1, debug console 0xe9, pseudo-serial 0xf1, exit 0xf4; optional 8259 PICs at "
+            "0x20/0xA0 (timer IRQ 0, keyboard IRQ 1)",
     slots=(
+        Slot(lambda ctx: PicPair().master, 0x20, 2),
+        Slot(lambda ctx: ctx.devices["pic-master"].pair.slave, 0xA0, 2),
         Slot(_line("console"), 0x42, batch=True),
         Slot(lambda ctx: Keyboard(ctx.inputs), 0x44, 2, irq=1),
         Slot(lambda ctx: IntervalTimer(ctx.inputs), 0x46, 2, irq=0),
@@ -114,6 +124,8 @@ P3 = Board(
         Slot(lambda ctx: Serial16550(ctx.inputs, ctx.output), 0x3F8, 8, irq=4, batch=True),
     ) + _web_slots(),
     default_mem=16 * MiB,
+    controller="pic-master",
+    controller_on_init=True,
 )
 
 PC = Board(

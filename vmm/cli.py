@@ -120,8 +120,9 @@ def add_machine_options(p: argparse.ArgumentParser) -> None:
                    help="entry address (default: the load address or the ELF entry); 'reset' "
                         "loads a 64 KiB image at 0xF0000 and starts at F000:FFF0")
     g.add_argument("--board", metavar="NAME",
-                   help="the machine's devices: p3 (the seeds' port-I/O devices) or pc (VGA "
-                        "text, 16550 UARTs, PC exit ports; docs/devices.md). Default: pc for "
+                   help="the machine's devices: p3 (the seeds' port-I/O devices, with an optional "
+                        "8259 PIC pair) or pc (8259 PICs, 8254 PIT, PS/2, CMOS clock, VGA text, "
+                        "16550 UARTs, PC exit ports; docs/devices.md). Default: pc for "
                         "multiboot kernels, p3 for everything else")
     g.add_argument("--mem", type=_size, metavar="SIZE",
                    help="guest RAM, 64K..2G (default: the board's, 16M on p3, 128M on pc)")

@@ -326,7 +326,10 @@ class LiveInput(InputSource):
         count = (now - deadline) // period + 1
         self.timer_firings += count
         if self.record is not None:
-            self.record.timer(self.obs, now, count)
+            if self.point is None:
+                self.record.timer(self.obs, now, count)
+            else:                          # found by the timer's poll at an interrupt point
+                self.record.timer_at(self.obs, now, count, self.point)
         return count
 
     def fetch(self, device: str) -> str:
@@ -547,6 +550,10 @@ class ReplayInput(InputSource):
         return None if e is None else e["byte"]
 
     def timer_fired(self, deadline: int, period: int) -> int:
+        # As for keys: firings found at an interrupt point are found again at one of its kind
+        e = self._next_input()
+        if e is not None and e["type"] == "timer" and e.get("point", self.point) != self.point:
+            return 0
         e = self._take("timer")
         return 0 if e is None else e["count"]
 

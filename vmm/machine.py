@@ -136,6 +136,12 @@ class Machine:
         # registers, which only the guest's accesses and recorded input change.
         self.interrupts = (self.devices[self.board.controller].pair
                            if self.board.controller is not None else None)
+        # A board whose controller takes part only once the guest has initialised it (p3): its
+        # master chip, whose ICW1 (device state, so a snapshot restores it too) arms it. Until
+        # then no line is polled and nothing injected, after an IN or at a HLT.
+        self._armed_by = (self.interrupts.master
+                          if self.interrupts is not None and self.board.controller_on_init
+                          else None)
         self._edge_sources = [(line, d) for line, d in irq_sources if hasattr(d, "take_edges")]
         self._level_sources = [(line, d) for line, d in irq_sources if hasattr(d, "irq_pending")]
         self.interrupts_injected = 0
@@ -329,9 +335,16 @@ class Machine:
                 **({"instructions": self.backend.instructions}
                    if self.config.max_instructions is not None else {}),
                 "output_bytes": self.output_bytes, "unknown_ports": self.unknown_ports,
-                **({"interrupts": self.interrupts_injected} if self.interrupts is not None
+                **({"interrupts": self.interrupts_injected} if self._controller_active()
                    else {}),
-                "devices": {d.name: d.stats() for _, _, d in self.bus.devices if d.stats()}}
+                "devices": {d.name: d.stats() for _, _, d in self.bus.devices
+                            if d.stats() and not self._dormant(d)}}
+
+    def _dormant(self, device) -> bool:
+        """A chip of a controller that has not taken part (p3 before ICW1): not reported, so
+        that a polled guest's report is what it was on a board without one."""
+        return (self._armed_by is not None and not self._armed_by.icw1
+                and getattr(device, "pair", None) is self.interrupts)
 
     def _loop(self) -> None:
         run, lookup, inputs = self.backend.run, self.bus.lookup, self.inputs
@@ -340,6 +353,7 @@ class Machine:
         interrupts = self.interrupts
         obs_limit, exit_limit = self.config.max_observations, self.config.max_exits
         pending = None              # an exit the spin check's single-stepping ran into
+        armed_by = self._armed_by            # None: the controller always takes part
         while True:
             if pending is None:
                 exit_ = run()
@@ -390,7 +404,7 @@ class Machine:
                     complete_in(b"".join((device.read(offset, size) & mask).to_bytes(size, "little")
                                          for _ in range(count)))
                 self._in_read = False
-                if interrupts is not None:
+                if interrupts is not None and (armed_by is None or armed_by.icw1):
                     self._service_interrupts("in")
             elif kind is Interrupted:
                 if self._stop is not None:
@@ -583,7 +597,13 @@ class Machine:
     def _can_be_interrupted(self, cpu) -> bool:
         """Whether an interrupt could still end the loop (the board has a controller and the
         guest has interrupts on): then it waits for one, and is no spin without end."""
-        return self.interrupts is not None and bool(cpu.regs["rflags"] & RFLAGS_IF)
+        return self._controller_active() and bool(cpu.regs["rflags"] & RFLAGS_IF)
+
+    def _controller_active(self) -> bool:
+        """Whether the board's interrupt controller takes part now: always where it has one,
+        on p3 once the guest has initialised the master (ICW1)."""
+        return self.interrupts is not None and (self._armed_by is None
+                                                or bool(self._armed_by.icw1))
 
     def _stopping(self) -> None:
         """A stop was requested from outside (timeout, signal). Let the guest run on to its next
@@ -651,7 +671,7 @@ class Machine:
     def _halted(self) -> None:
         cpu = self.backend.cpu_state()
         vector = boot.stub_vector(cpu.linear_rip, self.image.stub_base)
-        if vector is None and self.interrupts is not None and cpu.regs["rflags"] & RFLAGS_IF:
+        if vector is None and self._controller_active() and cpu.regs["rflags"] & RFLAGS_IF:
             self._wait_for_interrupt()
             return
         if vector is None:

@@ -178,6 +178,13 @@ class TraceRecorder(Observer):
         if len(lines) >= self.BATCH:
             self._hand_over()
 
+    def timer_at(self, n: int, at: int, count: int, point: str) -> None:
+        """Timer periods a device found ended at an interrupt point (its poll there)."""
+        self._lines.append(b'{"type":"timer","n":%d,"at":%d,"count":%d,"point":"%s"}\n'
+                           % (n, at, count, point.encode("ascii")))
+        if len(self._lines) >= self.BATCH:
+            self._hand_over()
+
     def time(self, n: int, at: int) -> None:
         if self._texts:
             self._end_outputs()

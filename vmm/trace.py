@@ -75,6 +75,7 @@ _OPTIONAL = {
     "out": {"partial": (bool,)},
     "edge": {"point": (str,)},
     "key": {"point": (str,)},
+    "timer": {"point": (str,)},
     "end": {"at": (int, type(None)), "at_read": (bool,), "message": (str, type(None)),
             "regs": (str, type(None)), "mem": (str, type(None)), "output": (str, type(None))},
 }
@@ -505,8 +506,12 @@ def _check_record(path: str, number: int, record: dict, version: int = VERSION) 
                              "that is too long")
     if kind == "key" and (not 0 <= record["byte"] <= 255
                           or record.get("point", "in") not in EDGE_POINTS) or \
+            kind == "timer" and record.get("point", "in") not in EDGE_POINTS or \
             kind == "end" and abs(record["exit_code"]) > MAX_INT:
         raise TraceError(f"corrupt trace {path}: line {number} ({kind}) has a value out of range")
+    if kind in ("key", "timer") and "point" in record and version < 4:
+        raise TraceError(f"corrupt trace {path}: line {number} ({kind}): a point needs trace "
+                         f"format version 4, the header says {version}")
     if kind == "fetch":
         _check_fetch(path, number, record, version)
     elif kind == "screen":

@@ -5,6 +5,11 @@ it clear, the next input byte (if any) is latched into the data port and status 
 acks by writing 0 to the status port. A new byte is latched only at a *read* of the status port
 that finds it clear, never at the moment of the ack, because real guests ack first and read the
 data port afterwards. Reading the data port does not clear anything.
+
+Interrupts (the p3 board's optional PIC): "a key is waiting" is the level of IRQ 1,
+`irq_pending()`, the latched bit. At an interrupt point the machine calls `poll()`, which latches
+the next input byte, if there is one, into a clear data port without an idle point, so that a key
+raises IRQ 1 without a status read. A guest that never initialises the PIC is never polled.
 """
 
 from __future__ import annotations
@@ -36,6 +41,20 @@ class Keyboard(Device):
                 self.data, self.latched = byte, True
                 self.keys += 1
         return 1 if self.latched else 0
+
+    def irq_pending(self) -> bool:
+        """IRQ 1: a byte is latched (waiting for the guest's ack)."""
+        return self.latched
+
+    def poll(self) -> bool:
+        """At an interrupt point: latch the next input byte into a clear data port, as a status
+        read would, but without an idle point. Returns irq_pending()."""
+        if not self.latched:
+            byte = self._inputs.key(self.name)
+            if byte is not None:
+                self.data, self.latched = byte, True
+                self.keys += 1
+        return self.latched
 
     def write(self, offset: int, size: int, value: int) -> None:
         if offset == STATUS and value & 1 == 0:

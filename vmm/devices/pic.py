@@ -110,6 +110,8 @@ class PicChip(Device):
         return [(first + i) & 7 for i in range(8)]
 
     def _highest(self, bits: int) -> int | None:
+        if not bits:
+            return None
         for ir in self._order():
             if bits >> ir & 1:
                 return ir
@@ -282,6 +284,15 @@ class PicPair:
     def set_irq(self, line: int, level: bool) -> None:
         """Drive input line 0-15 to `level`."""
         chip, ir = self._chip(line)
+        bit = 1 << ir
+        # The run loop drives every line at every interrupt point, and most keep their level:
+        # then nothing changes (a line already high in edge mode makes no new edge; one already
+        # low with no request has nothing to withdraw), and the cascade is as it was
+        if level:
+            if chip.lines & bit and not chip.level_triggered:
+                return
+        elif not (chip.lines | chip.irr) & bit:
+            return
         chip.set_line(ir, bool(level))
         self._update()
 

@@ -11,6 +11,12 @@
 
 The timer never reads a clock: whether a deadline has passed is asked of the input source, which
 answers from the host clock, the virtual clock, or a trace.
+
+Interrupts (the p3 board's optional PIC): the fired bit is the level of IRQ 0, `irq_pending()`.
+At an interrupt point the machine calls `poll()`, which looks for ended periods as a read of the
+control port does, but without an idle point; a firing then raises IRQ 0, and the guest's ack
+(bit 1 clear) lowers it again, so that the next firing is the next rising edge. A guest that
+never initialises the PIC is never polled.
 """
 
 from __future__ import annotations
@@ -68,6 +74,16 @@ class IntervalTimer(Device):
             self._inputs.idle()                  # nothing new: an idle point
             self._poll()
         return (ENABLE if self.enabled else 0) | (FIRED if self.fired else 0)
+
+    def irq_pending(self) -> bool:
+        """IRQ 0: the timer fired and the guest has not acked it yet."""
+        return self.fired
+
+    def poll(self) -> bool:
+        """At an interrupt point: take the periods that ended, as a read of the control port
+        does, but without an idle point. Returns irq_pending()."""
+        self._poll()
+        return self.fired
 
     def write(self, offset: int, size: int, value: int) -> None:
         if offset == PERIOD:
