@@ -113,7 +113,7 @@ P3 = Board(
             "COM1, debug console 0xe9, pseudo-serial 0xf1, exit 0xf4; optional 8259 PICs at "
             "0x20/0xA0 (timer IRQ 0, keyboard IRQ 1)",
     slots=(
-        Slot(lambda ctx: PicPair().master, 0x20, 2),
+        Slot(lambda ctx: devices.PicPair().master, 0x20, 2),
         Slot(lambda ctx: ctx.devices["pic-master"].pair.slave, 0xA0, 2),
         Slot(_line("console"), 0x42, batch=True),
         Slot(lambda ctx: Keyboard(ctx.inputs), 0x44, 2, irq=1),
