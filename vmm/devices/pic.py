@@ -44,6 +44,9 @@ from __future__ import annotations
 
 from .bus import Device
 
+# The IRs from highest to lowest priority when IR `lowest` has the lowest (rotation).
+_ORDERS = tuple(tuple((lowest + 1 + i) & 7 for i in range(8)) for lowest in range(8))
+
 CASCADE_IR = 2                     # the slave's INT drives the master's IR2
 SPURIOUS_IR = 7                    # INTA with no request: vector base + 7, no ISR bit
 
@@ -106,8 +109,7 @@ class PicChip(Device):
     # --- priority -------------------------------------------------------------------------
     def _order(self):
         """The IRs from highest to lowest priority."""
-        first = (self.lowest + 1) & 7
-        return [(first + i) & 7 for i in range(8)]
+        return _ORDERS[self.lowest]
 
     def _highest(self, bits: int) -> int | None:
         if not bits:
