@@ -182,6 +182,8 @@ KVM_API_VERSION = 12
 
 # Extensions (KVM_CAP_*).
 KVM_CAP_COALESCED_PIO = 162
+KVM_CAP_SYNC_REGS = 74
+KVM_SYNC_X86_REGS, KVM_SYNC_X86_SREGS = 1, 2
 
 # The coalesced ring is this page of the vCPU mmap (KVM_COALESCED_MMIO_PAGE_OFFSET, x86).
 KVM_COALESCED_MMIO_PAGE_OFFSET = 2
@@ -213,6 +215,11 @@ RUN_READY_FOR_INTERRUPT_INJECTION = kvm_run.ready_for_interrupt_injection.offset
 RUN_IF_FLAG = kvm_run.if_flag.offset
 RUN_EXIT_REASON = kvm_run.exit_reason.offset
 RUN_EXIT_INFO = kvm_run.u.offset
+# After the exit union: kvm_valid_regs, kvm_dirty_regs (u64 each), then struct kvm_sync_regs
+# (kvm_regs, kvm_sregs, ...), which KVM fills at every exit for the kinds set in valid_regs.
+RUN_VALID_REGS = ctypes.sizeof(kvm_run)
+RUN_SYNC_REGS = RUN_VALID_REGS + 16
+RUN_SYNC_SREGS = RUN_SYNC_REGS + ctypes.sizeof(kvm_regs)
 
 
 class KvmError(OSError):
@@ -334,6 +341,32 @@ class Vcpu:
         self.vm, self.fd = vm, fd
         self.run_area = mmap.mmap(fd, vm.kvm.get_vcpu_mmap_size(), mmap.MAP_SHARED,
                                   mmap.PROT_READ | mmap.PROT_WRITE)
+        self.synced = False          # KVM keeps regs and sregs in the run area (sync_regs)
+
+    def sync_regs(self) -> bool:
+        """Ask KVM to store the registers and segment registers in the run area at every exit
+        (KVM_CAP_SYNC_REGS), so that reading them costs no ioctl. vmm never sets
+        kvm_dirty_regs: registers it writes go through KVM_SET_REGS/SREGS, and this object
+        copies them into the run area too, so the copy there is always the vCPU's."""
+        if self.vm.kvm.check_extension(KVM_CAP_SYNC_REGS) & 3 != 3:
+            return False
+        self.run_area[RUN_VALID_REGS:RUN_VALID_REGS + 8] = struct.pack(
+            "<Q", KVM_SYNC_X86_REGS | KVM_SYNC_X86_SREGS)
+        self._store(self.get_regs(), self.get_sregs())
+        self.synced = True
+        return True
+
+    def _store(self, regs=None, sregs=None) -> None:
+        if regs is not None:
+            self.run_area[RUN_SYNC_REGS:RUN_SYNC_REGS + ctypes.sizeof(kvm_regs)] = bytes(regs)
+        if sregs is not None:
+            self.run_area[RUN_SYNC_SREGS:RUN_SYNC_SREGS + ctypes.sizeof(kvm_sregs)] = bytes(sregs)
+
+    def synced_state(self) -> tuple[kvm_regs, kvm_sregs]:
+        """The registers as of the last exit (or write), from the run area: sync_regs() only."""
+        area = self.run_area
+        return (kvm_regs.from_buffer_copy(area, RUN_SYNC_REGS),
+                kvm_sregs.from_buffer_copy(area, RUN_SYNC_SREGS))
 
     def run(self) -> None:
         """KVM_RUN. Raises InterruptedError (EINTR) when a signal interrupts it."""
@@ -350,6 +383,8 @@ class Vcpu:
 
     def set_regs(self, regs: kvm_regs) -> None:
         _ioctl(self.fd, KVM_SET_REGS, bytes(regs))
+        if self.synced:
+            self._store(regs=self.get_regs())
 
     def get_sregs(self) -> kvm_sregs:
         sregs = kvm_sregs()
@@ -358,6 +393,8 @@ class Vcpu:
 
     def set_sregs(self, sregs: kvm_sregs) -> None:
         _ioctl(self.fd, KVM_SET_SREGS, bytes(sregs))
+        if self.synced:
+            self._store(sregs=self.get_sregs())
 
     def set_cpuid2(self, entries) -> None:
         _ioctl(self.fd, KVM_SET_CPUID2, _cpuid2_buffer(entries))
@@ -384,6 +421,8 @@ class Vcpu:
         _ioctl(self.fd, KVM_SET_FPU, state["fpu"])
         _ioctl(self.fd, KVM_SET_MSRS, state["msrs"])
         _ioctl(self.fd, KVM_SET_VCPU_EVENTS, state["events"])
+        if self.synced:
+            self._store(self.get_regs(), self.get_sregs())
 
     def set_guest_debug(self, control: int, debugreg=None) -> None:
         dbg = kvm_guest_debug(control=control)

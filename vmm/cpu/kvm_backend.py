@@ -76,6 +76,7 @@ class KvmBackend(CpuBackend):
             raise
         self.memory = memoryview(self._ram)
         self._run_area = self._vcpu.run_area
+        self._synced = self._vcpu.sync_regs()   # cpu_state() from the run area, no ioctl
         self._vcpu_fd = self._vcpu.fd
         self._in_offset = 0
         # Exit objects for the hot path, reused: an exit is handled before the next run().
@@ -358,8 +359,10 @@ class KvmBackend(CpuBackend):
         return memory_digest(self.memory, _resident_pages(self._ram))
 
     def cpu_state(self) -> CpuState:
-        regs = self._vcpu.get_regs()
-        sregs = self._vcpu.get_sregs()
+        if self._synced:
+            regs, sregs = self._vcpu.synced_state()
+        else:
+            regs, sregs = self._vcpu.get_regs(), self._vcpu.get_sregs()
         return CpuState(regs={name: getattr(regs, name) for name in GPR_NAMES},
                         cs_base=sregs.cs.base, cs_selector=sregs.cs.selector, cr0=sregs.cr0,
                         cr2=sregs.cr2, cr3=sregs.cr3, cr4=sregs.cr4, efer=sregs.efer,
