@@ -361,3 +361,15 @@ def test_expect_failure_ends_the_run_with_its_own_status(tmp_path, guests, vmm):
     r = vmm("run", guests / "echo.bin", "--script", tmp_path / "s.script")
     assert r.returncode == 34, r
     assert "expected 'goodbye' within 2s of guest time" in r.stderr
+
+
+def test_redriving_an_elf_recorded_in_real_mode_keeps_the_mode(vmm, guests, tmp_path):
+    """An ELF32 with a 16-bit entry runs only with --mode real: re-driven against its trace
+    (vmm replay --guest, pytest traces/), it boots in the mode it was recorded in."""
+    trace = tmp_path / "real16.trace"
+    guest = guests / "pc" / "real16.elf"
+    r = vmm("record", guest, "--mode", "real", "--board", "pc", "--clock", "virtual",
+            "--screen", "none", "-o", trace)
+    assert r.returncode == 33, r                       # its exit through 0xf4
+    redrive = vmm("replay", trace, "--guest", guest)
+    assert redrive.returncode == 0, redrive

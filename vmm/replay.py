@@ -257,8 +257,11 @@ def replay_machine_parts(trace: Trace, guest_name: str | None = None,
             options = BootOptions(mem=options.mem, board=options.board,
                                   cmdline=options.cmdline, modules=options.modules)
         elif guest_bytes[:4] == b"\x7fELF" or trace.header["machine"].get("kind") != "raw":
-            # Another kind of file: boot it the way its own kind boots, in the same RAM size.
-            options = BootOptions(mem=options.mem, board=options.board)
+            # Another kind of file: boot it the way its own kind boots, in the same RAM size
+            # (an ELF recorded with a mode asked for, as a 16-bit entry is, keeps that mode).
+            keep_mode = guest_bytes[:4] == b"\x7fELF" and machine.get("kind") != "raw"
+            options = BootOptions(mem=options.mem, board=options.board,
+                                  mode=options.mode if keep_mode else None)
         image = build_boot_image(guest_name, guest_bytes, options)
     return image, cpuid
 
