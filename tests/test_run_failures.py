@@ -42,6 +42,15 @@ def test_a_loop_that_writes_memory_is_not_a_spin(vmm, guests, tmp_path):
     assert r.returncode == 28 and "passed --timeout" in r.stderr, r    # never "spin"
 
 
+def test_a_busy_loop_with_interrupts_on_says_why_no_interrupt_came(vmm, guests, tmp_path):
+    # sti; 1: inc eax; jmp 1b on the pc board: interrupts on, but never the same state twice.
+    guest = tmp_path / "busy-sti.bin"
+    guest.write_bytes(bytes([0xFB, 0x66, 0x40, 0xEB, 0xFC]))
+    r = vmm("run", guest, "--board", "pc", "--timeout", "500ms", "--screen", "none")
+    assert r.returncode == 28, r
+    assert "computing with interrupts on" in r.stderr and "a hlt in the loop" in r.stderr
+
+
 def test_triple_fault(vmm, guests):
     r = vmm("run", guests / FAULTS / "triple.bin")
     assert r.returncode == 20, r

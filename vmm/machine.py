@@ -325,7 +325,16 @@ class Machine:
             cpu = self.backend.cpu_state()
         except OSError:
             cpu = None
-        return RunEnd(stop.reason, stop.message, stop.exit_code, cpu, self.stats(),
+        message = stop.message
+        if stop.reason == "timeout" and cpu is not None and self._can_be_interrupted(cpu) \
+                and self._spin_tries:
+            # Interrupts on, quiet ticks since the guest's last exit, and no idle spin found:
+            # a loop that never comes round to the same state, where none can be placed.
+            message += ("; the guest was computing with interrupts on, without I/O, in a loop "
+                        "that never comes round to the same state: vmm has no point there to "
+                        "inject an interrupt at that a replay finds again (a hlt in the loop "
+                        "waits for it; docs/devices.md, Interrupts)")
+        return RunEnd(stop.reason, message, stop.exit_code, cpu, self.stats(),
                       observation=self.inputs.obs, at_read=at_read,
                       screen=self.screen.rows if self.screen is not None else None)
 
