@@ -567,7 +567,7 @@ class Machine:
         first) would be delivered during a step, with the stepping's trap flag in the frame
         it pushes, and the guest's IRET would bring it back (a #DB the guest never asked for;
         seen on KVM)."""
-        return not cpu.regs["rflags"] & RFLAGS_IF or self.backend.interrupt_ready()
+        return not cpu.regs["rflags"] & RFLAGS_IF or not self.backend.interrupt_pending()
 
     def _idle_spin(self, cycle: list[int]) -> bool:
         """A loop with interrupts enabled that comes round exactly (`cycle`): the guest waits

@@ -299,6 +299,11 @@ class CpuBackend:
         IRET returns past it), as on a CPU woken by an interrupt."""
         raise NotImplementedError(f"the {self.name} backend has no interrupt injection")
 
+    def interrupt_pending(self) -> bool:
+        """Whether an interrupt inject_interrupt() gave is still to be delivered (the guest has
+        not run since). Asked between exits, not on the hot path."""
+        raise NotImplementedError(f"the {self.name} backend has no interrupt injection")
+
     def request_interrupt_window(self, on: bool) -> None:
         """With on=True, run() returns IRQ_WINDOW at the first instruction boundary where the
         guest can take an interrupt (at once if it can now)."""

@@ -829,6 +829,9 @@ class EmuBackend(CpuBackend):
         self._pending = vector
         self._irq_work = True
 
+    def interrupt_pending(self) -> bool:
+        return self._pending is not None
+
     def request_interrupt_window(self, on: bool) -> None:
         self._window = bool(on)
         if not on:

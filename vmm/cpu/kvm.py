@@ -424,6 +424,13 @@ class Vcpu:
         if self.synced:
             self._store(self.get_regs(), self.get_sregs())
 
+    def interrupt_injected(self) -> bool:
+        """Whether an external interrupt is queued and not yet delivered: struct
+        kvm_vcpu_events' interrupt.injected (offset 8, after the 8-byte exception part)."""
+        events = bytearray(KVM_VCPU_EVENTS_SIZE)
+        _ioctl(self.fd, KVM_GET_VCPU_EVENTS, events)
+        return bool(events[8])
+
     def set_guest_debug(self, control: int, debugreg=None) -> None:
         dbg = kvm_guest_debug(control=control)
         for i, value in enumerate(debugreg or ()):

@@ -202,6 +202,11 @@ class KvmBackend(CpuBackend):
         # injected, and the guest cannot take another (the interface's contract).
         self._run_area[kvm.RUN_READY_FOR_INTERRUPT_INJECTION] = 0
 
+    def interrupt_pending(self) -> bool:
+        # From the vCPU itself: the run area's ready flag is not refreshed by every return
+        # (an interrupted KVM_RUN on this host's KVM can leave it at 0 for good).
+        return self._vcpu.interrupt_injected()
+
     def request_interrupt_window(self, on: bool) -> None:
         self._run_area[kvm.RUN_REQUEST_INTERRUPT_WINDOW] = 1 if on else 0
 
