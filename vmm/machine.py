@@ -477,6 +477,8 @@ class Machine:
             # Just after an idle spin: the guest is most likely back in its loop, with the
             # next interrupt to wait for. Single-stepping proves it (or not) at once.
             cpu = self.backend.cpu_state()
+            if not self._may_step(cpu):
+                return              # the interrupt injected last is not taken yet: later
             if self._can_be_interrupted(cpu):
                 cycle = self._comes_round(cpu, cpu.digest(legacy=True), SPIN_CYCLE_MAX)
                 if cycle and self._idle_spin(cycle):
@@ -495,6 +497,8 @@ class Machine:
             # for a second sample a tick later. A guest that is computing costs
             # SPIN_VERIFY_STEPS steps here, a few times in a row at most.
             cpu = self.backend.cpu_state()
+            if not self._may_step(cpu):
+                return              # the interrupt injected last is not taken yet: later
             self._spin_tries += 1
             cycle = self._comes_round(cpu, cpu.digest(legacy=True), SPIN_VERIFY_STEPS)
             if cycle:
