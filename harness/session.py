@@ -36,7 +36,7 @@ from vmm.inputs import LiveInput, NullFeed, VirtualClock
 from vmm.machine import Machine, RunConfig
 from vmm.outcome import RunEnd, StopRun
 from vmm.record import TraceRecorder
-from vmm.runner import DEFAULT_CHECKPOINT_EVERY, OutputCollector, create_backend
+from vmm.runner import DEFAULT_CHECKPOINT_EVERY, OutputCollector, budget_backend, create_backend
 from vmm.units import parse_duration, parse_size
 from vmm.web import Fetcher
 
@@ -131,6 +131,20 @@ class _SessionInput(LiveInput):
                                           f"({self.max_time_ns / NS:g}s)")
             session._yield_to_test()                # the budget is spent: back to the test
 
+    # Instruction-count mode (icount=): a guest computing without I/O passes guest time too,
+    # so the test's budget is an instruction point of its own, where control returns.
+    def _next_horizon(self, now: int) -> int:
+        horizon = super()._next_horizon(now)
+        budget = self._session._budget
+        return min(horizon, budget) if budget > now else horizon
+
+    def icount_point(self, count: int) -> None:
+        if self._session._closing:
+            raise StopRun("session-end", "the session was closed")
+        super().icount_point(count)
+        while self.clock.now() >= self._session._budget and not self._session._closing:
+            self._session._yield_to_test()
+
 
 class _GuestTimeExpecter(Expecter):
     """pexpect's Expecter, with the timeout counted in guest time instead of time.time()."""
@@ -171,7 +185,7 @@ class GuestSession(SpawnBase):
                  ignore_unknown_ports: bool = False, feeds: str | None = None,
                  offline: bool | None = None, trace: str | None = None,
                  guest_path: str | None = None, maxread: int = 4096,
-                 backend: str | None = None):
+                 backend: str | None = None, icount: int | None = None):
         self.guest = guest
         self.end: RunEnd | None = None
         super().__init__(timeout=timeout, maxread=maxread, encoding="ascii",
@@ -205,13 +219,14 @@ class GuestSession(SpawnBase):
         self._recorder = None
         try:
             self._recorder = TraceRecorder(trace)
-            self._backend = create_backend(backend, image.mem_size)
+            self._backend = create_backend(budget_backend(backend, None, icount),
+                                           image.mem_size)
             table = cpuid_table(cpuid, self._backend.supported_cpuid())
             max_time_ns = _seconds_ns(max_time)
             self._input = _SessionInput(self, max_time_ns, self._recorder, fetcher)
             config = RunConfig(max_output=parse_size(max_output) if isinstance(max_output, str)
                                else max_output, ignore_unknown_ports=ignore_unknown_ports,
-                               checkpoint_every=DEFAULT_CHECKPOINT_EVERY)
+                               checkpoint_every=DEFAULT_CHECKPOINT_EVERY, icount_ns=icount)
             self.machine = Machine(image, self._backend, self._input, self.output_lines,
                                    lambda text: None, config, table, observer=self._recorder)
             self._recorder.write_header(self.machine, boot_options=boot.to_dict(), cpuid=table,

@@ -137,7 +137,7 @@ def test_the_board_is_recorded_and_replay_rebuilds_it(vmm, tmp_path, backend):
     r = vmm("record", guest, "--board", "pc", "--backend", backend, "-o", trace)
     assert r.returncode == 0, r
     header = records_without_info(trace)[0]
-    assert header["version"] == 4
+    assert header["version"] >= 4                   # boards came in version 4
     assert header["machine"]["board"] == "pc"
     assert header["machine"]["boot"]["board"] == "pc"
     assert header["machine"]["mem"] == 128 << 20

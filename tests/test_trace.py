@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from vmm.errors import TraceError
-from vmm.trace import Trace, TraceWriter, encode, make_header, read_trace
+from vmm.trace import VERSION, Trace, TraceWriter, encode, make_header, read_trace
 
 GUEST = b"\xfa\xf4guest bytes\x00\xff"
 MACHINE = {"kind": "raw", "mode": "real", "mem": 1 << 20, "devices": []}
@@ -292,9 +292,9 @@ def test_wrong_format_name(tmp_path):
 
 
 def test_newer_version_says_upgrade_vmm(tmp_path):
-    path = write_lines(tmp_path / "t.trace", header(version=5), END)
+    path = write_lines(tmp_path / "t.trace", header(version=VERSION + 1), END)
     message = trace_error(path)
-    assert "version 5" in message and "upgrade vmm" in message
+    assert f"version {VERSION + 1}" in message and "upgrade vmm" in message
 
 
 @pytest.mark.parametrize("version", [0, -1])

@@ -47,6 +47,22 @@ def _argument(parse):
 
 _duration, _size, _address, _budget = (_argument(p) for p in (parse_duration, parse_size,
                                                              parse_address, parse_count))
+MAX_ICOUNT_NS = 1_000_000       # vmm.trace's bound on machine.icount_ns
+
+
+def _icount(text: str) -> int:
+    """--icount NS: guest nanoseconds per instruction, 1 to MAX_ICOUNT_NS."""
+    value = str(text).strip()
+    if value.endswith("ns"):
+        value = value[:-2]
+    if not value.isdigit() or not 1 <= int(value) <= MAX_ICOUNT_NS:
+        raise argparse.ArgumentTypeError(f"bad --icount {text!r}: give the guest nanoseconds "
+                                         f"per instruction, a whole number from 1 to "
+                                         f"{MAX_ICOUNT_NS}, e.g. 10")
+    return int(value)
+
+
+_icount.__name__ = "icount"
 
 
 def _positive_duration(text: str) -> int:
@@ -62,6 +78,7 @@ _positive_duration.__name__ = "duration"
 # value is passed on as "--timeout=-1s", for the option's own parser to refuse it by name.
 _NUMERIC_OPTIONS = frozenset({"--timeout", "--max-time", "--mem", "--max-output", "--load",
                               "--max-observations", "--max-exits", "--max-instructions",
+                              "--icount",
                               "--entry", "--stack", "--checkpoint-every", "-j", "--jobs",
                               "--limit"})
 
@@ -173,6 +190,12 @@ def add_clock_options(p: argparse.ArgumentParser) -> None:
                         "byte per idle point; docs/scripts.md)")
     g.add_argument("--max-time", type=_positive_duration, metavar="DURATION",
                    help="virtual clock: stop when guest time passes this (default 60s)")
+    g.add_argument("--icount", type=_icount, metavar="NS",
+                   help="instruction-count mode, the emulator only (picks it under --backend "
+                        "auto; implies --clock virtual): guest time passes NS ns per "
+                        "instruction, and timer interrupts preempt loops at exact instruction "
+                        "counts, so that any interrupt-driven kernel replays exactly "
+                        "(docs/emulator.md). 10 is a 100 MIPS machine")
     g.add_argument("--local-echo", action="store_true",
                    help="on a terminal, show each typed key as it is sent, for guests that do "
                         "not echo (the guest, and a recording, get the same keys either way)")
@@ -489,7 +512,7 @@ def cmd_run(args) -> int:
                    cpuid=args.cpuid, trace_path=args.output, feeds=args.feeds,
                    offline=args.offline, backend=args.backend,
                    max_observations=args.max_observations, max_exits=args.max_exits,
-                   max_instructions=args.max_instructions)
+                   max_instructions=args.max_instructions, icount_ns=args.icount)
     if args.output is not None:
         spec.checkpoint_every = args.checkpoint_every
     feed, terminal = (None, False) if args.script else _stdin_feed()

@@ -120,6 +120,28 @@ class VirtualClock:
             self._now = t
 
 
+class InstructionClock(VirtualClock):
+    """The virtual clock in instruction-count mode (--icount, the emulator): time passes by
+    `ns` per instruction the guest executes (`counter()`: the backend's count) and, as under
+    the virtual clock, jumps forward at idle points. Never goes backward."""
+
+    def __init__(self, counter, ns: int, start: int = 0):
+        self._counter = counter
+        self.ns = ns
+        self._base = start                 # the time at instruction count _base_count
+        self._base_count = counter()
+
+    @property
+    def _now(self) -> int:
+        return self._base + (self._counter() - self._base_count) * self.ns
+
+    @_now.setter
+    def _now(self, t: int) -> None:
+        count = self._counter()
+        now = self._base + (count - self._base_count) * self.ns
+        self._base, self._base_count = max(t, now), count
+
+
 class InputSource:
     """What every input source has: the observation counter and the hooks the machine sets."""
 
@@ -131,6 +153,9 @@ class InputSource:
         self.on_idle = lambda: None  # the machine shows unfinished lines when the guest waits
         self.output_progress = lambda: 0   # bytes the guest has written to output devices
         self.idle_points = 0
+        self.reschedule = False      # icount mode: the next deadline may have changed
+
+    replaying = False                # answers from a trace (ReplayInput)
 
     def observe(self) -> None:
         self.obs += 1
@@ -146,6 +171,20 @@ class InputSource:
         """At an interrupt point ("in", "hlt", "idle"): the rising edges of an edge-triggered
         source (the PIT's `take_edges(now)`) since the last time, recorded as an `edge` event,
         with its point, when there are any."""
+        raise NotImplementedError
+
+    def use_instructions(self, counter, ns: int) -> None:
+        """Instruction-count mode (vmm.machine): time passes by `ns` per instruction counted
+        by `counter()`."""
+
+    def next_icount(self, count: int) -> int | None:
+        """Instruction-count mode: the instruction count of the next instruction point after
+        `count` (the backend's count now), or None."""
+        return None
+
+    def icount_point(self, count: int) -> None:
+        """Instruction-count mode: the guest reached the instruction point at `count` (the
+        start of a translated block). Raises StopRun where the run ends there."""
         raise NotImplementedError
 
     def idle_until_interrupt(self) -> None:
@@ -234,6 +273,37 @@ class LiveInput(InputSource):
                                       f"({self.max_time_ns / 1e9:g}s)")
         clock._now = t
 
+    def use_instructions(self, counter, ns: int) -> None:
+        # Time is the instruction count's: no quantum per observation (each IN is an
+        # instruction of its own), and it is recorded so (machine.quantum_ns 0)
+        self.clock = InstructionClock(counter, ns, self.clock._now)
+        self.quantum_ns = 0
+        self.__dict__.pop("observe", None)
+        self._insn_ns = ns
+
+    def next_icount(self, count: int) -> int | None:
+        """The count at which guest time reaches the next scheduled event (a timer deadline, a
+        script step, --max-time), rounded up to a whole instruction."""
+        now = self.clock._now
+        t = self._next_horizon(now)
+        if t >= 1 << 62:
+            return None
+        return count + max(1, -(-(t - now) // self._insn_ns))
+
+    def icount_point(self, count: int) -> None:
+        """Recorded as an `icount` record before anything taken there (edges, keys), so that
+        a replay stops at the same count and takes them there."""
+        self.reschedule = True
+        now = self.clock._now
+        if self.max_time_ns is not None and now >= self.max_time_ns:
+            raise StopRun("max-time", f"guest time reached --max-time "
+                                      f"({self.max_time_ns / 1e9:g}s)")
+        self.stop_check()
+        if self.record is not None:
+            self.record.icount(self.obs, now, count)
+        if self.script is not None:
+            self._advance_script(idle=False)
+
     def _next_horizon(self, now: int) -> int:
         """The earliest of the next scheduled event after `now` and --max-time."""
         times = [t for t in (self.next_event_after(now),
@@ -245,6 +315,7 @@ class LiveInput(InputSource):
         # A device asks the time only to schedule an event from it (the timer, when armed): the
         # next observation looks at the schedule afresh.
         self._horizon = -1
+        self.reschedule = True
         return self.clock.now()
 
     def device_time(self) -> int:
@@ -293,6 +364,7 @@ class LiveInput(InputSource):
 
     def _advance_script(self, idle: bool) -> None:
         self._horizon = -1                    # a step done may schedule the next one
+        self.reschedule = True
         failure = self.script.advance(self.clock.now(), idle=idle)
         if failure is not None:
             raise StopRun("expect-failed", failure)
@@ -399,6 +471,7 @@ class LiveInput(InputSource):
             raise StopRun("max-time", f"guest time reached --max-time "
                                       f"({self.max_time_ns / 1e9:g}s)")
         self.clock.advance_to(t)
+        self.reschedule = True
         self._idle_obs = self.obs             # the next read happens at this moment
         if self.script is not None:
             self._advance_script(idle=False)
@@ -477,10 +550,40 @@ class ReplayInput(InputSource):
         self.stream.pop(self._INPUT)
         self.index += 1
         self._now = e["at"]
+        self.reschedule = True
         device.take_edges(e["at"])        # the device's own count, kept in step
         return e["count"]
 
     final_stop: StopRun | None = None     # how the recording ended (replay_inputs_for)
+    end_icount: int | None = None         # ... at this instruction point (icount mode)
+    replaying = True
+
+    def next_icount(self, count: int) -> int | None:
+        """The count of the next `icount` record, the recording's next instruction point (the
+        records are in the order they were made: an instruction point after the next record's
+        would come after it); or the point the recording ended at."""
+        e = self._next_input()
+        if e is not None:
+            return e["count"] if e["type"] == "icount" else None
+        return self.end_icount
+
+    def icount_point(self, count: int) -> None:
+        e = self._next_input()
+        if e is not None and e["type"] == "icount":
+            if (e["n"], e["count"]) != (self.obs, count):
+                raise StopRun("diverged", f"the recording reached its instruction point "
+                                          f"{e['count']} after observation {e['n']}, the replay "
+                                          f"one at {count} after observation {self.obs}")
+            self.stream.pop(self._INPUT)
+            self.index += 1
+            self._now = e["at"]
+            self.reschedule = True
+            return
+        if e is None and count == self.end_icount:
+            self.stop_check()
+            raise self.final_stop or StopRun("diverged", "the recording ended here")
+        raise StopRun("diverged", f"the replay reached instruction {count} after observation "
+                                  f"{self.obs}, where the recording has no instruction point")
 
     def idle_until_interrupt(self) -> None:
         """Replay: the recording went on here only if it has more events at this observation
@@ -507,6 +610,7 @@ class ReplayInput(InputSource):
                     else f"the {e['dev']} fetch {e['text']!r}" if e["type"] == "fetch"
                     else f"the time {e['at']} ns" if e["type"] == "time"
                     else f"an edge on IRQ {e['line']}" if e["type"] == "edge"
+                    else f"an instruction point (count {e['count']})" if e["type"] == "icount"
                     else "a timer firing")
             raise StopRun("diverged", f"the recording gave the guest {what} at observation "
                                       f"{e['n']}, but the replayed guest did not ask for it there")
@@ -524,6 +628,7 @@ class ReplayInput(InputSource):
         self.stream.pop(self._INPUT)
         self.index += 1
         self._now = e["at"]
+        self.reschedule = True
         return e
 
     def upcoming(self, count: int) -> list[dict]:

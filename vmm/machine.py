@@ -21,7 +21,8 @@ import time
 from .record_type import Record
 
 from . import boot
-from .cpu.backend import (CpuBackend, DebugStop, FailEntry, Halt, InstructionLimit,
+from .cpu.backend import (CpuBackend, DebugStop, FailEntry, Halt, InstructionDeadline,
+                          InstructionLimit,
                           InternalError, Interrupted, IoIn, IoOut, Mmio, Shutdown, UnknownExit)
 from .boards import BoardContext, get_board
 from .devices import LineOutput, PortBus
@@ -72,6 +73,9 @@ class RunConfig(Record):
     max_observations: int | None = None
     max_exits: int | None = None
     max_instructions: int | None = None
+    # Instruction-count mode (the emulator, docs/emulator.md): guest time passes by this many
+    # ns per instruction, and interrupts are placed at instruction counts (None: off).
+    icount_ns: int | None = None
     rtc_epoch: int = VIRTUAL_EPOCH       # the CMOS clock at guest time 0 (Unix seconds): the
                                          # virtual clock's fixed 2000-01-01, or the start of a
                                          # real-clock run (kept in its trace)
@@ -181,12 +185,23 @@ class Machine:
         self._deferred_exit = None                 # an exit single-stepping ran into
         self._set_tick = lambda interval: None     # the watchdog's: its tick (None: usual)
         self._coalesce_at = config.coalesce_after  # output bytes at which batching starts
-        if config.max_instructions is not None:
+        self.icount = config.icount_ns is not None
+        if config.max_instructions is not None or self.icount:
             if not backend.counts_instructions:
-                raise UsageError(f"--max-instructions needs a backend that counts instructions: "
-                                 f"the {backend.name} backend cannot (KVM has no instruction "
-                                 "counter here); use --backend emu, or --max-exits")
-            backend.set_instruction_limit(config.max_instructions)
+                what = "--icount" if self.icount else "--max-instructions"
+                raise UsageError(f"{what} needs a backend that counts instructions: the "
+                                 f"{backend.name} backend cannot (KVM has no instruction "
+                                 "counter here); use --backend emu"
+                                 + ("" if self.icount else ", or --max-exits"))
+            backend.set_instruction_limit(config.max_instructions
+                                          if config.max_instructions is not None else 1 << 62)
+        # Instruction-count mode: time is the instruction count's, interrupts come at
+        # instruction points (the start of a translated block) as well; a recording places
+        # them, a replay finds them again from its `icount` records (DESIGN §10).
+        self._watch_window = False
+        if self.icount:
+            inputs.use_instructions(lambda: backend.instructions, config.icount_ns)
+            self._watch_window = not inputs.replaying
         if self._coalesce_at == 0:
             self._start_coalescing()
 
@@ -336,13 +351,14 @@ class Machine:
                         "waits for it; docs/devices.md, Interrupts)")
         return RunEnd(stop.reason, message, stop.exit_code, cpu, self.stats(),
                       observation=self.inputs.obs, at_read=at_read,
+                      icount=getattr(stop, "icount", None),
                       screen=self.screen.rows if self.screen is not None else None)
 
     def stats(self) -> dict:
         return {"exits": self.exits, "coalesced_writes": self.coalesced_writes,
                 "observations": self.inputs.obs, "guest_exits": self.guest_exits(),
                 **({"instructions": self.backend.instructions}
-                   if self.config.max_instructions is not None else {}),
+                   if self.config.max_instructions is not None or self.icount else {}),
                 "output_bytes": self.output_bytes, "unknown_ports": self.unknown_ports,
                 **({"interrupts": self.interrupts_injected} if self._controller_active()
                    else {}),
@@ -363,6 +379,9 @@ class Machine:
         obs_limit, exit_limit = self.config.max_observations, self.config.max_exits
         pending = None              # an exit the spin check's single-stepping ran into
         armed_by = self._armed_by            # None: the controller always takes part
+        icount = self.icount
+        if icount:
+            self._arm_deadline()
         while True:
             if pending is None:
                 exit_ = run()
@@ -384,6 +403,8 @@ class Machine:
                 else:
                     self._elements += len(data) // exit_.size - 1    # a string OUT's others
                     self._write(device, offset, exit_.size, data)
+                if icount and inputs.reschedule:
+                    self._arm_deadline()         # the guest (re)programmed a timer
             elif kind is IoIn:
                 self._in_read = True
                 inputs.observe()
@@ -415,6 +436,8 @@ class Machine:
                 self._in_read = False
                 if interrupts is not None and (armed_by is None or armed_by.icw1):
                     self._service_interrupts("in")
+                if icount and inputs.reschedule:
+                    self._arm_deadline()
             elif kind is Interrupted:
                 if self._stop is not None:
                     self._stopping()
@@ -428,6 +451,11 @@ class Machine:
                 if exit_limit is not None:
                     self._check_exits()
                 self._halted()
+                if icount:
+                    self._arm_deadline()
+            elif kind is InstructionDeadline:
+                self.exits -= 1                     # an instruction point: no exit of the guest's
+                self._icount_point()
             elif kind is InstructionLimit:
                 self.exits -= 1                     # the budget's stop: no exit of the guest's
                 raise StopRun("max-instructions", f"the guest used up its budget of "
@@ -464,6 +492,8 @@ class Machine:
         in between, is a loop that can never end (the machine is deterministic and nothing
         outside reached it). The run ends at once (reason "spin") instead of at --timeout."""
         self.ticks += 1
+        if self.icount:
+            return      # time passes with instructions: a loop is interrupted at its deadline
         guest_exits = self.exits - self.ticks
         if guest_exits != self._guest_exits_at_tick or self.backend.debug is not None:
             self._guest_exits_at_tick = guest_exits
@@ -660,13 +690,41 @@ class Machine:
             pic.set_irq(line, device.irq_pending())
         inputs.point = None
         if not pic.has_interrupt() or not backend.interrupt_ready():
+            if self._watch_window:
+                # instruction-count mode: where the guest enables interrupts, it takes this one
+                backend.watch_interrupt_window(pic.has_interrupt())
             return False
+        if self._watch_window:
+            backend.watch_interrupt_window(False)
         vector = pic.acknowledge()
         backend.inject_interrupt(vector)
         self.interrupts_injected += 1
         if self.observer is not None:
             self.observer.on_interrupt(inputs.obs, inputs.now(), vector, point)
         return True
+
+    def _icount_point(self) -> None:
+        """Instruction-count mode: the backend stopped at the start of a translated block, at
+        the deadline's instruction count (guest time reached the next scheduled event) or
+        where the guest can take an interrupt that came while it could not. An interrupt
+        point, stamped with the instruction count ("icount"), that a replay finds again at
+        the same count."""
+        count = self.backend.instructions
+        try:
+            self.inputs.icount_point(count)
+        except StopRun as stop:
+            stop.icount = count             # where a replay ends it too (the end record's)
+            raise
+        if self._controller_active():
+            self._service_interrupts("icount")
+        elif self._watch_window:
+            self.backend.watch_interrupt_window(False)
+        self._arm_deadline()
+
+    def _arm_deadline(self) -> None:
+        """Instruction-count mode: the backend's next stop, at the next instruction point."""
+        self.inputs.reschedule = False
+        self.backend.set_instruction_deadline(self.inputs.next_icount(self.backend.instructions))
 
     def _wait_for_interrupt(self, point: str = "hlt") -> None:
         """HLT with interrupts enabled, on a board with an interrupt controller, or an idle

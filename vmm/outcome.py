@@ -27,6 +27,7 @@ class RunEnd(Record):
     stats: dict = factory(dict)
     observation: int = 0         # the observation counter when the run ended
     at_read: bool = False        # ended during read number `observation`, before answering it
+    icount: int | None = None    # ended at the instruction point with this count (icount mode)
     screen: list[str] | None = None  # the text screen's 25 rows at the end (boards with one)
 
     @property

@@ -85,6 +85,7 @@ def machine_config(machine, boot_options: dict, cpuid: list[dict], clock: str,
         **{name: getattr(config, name) for name in BUDGETS
            if getattr(config, name) is not None},
         "quantum_ns": getattr(machine.inputs, "quantum_ns", 0),
+        **({"icount_ns": config.icount_ns} if config.icount_ns is not None else {}),
         **({"rtc_epoch": config.rtc_epoch} if machine.board.name == "pc" else {}),
         **({"feeds": feeds} if feeds is not None else {}),
     }
@@ -201,6 +202,14 @@ class TraceRecorder(Observer):
         if len(self._lines) >= self.BATCH:
             self._hand_over()
 
+    def icount(self, n: int, at: int, count: int) -> None:
+        """An instruction point (icount mode): the run stopped at instruction `count`."""
+        if self._texts:
+            self._end_outputs()
+        self._lines.append(b'{"type":"icount","n":%d,"at":%d,"count":%d}\n' % (n, at, count))
+        if len(self._lines) >= self.BATCH:
+            self._hand_over()
+
     def on_interrupt(self, n: int, at: int, vector: int, point: str) -> None:
         self.interrupt(n, at, vector, point)
 
@@ -298,4 +307,5 @@ def end_record(end, machine, output_digest: str, info: dict) -> dict:
             "message": end.message,
             "regs": end.cpu.digest() if end.cpu is not None and not by_chance else None,
             "mem": None if by_chance else machine.backend.memory_digest(),
-            "output": output_digest, "info": info}
+            "output": output_digest, "info": info,
+            **({"icount": end.icount} if end.icount is not None else {})}

@@ -300,6 +300,7 @@ def replay_inputs_for(trace: Trace | TraceFile, stream: ReplayStream | None = No
     if end is not None:                   # where a guest waiting for an interrupt stopped
         inputs.final_stop = StopRun(end["reason"], end.get("message") or end["reason"],
                                     exit_code=end["exit_code"])
+        inputs.end_icount = end.get("icount")     # ... or at this instruction point
     elif trace.truncated:
         inputs.final_stop = StopRun("truncated-end", "replayed the truncated trace's prefix")
     return inputs

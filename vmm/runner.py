@@ -152,12 +152,15 @@ class LiveRun(Record):
     max_observations: int | None = None  # guest-work budgets (machine.RunConfig); with
     max_exits: int | None = None         # max_instructions, "auto" picks the emulator, the
     max_instructions: int | None = None  # backend that counts instructions
+    icount_ns: int | None = None         # instruction-count mode (the emulator; RunConfig)
 
 
-def budget_backend(choice: str | None, max_instructions) -> str | None:
-    """The backend to ask for: an instruction budget needs the emulator, so "auto" (or none
-    given) becomes "emu" then; an explicit "kvm" is left for the machine to refuse."""
-    if max_instructions is not None and resolve_backend(choice) == "auto":
+def budget_backend(choice: str | None, max_instructions, icount_ns=None) -> str | None:
+    """The backend to ask for: an instruction budget or instruction-count mode needs the
+    emulator, so "auto" (or none given) becomes "emu" then; an explicit "kvm" is refused
+    before (needs_counter)."""
+    if (max_instructions is not None or icount_ns is not None) \
+            and resolve_backend(choice) == "auto":
         return "emu"
     return choice
 
@@ -192,9 +195,16 @@ def live_run(spec: LiveRun, *, feed=None, terminal: bool = False, sink=None,
 
     image = (load_guest(spec.guest, spec.boot) if spec.guest_bytes is None
              else build_boot_image(spec.guest_name, spec.guest_bytes, spec.boot))
-    clock_name = spec.clock or ("virtual" if spec.script is not None else "real")
+    clock_name = spec.clock or ("virtual" if spec.script is not None or spec.icount_ns
+                                else "real")
     if spec.script is not None and clock_name == "real":
         raise UsageError("--script runs under the virtual clock; drop --clock real")
+    if spec.icount_ns is not None and clock_name == "real":
+        raise UsageError("--icount makes guest time the instruction count's (a virtual "
+                         "clock); drop --clock real")
+    if spec.icount_ns is not None and resolve_backend(spec.backend) == "kvm":
+        raise UsageError("--icount needs the emulator (--backend emu): KVM has no instruction "
+                         "counter here")
     if spec.max_time_ns is not None and clock_name == "real":
         raise UsageError("--max-time bounds guest time under the virtual clock; use --timeout "
                          "for wall-clock time, or add --clock virtual")
@@ -226,7 +236,7 @@ def live_run(spec: LiveRun, *, feed=None, terminal: bool = False, sink=None,
                        checkpoint_every=spec.checkpoint_every if recorder else 0,
                        kick_for_input=terminal and clock_name == "real",
                        max_observations=spec.max_observations, max_exits=spec.max_exits,
-                       max_instructions=spec.max_instructions)
+                       max_instructions=spec.max_instructions, icount_ns=spec.icount_ns)
     if clock_name == "real":
         config.rtc_epoch = int(time.time())       # the real date: the trace keeps it
     if not spec.coalesce_output:
@@ -235,8 +245,8 @@ def live_run(spec: LiveRun, *, feed=None, terminal: bool = False, sink=None,
         config.coalesce_after = spec.coalesce_after
     backend = None
     try:
-        backend = create_backend(budget_backend(spec.backend, spec.max_instructions),
-                                 image.mem_size, log)
+        backend = create_backend(budget_backend(spec.backend, spec.max_instructions,
+                                                spec.icount_ns), image.mem_size, log)
         cpuid = cpuid_table(spec.cpuid, backend.supported_cpuid())
         clock = VirtualClock() if clock_name == "virtual" else RealClock()
         inputs = LiveInput(feed, clock, script=spec.script, max_time_ns=max_time,
@@ -301,6 +311,9 @@ def replay_trace(path: str, *, guest: str | None = None, boot_override: dict | N
             continue       # never reached: the replay needs no counter, and may run on KVM
         if isinstance(value, int) and value >= 0:
             setattr(config, name, value)
+    icount = machine_cfg.get("icount_ns")
+    if isinstance(icount, int) and not isinstance(icount, bool):
+        config.icount_ns = icount          # instruction points: the emulator finds them again
     output = sink if isinstance(sink, OutputCollector) else OutputCollector()
     if guest is None:
         if boot_override is not None:
@@ -328,7 +341,11 @@ def replay_trace(path: str, *, guest: str | None = None, boot_override: dict | N
     if config.max_instructions is not None and resolve_backend(backend) == "kvm":
         raise UsageError("the recording ended at its instruction budget (max-instructions), "
                          "which only the emulator counts: replay it with --backend emu")
-    backend = create_backend(budget_backend(backend, config.max_instructions), image.mem_size, log)
+    if config.icount_ns is not None and resolve_backend(backend) == "kvm":
+        raise UsageError("the recording placed interrupts at instruction counts (--icount), "
+                         "which only the emulator counts: replay it with --backend emu")
+    backend = create_backend(budget_backend(backend, config.max_instructions, config.icount_ns),
+                             image.mem_size, log)
     try:
         machine = Machine(image, backend, inputs, output, log, config, cpuid, observer=observer)
         end = machine.run()

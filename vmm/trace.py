@@ -26,9 +26,10 @@ from dataclasses import dataclass, field
 from .errors import TraceError
 
 FORMAT = "vmm-trace"
-VERSION = 4                  # 2: fetch records (web data) added; 3: register digests narrowed;
-                             # 4: boards (machine.board) and screen records
-READABLE_VERSIONS = (1, 2, 3, 4)  # version 1 traces are version 2 traces without fetch records
+VERSION = 5                  # 2: fetch records (web data) added; 3: register digests narrowed;
+                             # 4: boards (machine.board) and screen records; 5: instruction
+                             # points (icount records, point "icount", machine.icount_ns)
+READABLE_VERSIONS = (1, 2, 3, 4, 5)  # version 1 traces are version 2 traces without fetch records
 LEGACY_DIGEST_VERSIONS = (1, 2)  # their register digests cover all of RFLAGS (docs/trace-format.md)
 GZIP_MAGIC = b"\x1f\x8b"
 
@@ -49,6 +50,7 @@ MAX_LOAD_MAP = 256               # guest segments and boot structures
 MAX_DEVICES = 256                # port-bus entries
 MAX_SCRIPT_STEPS = 100_000       # script steps; `step` records are at most one per step
 MAX_INT = (1 << 63) - 1          # every stamp, time and count
+MAX_ICOUNT_NS = 1_000_000        # guest time per instruction in instruction-count mode
 _READ_CHUNK = 64 * KiB           # compressed bytes read at a time
 _INFLATE_CHUNK = 1 * MiB         # decompressed bytes produced at a time
 
@@ -66,9 +68,11 @@ RECORD_FIELDS = {
     "time": {"n": _INT, "at": _INT},
     "edge": {"n": _INT, "at": _INT, "line": _INT, "count": _INT},
     "irq": {"n": _INT, "at": _INT, "vector": _INT, "point": (str,)},
+    "icount": {"n": _INT, "at": _INT, "count": _INT},
 }
-INPUT_TYPES = frozenset({"key", "timer", "fetch", "time", "edge"})
-IRQ_POINTS = frozenset({"in", "hlt", "spin"})   # where vmm injects an interrupt (vmm.machine)
+INPUT_TYPES = frozenset({"key", "timer", "fetch", "time", "edge", "icount"})
+IRQ_POINTS = frozenset({"in", "hlt", "spin", "icount"})   # where vmm injects an interrupt
+                                                          # (vmm.machine)
 EDGE_POINTS = IRQ_POINTS | {"idle"}  # where edges and polled keys are taken
 # Optional fields: name -> accepted types (None allowed where listed).
 _OPTIONAL = {
@@ -77,7 +81,8 @@ _OPTIONAL = {
     "key": {"point": (str,)},
     "timer": {"point": (str,)},
     "end": {"at": (int, type(None)), "at_read": (bool,), "message": (str, type(None)),
-            "regs": (str, type(None)), "mem": (str, type(None)), "output": (str, type(None))},
+            "regs": (str, type(None)), "mem": (str, type(None)), "output": (str, type(None)),
+            "icount": (int,)},
 }
 _SHORT = {"dev", "regs", "reason", "mem", "output"}      # strings of at most MAX_NAME
 
@@ -512,6 +517,10 @@ def _check_record(path: str, number: int, record: dict, version: int = VERSION) 
     if kind in ("key", "timer") and "point" in record and version < 4:
         raise TraceError(f"corrupt trace {path}: line {number} ({kind}): a point needs trace "
                          f"format version 4, the header says {version}")
+    if version < 5 and (kind == "icount" or record.get("point") == "icount"
+                        or kind == "end" and "icount" in record):
+        raise TraceError(f"corrupt trace {path}: line {number} ({kind}): instruction points "
+                         f"need trace format version 5, the header says {version}")
     if kind == "fetch":
         _check_fetch(path, number, record, version)
     elif kind == "screen":
@@ -725,6 +734,9 @@ def _check_machine(path: str, machine: dict) -> None:
         value = machine.get(name)
         if value is not None and not _whole(value):
             raise TraceError(f"{bad} '{name}' is not a whole number")
+    icount = machine.get("icount_ns")
+    if icount is not None and not (_whole(icount) and 1 <= icount <= MAX_ICOUNT_NS):
+        raise TraceError(f"{bad} 'icount_ns' is not 1 to {MAX_ICOUNT_NS} ns per instruction")
     for name in ("entry", "feeds"):
         if machine.get(name) is not None and not isinstance(machine[name], dict):
             raise TraceError(f"{bad} '{name}' entry is not an object")
@@ -947,6 +959,7 @@ def read_trace(path: str) -> Trace:
 # --- replaying: the records each consumer of a replay takes, in order ---------------------------
 INPUT, OUTPUT, SCREEN, CHECKPOINT, IRQ = "input", "out", "screen", "cp", "irq"
 GROUPS = {"key": INPUT, "timer": INPUT, "fetch": INPUT, "time": INPUT, "edge": INPUT,
+          "icount": INPUT,
           "out": OUTPUT, "screen": SCREEN, "cp": CHECKPOINT, "irq": IRQ}
 MAX_LOOKAHEAD = 4096     # records read ahead of a consumer before a replay is called diverged
 

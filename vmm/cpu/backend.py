@@ -198,8 +198,17 @@ class InstructionLimit(Exit):
     __slots__ = ()
 
 
+class InstructionDeadline(Exit):
+    """Instruction-count mode (the emulator): the count reached the deadline set with
+    set_instruction_deadline, or, while watch_interrupt_window is on, the guest can take an
+    interrupt now. At the start of a translated block, before it runs: a deterministic point,
+    where the count is the same on every run."""
+    __slots__ = ()
+
+
 HALT, SHUTDOWN, INTERRUPTED, DEBUG_STOP = Halt(), Shutdown(), Interrupted(), DebugStop()
 INSTRUCTION_LIMIT = InstructionLimit()
+INSTRUCTION_DEADLINE = InstructionDeadline()
 IRQ_WINDOW = IrqWindow()
 
 
@@ -318,6 +327,18 @@ class CpuBackend:
         translated block at a time (at the block's start, as QEMU's icount does), and return
         INSTRUCTION_LIMIT from run() before a block that would take the count past `limit`.
         The count is a function of the guest's execution only: the same on every run."""
+        raise NotImplementedError(f"the {self.name} backend cannot count instructions")
+
+    def set_instruction_deadline(self, count: int | None) -> None:
+        """Once counting (set_instruction_limit): return INSTRUCTION_DEADLINE from run() at the
+        first translated block's start where `instructions` >= `count` (None: no deadline).
+        The block has not run yet; the count is that of the blocks before it."""
+        raise NotImplementedError(f"the {self.name} backend cannot count instructions")
+
+    def watch_interrupt_window(self, on: bool) -> None:
+        """Once counting: with on=True, also return INSTRUCTION_DEADLINE at the first block's
+        start where the guest can take an external interrupt (interrupts enabled, no STI or
+        MOV SS shadow), for an interrupt that came while it could not."""
         raise NotImplementedError(f"the {self.name} backend cannot count instructions")
 
     def prompt_kicks(self, on: bool) -> None:

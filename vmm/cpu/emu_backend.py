@@ -43,7 +43,7 @@ from collections import deque
 
 from greenlet import GreenletExit, getcurrent, greenlet
 
-from .backend import (DEBUG_STOP, HALT, INSTRUCTION_LIMIT, INTERRUPTED, IRQ_WINDOW, SHUTDOWN, CpuBackend, CpuState,
+from .backend import (DEBUG_STOP, HALT, INSTRUCTION_DEADLINE, INSTRUCTION_LIMIT, INTERRUPTED, IRQ_WINDOW, SHUTDOWN, CpuBackend, CpuState,
                       DebugState, EntryState, GPR_NAMES, InternalError, IoIn, IoOut, Mmio, Segment)
 from ..errors import BackendUnavailable
 
@@ -53,6 +53,8 @@ SLICE_S_PROMPT = 0.001      # ... and this often while the machine wants prompt 
 TSC_PER_EVENT = 1000        # RDTSC: this many ticks per guest event (docs/emulator.md)
 COALESCE_LIMIT = 4096       # batched output bytes before an OUT exits anyway (as KVM's ring)
 UNICORN_VERSIONS = "unicorn>=2.1.3,<2.2"
+NO_DEADLINE = 1 << 63       # set_instruction_deadline(None): a count never reached
+NO_LIMIT = 1 << 62          # counting instructions without a budget (icount mode alone)
 
 # x86 TB flags (QEMU target/i386/cpu.h HF_*), in CPUX86State.hflags.
 HF_CPL_MASK = 3
@@ -309,6 +311,8 @@ class EmuBackend(CpuBackend):
         # the instruction budget (set_instruction_limit)
         self.instructions = 0        # counted a translated block at a time
         self._insn_limit = None
+        self._deadline = NO_DEADLINE  # icount mode: stop at the block where the count is this
+        self._watch_window = False   # icount mode: stop at the block where IF lets one in
         self._insn_hook = None       # (handle, callback) of the counting block hook
         self._block_insns: dict[tuple[int, int], int] = {}   # (linear pc, bytes) -> instructions
         self._decoders: dict = {}    # capstone mode -> decoder
@@ -685,6 +689,9 @@ class EmuBackend(CpuBackend):
             if kind == "insn-limit":
                 while True:
                     self._suspend(INSTRUCTION_LIMIT)    # the budget is spent: for good
+            if kind == "deadline":
+                self._suspend(INSTRUCTION_DEADLINE)     # then on at the block not yet run
+                continue
             if kind == "hlt" and self._pending is not None:
                 continue        # a late stop after an I/O instruction: the interrupt first
             if kind == "hlt":
@@ -1011,11 +1018,16 @@ class EmuBackend(CpuBackend):
                     me._hook_error = me._hook_error or e
                     me._emu_stop()
                     return
-            if me.instructions + n > me._insn_limit:
+            c = me.instructions
+            if c >= me._deadline or (me._watch_window and me._window_open()):
+                me._stop = ("deadline",)       # (icount mode) before this block runs
+                me._emu_stop()
+                return
+            if c + n > me._insn_limit:
                 me._stop = ("insn-limit",)
                 me._emu_stop()                 # Unicorn checks right after the hook
                 return
-            me.instructions += n
+            me.instructions = c + n
 
         callback = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint32,
                                     ctypes.c_void_p)(on_block)
@@ -1028,6 +1040,19 @@ class EmuBackend(CpuBackend):
                                      f"(unicorn error {err})")
         self._insn_hook = (handle, callback)
         self._uc.ctl_flush_tb()                # code translated so far has no hook call in it
+
+    def set_instruction_deadline(self, count: int | None) -> None:
+        self._deadline = NO_DEADLINE if count is None else int(count)
+
+    def watch_interrupt_window(self, on: bool) -> None:
+        self._watch_window = bool(on)
+
+    def _window_open(self) -> bool:
+        """At a block's start: interrupts enabled and no STI / MOV SS shadow (the instruction
+        in a shadow is a block of its own, so the next block's start is past it)."""
+        if not self._rd(self._x86.UC_X86_REG_RFLAGS) & RFLAGS_IF:
+            return False
+        return not _U32.unpack_from(self._save(), self._layout.hflags)[0] & HF_INHIBIT_IRQ
 
     def _count_block(self, address: int, size: int) -> int:
         """The instructions in the block of `size` bytes at linear `address`, in the CPU's
