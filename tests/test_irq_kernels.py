@@ -3,13 +3,16 @@ tick-pm.elf (protected mode, IDT; the emulator only on this host) and spin-wait.
 board, and echo-p3.bin on the p3 board (its optional PIC: the timer on IRQ 0, the keyboard on
 IRQ 1). Each runs under the virtual clock with scripted keys, records and replays exactly
 (across backends where the host allows), and the pc ones show the same as under QEMU. Goldens:
-traces/test_irq_kernels/.
+traces/test_irq_kernels/. And preempt.bin, two busy-loop tasks switched by IRQ 0, for
+instruction-count interrupts: checked against QEMU for its structure, and under vmm, which
+places no interrupts in such loops yet, for its start only.
 
 Every test runs once per usable backend (conftest.BACKEND_MODULES: the vmm_backend fixture sets
 $VMM_BACKEND, which every vmm run here follows unless it names --backend)."""
 
 from __future__ import annotations
 
+import itertools
 import re
 
 import pytest
@@ -344,3 +347,93 @@ def test_the_irq_kernels_show_what_qemu_shows(tmp_path, kernel, qemu_kernel, bac
         assert mine.screen_rows[0] == ref.screen_rows[0]
         assert mine.screen_rows[1] == RTC_LINE
         assert len(mine.screen_rows) == len(ref.screen_rows) == 2
+
+
+# ---- preempt: two busy-loop tasks switched by IRQ 0 (for instruction-count interrupts) ---------
+
+PREEMPT = IRQ + "preempt.bin"
+PREEMPT_TICKS, PREEMPT_SHIFT = 20, 12          # preempt.s's defaults: TICKS, SHIFT
+PREEMPT_LINE = re.compile(r"([AB]) (\d+)")
+PREEMPT_SUMMARY = re.compile(r"ticks (\d+), A=(\d+) B=(\d+)")
+
+
+def preempt_task_lines(lines: list[str]) -> dict[str, list[int]]:
+    """Each task's progress numbers in order, after checking every line is `A n` or `B n`."""
+    progress: dict[str, list[int]] = {"A": [], "B": []}
+    for line in lines:
+        m = PREEMPT_LINE.fullmatch(line)
+        assert m, f"not a task line: {line!r}"
+        progress[m.group(1)].append(int(m.group(2)))
+    return progress
+
+
+def once_not_per_backend(vmm_backend):
+    """For the tests that run no vmm, in this module of tests run once per backend."""
+    if vmm_backend not in (None, BACKENDS[0]):
+        pytest.skip("runs no vmm: once, not once per vmm backend")
+
+
+def test_preempt_has_no_io_reads_and_halts_only_at_the_end(vmm_backend):
+    """The tasks' premise: nothing but the timer can take the CPU from them. No IN anywhere
+    (COM1 is written blind), no RDTSC, no software interrupt, and HLT only after the exit."""
+    import shutil
+    import subprocess
+    once_not_per_backend(vmm_backend)
+    if shutil.which("objdump") is None:
+        pytest.skip("objdump is not installed (binutils)")
+    image = str(GUESTS / "irq" / "preempt.img")
+    symbols = {fields[2]: int(fields[0], 16) for fields in (
+               line.split() for line in subprocess.run(["nm", image], capture_output=True,
+                                                       text=True, check=True).stdout.splitlines())
+               if len(fields) == 3}
+    # the code: from the start to the strings after it (objdump would decode them too)
+    out = subprocess.run(["objdump", "-d", "-m", "i8086", f"--stop-address={symbols['msg_ticks']}",
+                          image], capture_output=True, text=True, check=True).stdout
+    mnemonics = [fields[2].split()[0] for fields in (line.split("\t") for line in
+                 out.splitlines()) if len(fields) >= 3 and fields[2].strip()]
+    assert len(mnemonics) > 100, out
+    assert not {"in", "insb", "insw", "rdtsc", "int", "int3"} & set(mnemonics), out
+    assert mnemonics.count("hlt") == 1 and mnemonics[-2:] == ["hlt", "jmp"], mnemonics[-4:]
+
+
+def test_preempt_under_qemu_switches_between_both_busy_tasks(tmp_path, vmm_backend):
+    """QEMU as the reference for preempt-mb.bin's structure (not its exact interleaving, which
+    depends on where each tick lands): the tasks' lines come in alternating runs, one per time
+    slice, each task counting 1, 2, 3, ... across its runs, then the summary and "done"."""
+    from qemu_reference import qemu_unusable, run_qemu
+    why = qemu_unusable()
+    if why:
+        pytest.skip(why)
+    once_not_per_backend(vmm_backend)
+    # icount: the PIT's 1 ms is 1M instructions (about 80 lines a task), and both boots of the
+    # reference print the same
+    ref = run_qemu(GUESTS / "irq" / "preempt-mb.bin", timeout=60,
+                   extra_args=("-icount", "shift=0,sleep=off"))
+    assert ref.exit_status == EXIT_OK, ref
+    lines = ref.serial_lines
+    assert len(lines) > 2 and lines[-1] == "done", lines[-5:]
+    summary = PREEMPT_SUMMARY.fullmatch(lines[-2])
+    assert summary and int(summary.group(1)) == PREEMPT_TICKS, lines[-2]
+    progress = preempt_task_lines(lines[:-2])
+    for task, count in (("A", int(summary.group(2))), ("B", int(summary.group(3)))):
+        numbers = progress[task]
+        assert numbers == list(range(1, len(numbers) + 1)), (task, numbers)
+        # the summary's iterations: at or just past the last line's multiple of 2^SHIFT
+        assert len(numbers) <= count >> PREEMPT_SHIFT <= len(numbers) + 1, (task, count)
+    runs = [(task, len(list(group))) for task, group in itertools.groupby(
+            line[0] for line in lines[:-2])]
+    # A from the start, then B at the first tick, ...: every slice of 1M instructions prints
+    assert [task for task, _ in runs] == ["A", "B"] * (PREEMPT_TICKS // 2), runs
+    assert all(n > 1 for _, n in runs), runs
+
+
+def test_preempt_starts_task_a_under_vmm(vmm, vmm_backend):
+    """Under vmm today the tasks' loops have no point vmm can inject at (no I/O read, no HLT,
+    never the same state twice; docs/devices.md), so A runs alone until a budget or the
+    timeout. Only the start is checked: A's first lines, every line a task's."""
+    r = vmm("run", PREEMPT, "--board", "pc", "--clock", "virtual", "--screen", "none",
+            "--max-output", "200", "--timeout", "60s", timeout=120)
+    assert r.returncode == 30 and "--max-output" in r.stderr, r        # the output budget
+    assert r.stdout.startswith("A 1\nA 2\nA 3\n"), r
+    complete = r.stdout.split("\n")[:-1]                # the budget may cut the last line
+    assert preempt_task_lines(complete)["A"][:3] == [1, 2, 3]
