@@ -19,8 +19,9 @@
 #           prints the line typed so far on the console (0x42) and starts a
 #           new one; other bytes are appended (LINE_CAP, the rest dropped);
 #           EOI, iret.
-#   Exceptions: prints "echo-p3-pm: exception N" (N the vector, decimal) and
-#           halts with interrupts off.  Built with --defsym TRAP=1 (as
+#   Exceptions: clears the frame the CPU pushed (its EFLAGS image can hold
+#           undefined status flags), prints "echo-p3-pm: exception N" (N the
+#           vector, decimal) and halts with interrupts off.  Built with --defsym TRAP=1 (as
 #           echo-p3-pm-trap.bin) it executes ud2 after the banner, to show it.
 # After TICKS (50) ticks, 5 s, it prints "ticks 50, keys K" and halts with
 # interrupts off (`cli; hlt`: vmm's end reason "halt", status 0).
@@ -173,18 +174,19 @@ put_dec:
         loop    2b
         ret
 
+# The handlers leave DS alone: it is the flat data segment (0x10) everywhere
+# after the switch.  (Saving it would take a 32-bit push of a segment
+# register, which writes 16 or 32 bits as the CPU chooses: this host's CPU and
+# the emulator would leave different stacks.)
+
 # IRQ 0: the timer fired
 irq0:
         push    %eax
-        push    %ds
-        mov     $DATA_SEL, %ax
-        mov     %ax, %ds
         mov     $TIMER_ENABLE, %al      # ack: bit 1 clear, still enabled
         out     %al, $TIMER_CTRL
         incl    ticks
         mov     $EOI, %al
         out     %al, $PIC1
-        pop     %ds
         pop     %eax
         iret
 
@@ -194,9 +196,6 @@ irq1:
         push    %ebx
         push    %ecx
         push    %esi
-        push    %ds
-        mov     $DATA_SEL, %ax
-        mov     %ax, %ds
         cld
         mov     $KBD_ACK, %al           # ack first (lowers IRQ 1) ...
         out     %al, $KBD_STATUS
@@ -224,7 +223,6 @@ irq1:
         movl    $0, line_len
 9:      mov     $EOI, %al
         out     %al, $PIC1
-        pop     %ds
         pop     %esi
         pop     %ecx
         pop     %ebx
@@ -249,9 +247,19 @@ exception:
         cli
         mov     $DATA_SEL, %ax
         mov     %ax, %ds
+        mov     %ax, %es
         cld
+        pop     %ebx                    # the vector
+        # The frame left on the stack (EIP, CS, EFLAGS, an error code first where there is one)
+        # holds the interrupted code's status flags, some of which can be undefined (AF after
+        # a shift: this host's CPU and the emulator differ; RF at a fault): cleared, so that
+        # memory does not depend on the backend (the register digests leave them out too).
+        mov     %esp, %edi
+        xor     %eax, %eax
+        mov     $4, %ecx
+        rep stosl
         SAY     CONSOLE, "echo-p3-pm: exception "
-        pop     %eax
+        mov     %ebx, %eax
         call    put_dec
         mov     $ASCII_LF, %al
         out     %al, $CONSOLE
