@@ -1,11 +1,11 @@
 """The interrupt-driven kernels of guests/irq/ (issue 15): tick-real.bin (real mode, IVT),
 tick-pm.elf (protected mode, IDT; the emulator only on this host) and spin-wait.bin on the pc
 board, and echo-p3.bin on the p3 board (its optional PIC: the timer on IRQ 0, the keyboard on
-IRQ 1). Each runs under the virtual clock with scripted keys, records and replays exactly
-(across backends where the host allows), and the pc ones show the same as under QEMU. Goldens:
+IRQ 1) and echo-p3-pm.bin, the same in protected mode (IDT; the emulator only on this host).
+Each runs under the virtual clock with scripted keys, records and replays exactly (across
+backends where the host allows), and the pc ones show the same as under QEMU. Goldens:
 traces/test_irq_kernels/. And preempt.bin, two busy-loop tasks switched by IRQ 0, for
-instruction-count interrupts: checked against QEMU for its structure, and under vmm, which
-places no interrupts in such loops yet, for its start only.
+instruction-count interrupts (tests/test_icount.py): checked against QEMU for its structure.
 
 Every test runs once per usable backend (conftest.BACKEND_MODULES: the vmm_backend fixture sets
 $VMM_BACKEND, which every vmm run here follows unless it names --backend)."""
@@ -282,6 +282,107 @@ def test_random_key_timings_into_echo_p3_record_and_replay_identically(vmm, tmp_
         assert rep.returncode == 0 and rep.stdout == r.stdout, (replay_on, rep)
         assert f"{len(irqs)} interrupts" in rep.stderr, rep
 
+
+
+# ---- echo-p3-pm: echo-p3 in protected mode, an IDT; the emulator only on this host ------------
+
+ECHO_P3_PM, ECHO_P3_PM_TRAP = IRQ + "echo-p3-pm.bin", IRQ + "echo-p3-pm-trap.bin"
+PM_EMU_ONLY = "protected-mode IRET fails on this host's KVM (PVM): the emulator only"
+P3_TRAP = [P3_READY, "echo-p3-pm: exception 6"]     # ud2: #UD, vector 6
+
+
+def same_run(trace) -> list[dict]:
+    """A trace's records without its header and without what its end owes to the code (the
+    halt's rip, the registers, memory): what two guests that behave alike record the same."""
+    records = records_without_info(trace)[1:]
+    end = {k: v for k, v in records[-1].items() if k not in ("message", "regs", "mem")}
+    return records[:-1] + [end]
+
+
+def test_echo_p3_pm_echoes_keys_from_irq_1_and_counts_ticks_from_irq_0(vm, golden, vmm_backend):
+    if vmm_backend != "emu":
+        pytest.skip(PM_EMU_ONLY)
+    s = vm(ECHO_P3_PM)
+    s.expect_exact(P3_READY, timeout=1)
+    s.sendline("hello")
+    s.expect_exact("hello", timeout=1)
+    s.sendline("p3 irq")
+    s.expect_exact("p3 irq", timeout=1)
+    s.expect_exact("ticks 50", timeout=10)
+    s.wait(1)
+    assert s.reason == "halt" and s.exit_code == 0, s
+    assert s.lines == p3_lines("hello", "p3 irq")
+    assert s == golden
+
+
+def test_echo_p3_pm_records_what_echo_p3_records_and_replays_on_the_emulator(vmm, tmp_path,
+                                                                              vmm_backend):
+    if vmm_backend != "emu":
+        pytest.skip(PM_EMU_ONLY)
+    keys = script(tmp_path, 'send "hello\\n"\nexpect "hello"\nwait 1s\nsend "p3 irq\\n"\n'
+                            'wait 6s\n')
+    real, trace = tmp_path / "p3.trace", tmp_path / "pm.trace"
+    assert vmm("record", ECHO_P3, "--backend", "emu", "--script", keys, "-o", real) \
+        .returncode == 0
+    r = vmm("record", ECHO_P3_PM, "--backend", "emu", "--script", keys, "-o", trace)
+    assert r.returncode == 0 and r.lines == p3_lines("hello", "p3 irq"), r
+    records = records_without_info(trace)
+    assert records[0]["machine"]["board"] == "p3" and records[-1]["reason"] == "halt"
+    irqs = interrupts(trace)
+    assert irqs.count((0x20, "hlt")) == P3_TICKS and irqs.count((0x21, "hlt")) == 13
+    assert len(irqs) == P3_TICKS + 13
+    # the same keys, firings and interrupts at the same points and guest times, the same output:
+    # only the code differs
+    assert same_run(trace) == same_run(real)
+    rep = vmm("replay", trace, "--backend", "emu")
+    assert rep.returncode == 0 and "identical" in rep.stderr, rep
+    assert rep.lines == r.lines and f"{len(irqs)} interrupts" in rep.stderr, rep
+    if kvm_usable():
+        # this host's KVM (PVM) cannot execute IRET in protected mode: a replay there says so,
+        # at the first handler's iretd
+        rep = vmm("replay", trace, "--backend", "kvm")
+        assert rep.returncode == 48 and "cannot run" in rep.stderr, rep
+        assert "iretd" in rep.stderr and "--backend emu" in rep.stderr, rep
+
+
+def test_echo_p3_pm_on_this_kvm_host_ends_naming_iret(vmm, tmp_path, vmm_backend):
+    if vmm_backend != "kvm":
+        pytest.skip("about KVM")
+    trace = tmp_path / "pm.trace"
+    r = vmm("record", ECHO_P3_PM, "--backend", "kvm", "--clock", "virtual", "-o", trace)
+    if r.returncode == 0:
+        pytest.skip("this KVM executes IRET in protected mode: echo-p3-pm runs here")
+    assert r.returncode == 32 and "iretd" in r.stderr and "--backend emu" in r.stderr, r
+    # the banner, then the first tick's interrupt (100 ms): its handler's IRET is where KVM
+    # stopped, and the trace ends there
+    assert r.lines == [P3_READY], r
+    assert interrupts(trace) == [(0x20, "hlt")]
+    assert records_without_info(trace)[-1]["reason"] == "kvm-error"
+
+
+def test_echo_p3_pm_trap_halts_in_its_exception_stub_on_every_backend(vmm, tmp_path,
+                                                                       vmm_backend):
+    """No IRET: the exception stub prints the vector and halts, on KVM too."""
+    trace = tmp_path / "trap.trace"
+    r = vmm("record", ECHO_P3_PM_TRAP, "--clock", "virtual", "-o", trace)
+    assert r.returncode == 0 and r.lines == P3_TRAP, r
+    records = records_without_info(trace)
+    assert records[-1]["reason"] == "halt" and not interrupts(trace)
+    for replay_on in BACKENDS:
+        rep = vmm("replay", trace, "--backend", replay_on)
+        assert rep.returncode == 0 and "identical" in rep.stderr, (replay_on, rep)
+        assert rep.lines == P3_TRAP, rep
+
+
+def test_echo_p3_pm_trap_gives_the_same_records_on_either_backend(vmm, tmp_path):
+    traces = []
+    for backend in BACKENDS:
+        trace = tmp_path / f"{backend}.trace"
+        r = vmm("record", ECHO_P3_PM_TRAP, "--backend", backend, "--clock", "virtual",
+                "-o", trace)
+        assert r.returncode == 0 and r.lines == P3_TRAP, (backend, r)
+        traces.append(records_without_info(trace))
+    assert all(other == traces[0] for other in traces[1:])
 
 # ---- Hypothesis: random key timings ------------------------------------------------------------
 
