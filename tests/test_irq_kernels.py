@@ -528,8 +528,58 @@ def test_preempt_under_qemu_switches_between_both_busy_tasks(tmp_path, vmm_backe
     assert all(n > 1 for _, n in runs), runs
 
 
+PREEMPT_ICOUNT = 10          # ns per instruction: a 1 ms tick is 100k instructions, ~8 lines
+
+
+def preempt_structure(lines: list[str], ticks: int = PREEMPT_TICKS) -> list[tuple[str, int]]:
+    """Check preempt's output as the QEMU reference test does; returns the runs of lines."""
+    assert len(lines) > 2 and lines[-1] == "done", lines[-5:]
+    summary = PREEMPT_SUMMARY.fullmatch(lines[-2])
+    assert summary and int(summary.group(1)) == ticks, lines[-2]
+    progress = preempt_task_lines(lines[:-2])
+    for task, count in (("A", int(summary.group(2))), ("B", int(summary.group(3)))):
+        numbers = progress[task]
+        assert numbers == list(range(1, len(numbers) + 1)), (task, numbers)
+        assert len(numbers) <= count >> PREEMPT_SHIFT <= len(numbers) + 1, (task, count)
+    runs = [(task, len(list(group))) for task, group in itertools.groupby(
+            line[0] for line in lines[:-2])]
+    assert [task for task, _ in runs] == ["A", "B"] * (ticks // 2), runs
+    return runs
+
+
+def test_preempt_under_icount_is_sliced_at_every_tick_and_replays_exactly(vmm, tmp_path,
+                                                                          vmm_backend):
+    """The emulator's instruction-count mode: the timer preempts each task's loop at the
+    instruction count where its deadline falls, so both tasks run in alternating slices, as
+    under QEMU's -icount, and the recording replays exactly (docs/emulator.md)."""
+    once_not_per_backend(vmm_backend)
+    trace = tmp_path / "preempt.trace"
+    r = vmm("record", PREEMPT, "--board", "pc", "--icount", str(PREEMPT_ICOUNT), "--screen",
+            "none", "--backend", "emu", "-o", trace, timeout=120)
+    assert r.returncode == EXIT_OK, r
+    runs = preempt_structure(r.lines)
+    assert all(n >= 6 for _, n in runs), runs        # 100k instructions: about 8 lines each
+    assert interrupts(trace) == [(0x20, "icount")] * PREEMPT_TICKS
+    rep = vmm("replay", trace, "--backend", "emu", timeout=120)
+    assert rep.returncode == 0 and "replay identical" in rep.stderr, rep
+    again = tmp_path / "again.trace"
+    assert vmm("record", PREEMPT, "--board", "pc", "--icount", str(PREEMPT_ICOUNT), "--screen",
+               "none", "--backend", "emu", "-o", again, timeout=120).returncode == EXIT_OK
+    assert records_without_info(trace) == records_without_info(again)
+
+
+def test_preempt_under_icount_matches_its_golden(vm, golden, vmm_backend):
+    once_not_per_backend(vmm_backend)
+    s = vm(PREEMPT, board="pc", icount=PREEMPT_ICOUNT, backend="emu")
+    s.expect_exact("done", timeout=1)
+    s.wait(1)
+    assert s.reason == "exit-device" and s.exit_code == EXIT_OK, s
+    preempt_structure(s.lines)
+    assert s == golden
+
+
 def test_preempt_starts_task_a_under_vmm(vmm, vmm_backend):
-    """Under vmm today the tasks' loops have no point vmm can inject at (no I/O read, no HLT,
+    """Without --icount the tasks' loops have no point vmm can inject at (no I/O read, no HLT,
     never the same state twice; docs/devices.md), so A runs alone until a budget or the
     timeout. Only the start is checked: A's first lines, every line a task's."""
     r = vmm("run", PREEMPT, "--board", "pc", "--clock", "virtual", "--screen", "none",
