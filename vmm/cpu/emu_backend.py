@@ -313,6 +313,8 @@ class EmuBackend(CpuBackend):
         self._insn_limit = None
         self._deadline = NO_DEADLINE  # icount mode: stop at the block where the count is this
         self._watch_window = False   # icount mode: stop at the block where IF lets one in
+        self._bound = -1             # the counting hook's fast path: a block that brings the
+                                     # count to at most this needs no other look (_rebound)
         self._insn_hook = None       # (handle, callback) of the counting block hook
         self._block_insns: dict[tuple[int, int], int] = {}   # (linear pc, bytes) -> instructions
         self._decoders: dict = {}    # capstone mode -> decoder
@@ -341,7 +343,18 @@ class EmuBackend(CpuBackend):
         self._raw.uc_context_restore(self._uch_p, self._ctx.context)
 
     def _emu_stop(self) -> None:
+        self._bound = -1                     # the counting hook looks at why, from now on
         self._raw.uc_emu_stop(self._uch_p)
+
+    def _rebound(self) -> None:
+        """The counting hook's fast path bound: the budget or the deadline, whichever comes
+        first; -1 (every block takes the slow path) while a stop, a kick or the window is in
+        the air."""
+        if self._kicked or self._stop is not None or self._watch_window \
+                or self._insn_limit is None:
+            self._bound = -1
+        else:
+            self._bound = min(self._insn_limit, self._deadline)
 
     # --- hooks -----------------------------------------------------------------------------------
     def _install_hooks(self) -> None:
@@ -651,6 +664,7 @@ class EmuBackend(CpuBackend):
         # a guest that never calls a hook is stopped by the slicer thread within SLICE_S, and
         # the handler runs then.
         self._kicked = True
+        self._bound = -1
         if self._emulating and self._insn_limit is None:
             # (While counting instructions, the counting hook stops at the next block's start
             # instead: a stop from inside another hook would leave a counted block half run.)
@@ -666,6 +680,8 @@ class EmuBackend(CpuBackend):
                 self._between_runs()
             self._stop = None
             self._hook_error = None
+            if self._insn_hook is not None:
+                self._rebound()
             self._emulating = True
             self._activity += 1
             try:
@@ -997,6 +1013,7 @@ class EmuBackend(CpuBackend):
         run starts (flushing translated code mid-block is unsafe)."""
         import unicorn
         self._insn_limit = int(limit)
+        self._rebound()
         if self._insn_hook is not None:
             return
         ref = weakref.ref(self)
@@ -1006,11 +1023,16 @@ class EmuBackend(CpuBackend):
             me = ref()
             if me is None:
                 return
-            me._activity += 1                  # a counted guest is never stopped by the slicer
+            n = counts.get((address, size))
+            if n is not None:                  # the fast path: nothing to look at (_rebound)
+                c = me.instructions + n
+                if c <= me._bound:
+                    me.instructions = c
+                    return
+            # (the slicer never stops a counted guest: it needs no _activity from here)
             if me._kicked or me._stop is not None:
                 me._emu_stop()                 # a host stop between blocks: none is half run
                 return
-            n = counts.get((address, size))
             if n is None:
                 try:
                     n = counts[(address, size)] = me._count_block(address, size)
@@ -1043,9 +1065,11 @@ class EmuBackend(CpuBackend):
 
     def set_instruction_deadline(self, count: int | None) -> None:
         self._deadline = NO_DEADLINE if count is None else int(count)
+        self._rebound()
 
     def watch_interrupt_window(self, on: bool) -> None:
         self._watch_window = bool(on)
+        self._rebound()
 
     def _window_open(self) -> bool:
         """At a block's start: interrupts enabled and no STI / MOV SS shadow (the instruction
