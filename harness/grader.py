@@ -418,7 +418,8 @@ def run_scenario(guest: str, rubric: Rubric, scenario: Scenario, trace: Path,
             clock="virtual", max_time_ns=scenario.max_time_ns, timeout_ns=scenario.wall_time_ns,
             max_output=scenario.max_output, cpuid=rubric.cpuid, trace_path=str(trace),
             offline=True, max_observations=scenario.max_observations,
-            max_exits=scenario.max_exits, max_instructions=instruction_budget(scenario)))
+            max_exits=scenario.max_exits, max_instructions=instruction_budget(scenario),
+            icount_ns=rubric.icount_ns))
     except VmmError as e:                         # the guest cannot even be booted
         return _zero(scenario, f"cannot run the guest: {e}", "not-run", None, started)
     end = result.end
@@ -429,10 +430,11 @@ def run_scenario(guest: str, rubric: Rubric, scenario: Scenario, trace: Path,
                                   str(trace), end.screen))
                 for check in scenario.checks]
     failed_gates = [check for check, passed, _ in outcomes if check.gate and not passed]
-    checks, lost = [], []
+    checks, lost, score = [], [], 0.0
     for check, passed, detail in outcomes:
         worth = scenario.points * check.weight / total_weight
         earned = worth if passed and not failed_gates else 0
+        score += earned            # summed unrounded: three checks of 10/3 make 10, not 9.99
         checks.append(CheckResult(check.describe(), passed, round(earned, 2), round(worth, 2),
                                   detail))
         if not passed:
@@ -444,7 +446,7 @@ def run_scenario(guest: str, rubric: Rubric, scenario: Scenario, trace: Path,
     if end.reason in ABNORMAL:
         reason = _in_rubric_terms(end.message) + (f" -- {reason}" if reason else "")
     return ScenarioResult(
-        name=scenario.name, score=round(min(scenario.points, sum(c.score for c in checks)), 2),
+        name=scenario.name, score=round(min(scenario.points, score), 2),
         max_score=scenario.points, visibility=scenario.visibility, reason=reason,
         end_reason=end.reason, exit_code=end.exit_code, checks=checks,
         output=output[:4000], trace=None, execution_time=round(time.monotonic() - started, 3),
@@ -725,6 +727,11 @@ def grade(sources: list[str], rubric_path: str, out: str, jobs: int = 1,
     is for trusted code only. `overrides`: boot settings per submission name."""
     from .reports import build_report, write_reports
     rubric = load_rubric(rubric_path)
+    if rubric.icount_ns is not None:
+        from vmm.runner import resolve_backend
+        if resolve_backend(None) == "kvm":      # every scenario would fail alike: say it once
+            raise UsageError("the rubric's boot.icount needs the emulator, which counts "
+                             "instructions (KVM cannot): grade with --backend emu or auto")
     if jobs < 1:
         raise UsageError(f"-j must be at least 1, not {jobs}")
     missing = [s for s in sources if not os.path.lexists(s)]

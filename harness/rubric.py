@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from vmm.boot import MODES, BootOptions
 from vmm.errors import EXIT_CODES, UsageError
 from vmm.script import parse_script
-from vmm.units import parse_count, parse_duration, parse_size
+from vmm.units import MAX_ICOUNT_NS, parse_count, parse_duration, parse_size
 
 from .sandbox import BuildLimits
 
@@ -110,6 +110,7 @@ class Rubric:
     build: Build
     scenarios: list[Scenario]
     per_submission: list[str] = field(default_factory=list)   # boot settings a vmm.toml may set
+    icount_ns: int | None = None   # [boot] icount: the emulator's instruction-count mode
 
     @property
     def max_score(self) -> float:
@@ -199,7 +200,7 @@ def _build(data: dict, path: str, digest: str) -> Rubric:
     title = _get(data, "title", "rubric", str)
     boot_t = _get(data, "boot", "rubric", dict, {})
     _known(boot_t, "boot", ("board", "mode", "load", "entry", "mem", "stack", "cpuid",
-                            "per_submission"))
+                            "per_submission", "icount"))
     per_submission = _get(boot_t, "per_submission", "boot", list, [])
     bad = [k for k in per_submission if k not in SETTINGS]
     if bad or not all(isinstance(k, str) for k in per_submission):
@@ -217,6 +218,10 @@ def _build(data: dict, path: str, digest: str) -> Rubric:
                        mem=None if mem is None else _size(mem, "boot.mem"),
                        stack=_get(boot_t, "stack", "boot", int, None),
                        board=_board(_get(boot_t, "board", "boot", str, None), "boot.board"))
+    icount = _get(boot_t, "icount", "boot", int, None)
+    if icount is not None and not 1 <= icount <= MAX_ICOUNT_NS:
+        raise _Bad(f"boot.icount: expected guest nanoseconds per instruction, 1 to "
+                   f"{MAX_ICOUNT_NS}, got {icount}")
     cpuid = _get(boot_t, "cpuid", "boot", str, "portable")
     if cpuid not in ("portable", "host"):
         raise _Bad(f"boot.cpuid: expected portable or host, got {cpuid!r}")
@@ -246,7 +251,7 @@ def _build(data: dict, path: str, digest: str) -> Rubric:
             raise _Bad(f"scenario[{index}]: the name {scenarios[-1].name!r} is used twice")
         names.add(scenarios[-1].name)
     return Rubric(title=title, path=path, sha256=digest, boot=boot, cpuid=cpuid, build=build,
-                  scenarios=scenarios, per_submission=list(per_submission))
+                  scenarios=scenarios, per_submission=list(per_submission), icount_ns=icount)
 
 
 def _positive_size(table: dict, key: str, where: str, default: int) -> int:
@@ -371,9 +376,10 @@ def _check(table, where: str) -> Check:
                         from None
     if kind == "end_reason":
         value = [value] if isinstance(value, str) else value
-        if not isinstance(value, list) or not value or not all(v in EXIT_CODES for v in value):
+        reasons = {*EXIT_CODES, "exit-device"}   # (its status is the guest's: exit_code)
+        if not isinstance(value, list) or not value or not all(v in reasons for v in value):
             raise _Bad(f"{where}.end_reason: expected one or more of "
-                       f"{', '.join(sorted(EXIT_CODES))}")
+                       f"{', '.join(sorted(reasons))}")
     if kind == "exit_code" and (not isinstance(value, int) or isinstance(value, bool)):
         raise _Bad(f"{where}.exit_code: expected a whole number")
     if kind == "echo_per_tick" and (not isinstance(value, str) or not value or

@@ -188,3 +188,54 @@ def test_instruction_points_need_version_5_and_a_sane_rate(vmm, tmp_path):
         _rewrite(trace, fast, lambda h, rs: h["machine"].update(icount_ns=rate))
         r = vmm("replay", fast)
         assert r.returncode == TRACE and "icount_ns" in r.stderr, (rate, r)
+
+
+# ---- grading a preemptive kernel: [boot] icount ---------------------------------------------
+
+PREEMPT_RUBRIC = '''title = "preemptive tasks"
+[boot]
+board = "pc"
+mode = "real"
+load = 0x1000
+icount = 10
+[limits]
+max_time = "1s"
+max_instructions = "10M"
+[[scenario]]
+name = "both tasks run"
+points = 10
+script = \'\'\'
+expect "done" within 1s
+\'\'\'
+  [[scenario.check]]
+  regex_lines = ["B 1"]
+  [[scenario.check]]
+  end_reason = "exit-device"
+  [[scenario.check]]
+  exit_code = 33
+'''
+
+
+def test_a_rubric_with_icount_grades_a_preemptive_kernel_the_same_every_time(tmp_path, vmm):
+    """Both tasks of preempt.bin print only if the timer preempts A's loop: under the rubric's
+    icount that happens at the same instructions on every run, so the grade and its trace are
+    the same every time, and the student's trace replays exactly."""
+    from harness.grader import grade
+    (tmp_path / "r.toml").write_text(PREEMPT_RUBRIC)
+    reports = [grade([IRQ + "preempt.bin"], str(tmp_path / "r.toml"), str(tmp_path / f"out{i}"))
+               for i in (1, 2)]
+    subs = [report["submissions"][0] for report in reports]
+    assert [s["score"] for s in subs] == [10, 10], subs
+    traces = sorted((tmp_path / "out1").rglob("*.trace"))
+    assert traces, list((tmp_path / "out1").rglob("*"))
+    twin = tmp_path / "out2" / traces[0].relative_to(tmp_path / "out1")
+    assert records_without_info(traces[0]) == records_without_info(twin)
+    rep = vmm("replay", traces[0])
+    assert rep.returncode == 0 and "replay identical" in rep.stderr, rep
+
+
+def test_a_rubric_icount_out_of_range_is_refused(tmp_path):
+    from harness.rubric import load_rubric
+    (tmp_path / "r.toml").write_text(PREEMPT_RUBRIC.replace("icount = 10", "icount = 0"))
+    with pytest.raises(UsageError, match="boot.icount"):
+        load_rubric(str(tmp_path / "r.toml"))

@@ -9,7 +9,7 @@ import sys
 
 from . import __version__
 from .errors import EXIT_CODES, Terminated, UsageError, VmmError
-from .units import parse_address, parse_count, parse_duration, parse_size
+from .units import MAX_ICOUNT_NS, parse_address, parse_count, parse_duration, parse_size
 
 
 EPILOG_EXIT_CODES = """\
@@ -47,7 +47,6 @@ def _argument(parse):
 
 _duration, _size, _address, _budget = (_argument(p) for p in (parse_duration, parse_size,
                                                              parse_address, parse_count))
-MAX_ICOUNT_NS = 1_000_000       # vmm.trace's bound on machine.icount_ns
 
 
 def _icount(text: str) -> int:

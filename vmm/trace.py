@@ -24,6 +24,7 @@ import zlib
 from dataclasses import dataclass, field
 
 from .errors import TraceError
+from .units import MAX_ICOUNT_NS            # guest time per instruction in icount mode
 
 FORMAT = "vmm-trace"
 VERSION = 5                  # 2: fetch records (web data) added; 3: register digests narrowed;
@@ -50,7 +51,6 @@ MAX_LOAD_MAP = 256               # guest segments and boot structures
 MAX_DEVICES = 256                # port-bus entries
 MAX_SCRIPT_STEPS = 100_000       # script steps; `step` records are at most one per step
 MAX_INT = (1 << 63) - 1          # every stamp, time and count
-MAX_ICOUNT_NS = 1_000_000        # guest time per instruction in instruction-count mode
 _READ_CHUNK = 64 * KiB           # compressed bytes read at a time
 _INFLATE_CHUNK = 1 * MiB         # decompressed bytes produced at a time
 

@@ -63,3 +63,6 @@ def parse_address(text: str) -> int:
     if value < 0:
         raise UsageError(f"bad address {text!r}: must not be negative")
     return value
+
+
+MAX_ICOUNT_NS = 1_000_000   # --icount: guest ns per instruction, at most (machine.icount_ns)
