@@ -740,11 +740,12 @@ class Machine:
             stamp = "idle"
 
     def _halted(self) -> None:
-        cpu = self.backend.cpu_state()
-        vector = boot.stub_vector(cpu.linear_rip, self.image.stub_base)
-        if vector is None and self._controller_active() and cpu.regs["rflags"] & RFLAGS_IF:
+        linear_rip, rflags = self.backend.halt_view()      # (an idle kernel's every tick)
+        vector = boot.stub_vector(linear_rip, self.image.stub_base)
+        if vector is None and self._controller_active() and rflags & RFLAGS_IF:
             self._wait_for_interrupt()
             return
+        cpu = self.backend.cpu_state()
         if vector is None:
             raise StopRun("halt", f"guest halted at rip={cpu.rip:#x}")
         real = self.image.entry.mode == "real"

@@ -1365,6 +1365,12 @@ class EmuBackend(CpuBackend):
                                     len(self._state_names))
         return dict(zip(self._state_names, self._state_vals))
 
+    def halt_view(self) -> tuple[int, int]:
+        x86 = self._x86
+        cs_base = _SEG.unpack_from(self._save(), self._layout.segs + 24 * CS)[1]
+        return ((cs_base + self._rd(x86.UC_X86_REG_RIP)) & 0xFFFFFFFFFFFFFFFF,
+                self._rd(x86.UC_X86_REG_RFLAGS))
+
     def cpu_state(self) -> CpuState:
         values = self._state()
         buf = self._save()

@@ -363,6 +363,12 @@ class KvmBackend(CpuBackend):
         from ..trace import memory_digest
         return memory_digest(self.memory, _resident_pages(self._ram))
 
+    def halt_view(self) -> tuple[int, int]:
+        if not self._synced:
+            return super().halt_view()
+        regs, sregs = self._vcpu.synced_state()
+        return (sregs.cs.base + regs.rip) & 0xFFFFFFFFFFFFFFFF, regs.rflags
+
     def cpu_state(self) -> CpuState:
         if self._synced:
             regs, sregs = self._vcpu.synced_state()
