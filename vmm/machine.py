@@ -147,7 +147,11 @@ class Machine:
                           if self.interrupts is not None and self.board.controller_on_init
                           else None)
         self._edge_sources = [(line, d) for line, d in irq_sources if hasattr(d, "take_edges")]
-        self._level_sources = [(line, d) for line, d in irq_sources if hasattr(d, "irq_pending")]
+        # each level source: its line, its level, and the poll by which it takes input by
+        # itself at an interrupt point (a byte arriving), if it has one
+        self._level_sources = [(line, d.irq_pending, getattr(d, "poll_line", None)
+                                or getattr(d, "poll_rx", None) or getattr(d, "poll", None))
+                               for line, d in irq_sources if hasattr(d, "irq_pending")]
         self.interrupts_injected = 0
         inputs.stop_check = self._check_stop
         self._line_devices = [d if isinstance(d, LineOutput) else d.tx
@@ -679,15 +683,14 @@ class Machine:
             if inputs.irq_edges(line, device, stamp):
                 pic.pulse(line)
         inputs.point = stamp
-        for line, device in self._level_sources:
-            poll = (getattr(device, "poll_line", None) or getattr(device, "poll_rx", None)
-                    or getattr(device, "poll", None))
+        set_irq = pic.set_irq
+        for line, level, poll in self._level_sources:
             if poll is not None:
                 # first the level the access left (the read of 0x60 that took a byte lowers
                 # IRQ 1), then the byte that arrives raises it again unasked: an edge per byte
-                pic.set_irq(line, device.irq_pending())
+                set_irq(line, level())
                 poll()
-            pic.set_irq(line, device.irq_pending())
+            set_irq(line, level())
         inputs.point = None
         if not pic.has_interrupt() or not backend.interrupt_ready():
             if self._watch_window:
