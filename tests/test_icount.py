@@ -239,3 +239,20 @@ def test_a_rubric_icount_out_of_range_is_refused(tmp_path):
     (tmp_path / "r.toml").write_text(PREEMPT_RUBRIC.replace("icount = 10", "icount = 0"))
     with pytest.raises(UsageError, match="boot.icount"):
         load_rubric(str(tmp_path / "r.toml"))
+
+
+def test_a_host_stop_while_the_guest_computes_ends_at_an_instruction_point(vmm, tmp_path):
+    """--timeout (like a signal) ends an icount run at the next translated block's start: the
+    end record has the count and the final registers and memory, and a replay ends at the same
+    instruction in the same state (without icount such an end is where the host happened to
+    look, and its final state is not compared)."""
+    trace = tmp_path / "stopped.trace"
+    r = vmm("record", IRQ + "preempt.bin", "--board", "pc", "--icount", "1", "--timeout",
+            "1s", "--screen", "none", "-o", trace)
+    assert r.returncode == EXIT_CODES["timeout"], r
+    end = read_trace(str(trace)).end
+    assert end["reason"] == "timeout" and end["at_read"] is False
+    assert end["icount"] > 0 and end["regs"] is not None and end["mem"] is not None
+    rep = vmm("replay", trace)
+    assert rep.returncode == 0 and "replay identical" in rep.stderr, rep
+    assert "not compared" not in rep.stderr

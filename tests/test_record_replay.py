@@ -18,6 +18,7 @@ from conftest import ROOT, current_backend, records_without_info, vmm_command
 from vmm.boot import BootOptions
 from vmm.runner import LiveRun, live_run, replay_trace
 from vmm.script import parse_script
+from vmm.trace import VERSION
 from vmm.trace import read_trace
 
 pytestmark = pytest.mark.kvm
@@ -255,8 +256,8 @@ def _rewrite(path, edit) -> None:
 @pytest.mark.parametrize("edit, message", [
     (lambda ls: ls[:3] + ["{not json"] + ls[3:], "line 4 is not valid JSON"),
     (lambda ls: ls[1:], "is not a vmm trace"),
-    (lambda ls: [ls[0].replace('"version":4', '"version":99')] + ls[1:],
-     "version 99; this vmm reads versions 1, 2, 3 and 4 only (upgrade vmm)"),
+    (lambda ls: [ls[0].replace(f'"version":{VERSION}', '"version":99')] + ls[1:],
+     "version 99; this vmm reads versions 1, 2, 3, 4 and 5 only (upgrade vmm)"),
     (lambda ls: [ls[0].replace('"sha256":"', '"sha256":"00')] + ls[1:],
      "does not match its recorded size and sha256"),
     (lambda ls: ls[:2] + ['{"type":"key","n":"x"}'] + ls[2:], "lacks a valid 'n'"),

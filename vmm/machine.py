@@ -655,8 +655,15 @@ class Machine:
     def _stopping(self) -> None:
         """A stop was requested from outside (timeout, signal). Let the guest run on to its next
         read, so the run ends at a point a replay can reach exactly; a guest that does not read
-        within STOP_GRACE_S is stopped where it is."""
+        within STOP_GRACE_S is stopped where it is. In instruction-count mode it ends at the
+        next instruction point instead (the next translated block's start, if no read comes
+        first), which a replay finds again by its count: its final state is compared too."""
         now = time.monotonic()
+        if self.icount:
+            if self._stopping_since is None:
+                self._stopping_since = now
+            self.backend.set_instruction_deadline(self.backend.instructions)
+            return
         if self._stopping_since is None:
             self._stopping_since = now
         elif now - self._stopping_since >= STOP_GRACE_S:
@@ -713,6 +720,9 @@ class Machine:
         point, stamped with the instruction count ("icount"), that a replay finds again at
         the same count."""
         count = self.backend.instructions
+        if self._stopping_since is not None:          # a host-side stop (_stopping)
+            self._stop.icount = count
+            raise self._stop
         try:
             self.inputs.icount_point(count)
         except StopRun as stop:
@@ -727,7 +737,9 @@ class Machine:
     def _arm_deadline(self) -> None:
         """Instruction-count mode: the backend's next stop, at the next instruction point."""
         self.inputs.reschedule = False
-        self.backend.set_instruction_deadline(self.inputs.next_icount(self.backend.instructions))
+        count = self.backend.instructions
+        self.backend.set_instruction_deadline(count if self._stopping_since is not None
+                                              else self.inputs.next_icount(count))
 
     def _wait_for_interrupt(self, point: str = "hlt") -> None:
         """HLT with interrupts enabled, on a board with an interrupt controller, or an idle

@@ -297,11 +297,17 @@ class TraceRecorder(Observer):
 HOST_REASONS = frozenset({"timeout", "interrupted", "terminated", "quit", "spin"})
 
 
+def ended_by_chance(reason: str, at_read: bool, icount: int | None) -> bool:
+    """An end found at a host-timed moment between reads (HOST_REASONS), which a replay cannot
+    find again exactly; not one at an instruction point (icount mode), found by its count."""
+    return reason in HOST_REASONS and not at_read and icount is None
+
+
 def end_record(end, machine, output_digest: str, info: dict) -> dict:
     # A host-side stop that could not wait for a read (a guest computing without I/O) leaves
     # the guest wherever it happened to be: its registers and memory then say nothing
     # reproducible, and are left out, so that the trace stays deterministic.
-    by_chance = end.reason in HOST_REASONS and not end.at_read
+    by_chance = ended_by_chance(end.reason, end.at_read, end.icount)
     return {"type": "end", "n": end.observation, "at": machine.inputs.now(),
             "at_read": end.at_read, "reason": end.reason, "exit_code": end.exit_code,
             "message": end.message,

@@ -21,9 +21,14 @@ from .boot import BootOptions, build_boot_image, detect_protocol
 from .errors import EXIT_CODES, GuestImageError, TraceError, UsageError
 from .machine import Observer
 from .outcome import RunEnd, StopRun
-from .record import HOST_REASONS, OutputDigest
+from .record import OutputDigest, ended_by_chance
 from .script import validate_steps
 from .trace import CHECKPOINT, INPUT, IRQ, OUTPUT, SCREEN, ReplayStream, Trace, TraceFile
+
+
+def _by_chance(end: dict) -> bool:
+    """A recorded end found at a host-timed moment (record.ended_by_chance)."""
+    return ended_by_chance(end.get("reason"), bool(end.get("at_read")), end.get("icount"))
 
 
 def screen_difference(want: dict, n: int, got: list) -> str:
@@ -77,8 +82,7 @@ class ReplayVerifier(Observer):
         end = trace.end or {}
         # A recording stopped by the host between reads left a screen sampled at a moment the
         # replay cannot find again: its last sample is not compared.
-        self._unverified_screen_n = (end.get("n") if end.get("reason") in HOST_REASONS
-                                     and not end.get("at_read") else None)
+        self._unverified_screen_n = (end.get("n") if _by_chance(end) else None)
 
         # A recording the host stopped while the guest computed (--timeout, a signal) ends at
         # observation `n` with the lines then unfinished flushed as partial ones: the replay
@@ -86,8 +90,7 @@ class ReplayVerifier(Observer):
         end = trace.end
         self.host_stop = (StopRun(end["reason"], end.get("message") or end["reason"],
                                   exit_code=end["exit_code"])
-                          if end is not None and end["reason"] in HOST_REASONS
-                          and not end.get("at_read") else None)
+                          if end is not None and _by_chance(end) else None)
         self.stop_n = end["n"] if self.host_stop is not None else None
         self.stopped = False
         # The recording ended where its backend could not execute the guest (a KVM internal
@@ -290,7 +293,7 @@ def replay_inputs_for(trace: Trace | TraceFile, stream: ReplayStream | None = No
         stop = StopRun(end["reason"], end.get("message") or end["reason"],
                        exit_code=end["exit_code"])
         return ReplayInput(events, end["n"], stop)
-    if end is not None and end["reason"] in HOST_REASONS:
+    if end is not None and _by_chance(end):
         # Stopped by the host between reads: the next read is past the recording.
         stop = StopRun(end["reason"], end.get("message") or end["reason"],
                        exit_code=end["exit_code"])
@@ -364,7 +367,7 @@ def exact_verdict(trace: Trace, verifier: ReplayVerifier, end: RunEnd, machine) 
     if missing is not None:
         problems.append(f"the replay ended before printing {_fmt(missing['dev'], missing['text'])!r} "
                         f"(observation {missing['n']})")
-    host_end_outside_read = recorded["reason"] in HOST_REASONS and not recorded.get("at_read")
+    host_end_outside_read = _by_chance(recorded)
     if host_end_outside_read:
         if end.reason != "timeout" and end.reason != recorded["reason"]:
             problems.append(f"the recording ended by {recorded['reason']}, the replay by "
