@@ -15,7 +15,10 @@ recording of an interrupt-driven kernel replays.
       nothing; its sample is the host CPU time (user + system, from wait4) of the run minus the
       baseline's, per interrupt. QEMU's boot under -accel kvm takes seconds on the nested bench
       machine, in both runs.
-    The rows compare vmm KVM with QEMU KVM and vmm's emulator with QEMU's TCG (ratio).
+    - vmm emu-icount: the emulator with `--icount 1` (1 ns per instruction, interrupts also at
+      instruction counts), the mode that matches QEMU's -icount shift=0.
+    The rows compare vmm KVM with QEMU KVM and vmm's emulator (either way) with QEMU's TCG
+    (ratio).
 (b) Exact replay of 60 s of guest time: tick60-real.bin (tick-real at 100 Hz, 6000 ticks)
     recorded once under the virtual clock, then `vmm replay` timed on KVM and on the emulator;
     the figure is 60 s / replay wall time, the target at least 100x real time.
@@ -81,8 +84,12 @@ def _run_cpu(argv: list[str]) -> tuple[float, float]:
 
 
 def vmm_argv(kernel: str, backend: str) -> list[str]:
+    """`backend` "emu-icount": the emulator in instruction-count mode at 1 ns per
+    instruction, as QEMU's -icount shift=0."""
+    mode = ["--backend", "emu", "--icount", "1"] if backend == "emu-icount" else [
+        "--backend", backend]
     return [sys.executable, "-m", "vmm", "run", str(IRQ / kernel), "--board", "pc",
-            "--clock", "virtual", "--backend", backend, "--max-time", "60s"]
+            "--clock", "virtual", *mode, "--max-time", "60s"]
 
 
 def qemu_argv(kernel: str, accel: str) -> list[str]:
@@ -111,7 +118,8 @@ def _probe(fn) -> str | None:
 def cost_rows(runs: int) -> list[Row]:
     have_qemu = shutil.which(QEMU) is not None
     pairs = [("kvm", "kvm", "qemu-system-i386 -accel kvm (host CPU time per interrupt)"),
-             ("emu", "tcg", "qemu-system-i386 TCG -icount shift=0,sleep=off (wall time)")]
+             ("emu", "tcg", "qemu-system-i386 TCG -icount shift=0,sleep=off (wall time)"),
+             ("emu-icount", "tcg", "qemu-system-i386 TCG -icount shift=0,sleep=off (wall time)")]
     rows = []
     for backend, accel, qemu_name in pairs:
         v_tick, v_idle = vmm_argv("tick1k-real.bin", backend), vmm_argv("idle-real.bin", backend)

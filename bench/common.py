@@ -37,7 +37,10 @@ def summary(samples: list[float]) -> dict:
 class Row:
     """One line of the table. `compare` says how vmm is held against the baseline: "ratio"
     (vmm / baseline), "difference" (vmm - baseline), or "value" (no baseline: vmm's median
-    itself). `target` is (operator, number) on that figure."""
+    itself). `target` is (operator, number) on that figure. With `paired`, the samples of vmm
+    and the baseline were taken in pairs, one right after the other: the figure is then the
+    median of the pairs' ratios (or differences), which a machine whose speed drifts from one
+    moment to the next blurs far less than a ratio of two medians."""
     id: str
     group: str
     name: str
@@ -49,6 +52,7 @@ class Row:
     target: tuple[str, float] | None = None
     note: str = ""
     extra: dict = field(default_factory=dict)
+    paired: bool = False
 
     @property
     def figure(self) -> float | None:
@@ -58,6 +62,10 @@ class Row:
             return self.vmm["median"]
         if self.baseline is None:
             return None
+        if self.paired and len(self.vmm["samples"]) == len(self.baseline["samples"]):
+            pairs = zip(self.vmm["samples"], self.baseline["samples"])
+            return statistics.median(v - b if self.compare == "difference" else v / b
+                                     for v, b in pairs)
         v, b = self.vmm["median"], self.baseline["median"]
         return v - b if self.compare == "difference" else v / b
 
@@ -84,14 +92,15 @@ class Row:
         return cls(id=d["id"], group=d["group"], name=d["name"], unit=d["unit"], vmm=d["vmm"],
                    baseline=d["baseline"], baseline_name=d["baseline_name"] or "",
                    compare=d["compare"], target=tuple(d["target"]) if d["target"] else None,
-                   note=d["note"], extra=d.get("extra", {}))
+                   note=d["note"], extra=d.get("extra", {}), paired=bool(d.get("paired")))
 
     def to_json(self) -> dict:
         return {"id": self.id, "group": self.group, "name": self.name, "unit": self.unit,
                 "vmm": self.vmm, "baseline_name": self.baseline_name or None,
                 "baseline": self.baseline, "compare": self.compare, "figure": self.figure,
                 "target": list(self.target) if self.target else None, "met": self.met,
-                "note": self.note, **({"extra": self.extra} if self.extra else {})}
+                "note": self.note, **({"extra": self.extra} if self.extra else {}),
+                **({"paired": True} if self.paired else {})}
 
 
 def _fmt_figure(value: float, compare: str, unit: str) -> str:

@@ -25,7 +25,10 @@ from vmm.trace import read_trace
 pytestmark = [pytest.mark.kvm, pytest.mark.skipif(
     not (kvm_usable() and emu_usable()), reason="compares KVM with the emulator: needs both")]
 
-GOLDENS = sorted((ROOT / "traces").rglob("*.trace"))
+# Every golden but those recorded in the emulator's instruction-count mode (machine.icount_ns:
+# interrupts at instruction counts, which KVM cannot place; tests/test_icount.py has them).
+GOLDENS = sorted(p for p in (ROOT / "traces").rglob("*.trace")
+                 if "icount_ns" not in read_trace(str(p)).header["machine"])
 # Goldens whose sessions leave CPUID feature bits in registers (the monitor's CPU information).
 CPUID_GOLDENS = {"test_monitor_menu_entry-1-Stepping_d"}
 
@@ -91,6 +94,9 @@ def test_golden_sessions_record_identically_and_replay_on_the_other_backend(tmp_
     for backend in ("kvm", "emu"):
         path = tmp_path / f"{backend}.trace"
         trace, result = record_session_of(golden, backend, path)
+        if backend == "kvm" and result.end.reason == "kvm-error":
+            # a guest this host's KVM cannot execute (IRET in protected mode here: PVM)
+            pytest.skip(f"this host's KVM cannot run the golden's guest: {result.end.message}")
         assert [(r["dev"], r["text"]) for r in trace.outputs()] == \
             [(d, t) for d, t, _ in result.output.lines], f"{backend}: not the golden's session"
         assert read_trace(str(path)).header["info"]["backend"] == backend
@@ -114,8 +120,13 @@ def test_golden_sessions_record_identically_and_replay_on_the_other_backend(tmp_
 
 @pytest.mark.parametrize("golden", GOLDENS, ids=lambda p: p.stem)
 def test_golden_traces_replay_exactly_on_both_backends(golden):
-    """The committed golden traces themselves (recorded on KVM) replay exactly on either."""
+    """The committed golden traces themselves replay exactly on either (a golden of a guest
+    this host's KVM cannot execute gets the verdict "cannot run" there: exit status 48)."""
+    rep = replay_trace(str(golden), backend="emu")
+    emu_ok = rep.exit_code == 0
     rep = replay_trace(str(golden), backend="kvm")
+    if rep.exit_code == 48 and emu_ok:
+        pytest.skip(f"this host's KVM cannot run the golden's guest: {rep.report[0]}")
     assert rep.exit_code == 0, rep.report
     rep = replay_trace(str(golden), backend="emu")
     if cpuid_registers_differ(golden):

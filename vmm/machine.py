@@ -491,10 +491,19 @@ class Machine:
 
     # --- a guest that spins forever -----------------------------------------------------------
     def _spin_tick(self) -> None:
-        """At a host-side return: if the guest made no exit since the previous one, sample its
-        state; the same state twice, with no exit, no output and no interrupt that could come
-        in between, is a loop that can never end (the machine is deterministic and nothing
-        outside reached it). The run ends at once (reason "spin") instead of at --timeout."""
+        """At a host-side return (a watchdog tick) with no exit of the guest's since the
+        previous one: find out whether the guest is in a loop without I/O that comes round
+        exactly (_comes_round), in one of two ways:
+        - quickly, by single-stepping it round at once (at most SPIN_VERIFY_STEPS
+          instructions, SPIN_TRIES times after an exit; after an idle spin, SPIN_CYCLE_MAX,
+          at every SPIN_HOT_TICK, as the guest most likely waits in the same loop again);
+        - for longer loops, by two samples of its state (registers, output, memory) at least
+          SPIN_CPU_S of its CPU time apart, then stepping it round.
+        Such a loop with interrupts on is an idle spin, an interrupt point (_idle_spin);
+        with nothing that can interrupt it, a loop that can never end (the machine is
+        deterministic and nothing outside reached it): the run ends at once (reason "spin")
+        instead of at --timeout. Not in instruction-count mode, where time passes with the
+        loop's instructions and its deadline interrupts it."""
         self.ticks += 1
         if self.icount:
             return      # time passes with instructions: a loop is interrupted at its deadline
