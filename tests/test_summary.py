@@ -7,7 +7,7 @@ import json
 import pytest
 
 from vmm.summary import format_summary, summarize
-from vmm.trace import Trace, TraceWriter, make_header, read_trace
+from vmm.trace import VERSION, Trace, TraceWriter, make_header, read_trace
 
 GUEST = b"\xfa\xf4" * 50
 MACHINE = {"kind": "raw", "mode": "real", "mem": 1 << 20,
@@ -65,7 +65,7 @@ def test_counts():
 def test_header_fields():
     s = summarize(complete())
     assert s["path"] == "echo.trace"
-    assert s["format"] == "vmm-trace v4"
+    assert s["format"] == f"vmm-trace v{VERSION}"
     assert s["recorded_by"] == "vmm 0.1.0"
     assert s["guest"] == {"name": "echo.bin", "size": 100, "sha256": header()["guest"]["sha256"]}
     assert s["clock"] == "virtual"
@@ -145,7 +145,7 @@ def test_summary_is_json_serializable():
 def test_format_header_lines():
     text = format_summary(summarize(complete()))
     lines = text.splitlines()
-    assert lines[0] == "trace     echo.trace (vmm-trace v4, vmm 0.1.0)"
+    assert lines[0] == f"trace     echo.trace (vmm-trace v{VERSION}, vmm 0.1.0)"
     assert lines[1].startswith("guest     echo.bin  100 bytes  sha256 ")
     assert lines[2] == ("machine   p3 board, raw guest, real mode, 1024 KiB RAM, 2 devices, "
                         "3 CPUID leaves")

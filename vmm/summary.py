@@ -30,6 +30,16 @@ def _describe(record: dict) -> str:
         return f"fetch {record['dev']}: {record['text']}"
     if kind == "screen":
         return "screen " + ", ".join(f"row {row}: {text!r}" for row, text, _ in record["rows"])
+    point = f" ({record['point']})" if isinstance(record.get("point"), str) else ""
+    if kind == "irq":
+        return f"interrupt vector {record['vector']:#x}{point}"
+    if kind == "edge":
+        return f"IRQ {record['line']} edge" + (f" x{record['count']}" if record["count"] != 1
+                                               else "") + point
+    if kind == "icount":
+        return f"instruction point at instruction {record['count']}"
+    if kind == "time":
+        return "device time shown"
     return kind
 
 
@@ -80,11 +90,14 @@ def summarize(trace: Trace | TraceFile, limit: int = 40, *, with_timeline: bool 
                     "cpuid_leaves": len(machine.get("cpuid") or []) if isinstance(
                         machine.get("cpuid"), list) else 0},
         "clock": h["clock"],
+        "icount_ns": machine.get("icount_ns"),
         "script_steps": len(h["script"]) if isinstance(h.get("script"), list) else None,
         "counts": {"keys": counts.get("key", 0), "timer_firings": counts.get("timer", 0),
                    "output_lines": counts.get("out", 0), "checkpoints": counts.get("cp", 0),
                    "script_steps_done": counts.get("step", 0), "fetches": counts.get("fetch", 0),
-                   "screen_changes": counts.get("screen", 0)},
+                   "screen_changes": counts.get("screen", 0),
+                   "interrupts": counts.get("irq", 0),
+                   "instruction_points": counts.get("icount", 0)},
         "screen": (replay_rows(r for r in trace.iter_records() if r["type"] == "screen")
                    if machine.get("board") == "pc" or counts.get("screen") else None),
         "truncated": trace.truncated,
@@ -150,14 +163,19 @@ def format_summary(s: dict) -> str:
         f"guest     {g['name']}  {g['size']} bytes  sha256 {g['sha256'][:16]}...",
         f"machine   {m['board']} board, {m['kind']} guest, {m['mode']} mode, {_kib(m['mem'])} RAM, "
         f"{len(m['devices'] or [])} devices, {m['cpuid_leaves']} CPUID leaves",
-        f"clock     {s['clock']}" + (f", script of {s['script_steps']} steps"
-                                     if s["script_steps"] is not None else ""),
+        f"clock     {s['clock']}"
+        + (f", instruction count: {s['icount_ns']} ns per instruction (--icount)"
+           if s.get("icount_ns") else "")
+        + (f", script of {s['script_steps']} steps" if s["script_steps"] is not None else ""),
         f"recorded  {s['info'].get('created', '?')} on {s['info'].get('host', '?')} "
         f"({s['info'].get('backend', '?')})",
         f"counts    {c['keys']} keys, {c['timer_firings']} timer firings, "
         f"{c['output_lines']} output lines, {c['checkpoints']} checkpoints"
         + (f", {c['fetches']} web fetches" if c["fetches"] else "")
-        + (f", {c['screen_changes']} screen changes" if c.get("screen_changes") else ""),
+        + (f", {c['screen_changes']} screen changes" if c.get("screen_changes") else "")
+        + (f", {c['interrupts']} interrupts" if c.get("interrupts") else "")
+        + (f", {c['instruction_points']} instruction points"
+           if c.get("instruction_points") else ""),
     ]
     feeds = m.get("feeds")
     if feeds is not None:
