@@ -256,3 +256,14 @@ def test_a_host_stop_while_the_guest_computes_ends_at_an_instruction_point(vmm, 
     rep = vmm("replay", trace)
     assert rep.returncode == 0 and "replay identical" in rep.stderr, rep
     assert "not compared" not in rep.stderr
+
+
+def test_inspect_names_the_mode_and_its_points(vmm, tmp_path):
+    trace = tmp_path / "spin.trace"
+    assert record_spin(vmm, trace, "--max-time", "25ms").returncode == EXIT_CODES["max-time"]
+    r = vmm("inspect", trace, "--limit", "0")
+    assert r.returncode == 0, r
+    assert f"instruction count: {NS} ns per instruction (--icount)" in r.stdout
+    assert "2 interrupts, 2 instruction points" in r.stdout
+    assert "instruction point at instruction" in r.stdout and "interrupt vector 0x20 (icount)" \
+        in r.stdout

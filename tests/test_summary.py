@@ -59,7 +59,8 @@ def whats(summary: dict) -> list[str]:
 def test_counts():
     assert summarize(complete())["counts"] == {
         "keys": 2, "timer_firings": 2, "output_lines": 2, "checkpoints": 1,
-        "script_steps_done": 1, "fetches": 0, "screen_changes": 0}
+        "script_steps_done": 1, "fetches": 0, "screen_changes": 0, "interrupts": 0,
+        "instruction_points": 0}
 
 
 def test_header_fields():
