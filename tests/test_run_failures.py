@@ -49,6 +49,7 @@ def test_a_busy_loop_with_interrupts_on_says_why_no_interrupt_came(vmm, guests, 
     r = vmm("run", guest, "--board", "pc", "--timeout", "500ms", "--screen", "none")
     assert r.returncode == 28, r
     assert "computing with interrupts on" in r.stderr and "a hlt in the loop" in r.stderr
+    assert "--backend emu --icount" in r.stderr          # names the mode that can place one
 
 
 def test_triple_fault(vmm, guests):

@@ -352,7 +352,9 @@ class Machine:
             message += ("; the guest was computing with interrupts on, without I/O, in a loop "
                         "that never comes round to the same state: vmm has no point there to "
                         "inject an interrupt at that a replay finds again (a hlt in the loop "
-                        "waits for it; docs/devices.md, Interrupts)")
+                        "waits for it; or run on the emulator in instruction-count mode, "
+                        "--backend emu --icount 100, which places it at an instruction count; "
+                        "docs/devices.md, Interrupts)")
         return RunEnd(stop.reason, message, stop.exit_code, cpu, self.stats(),
                       observation=self.inputs.obs, at_read=at_read,
                       icount=getattr(stop, "icount", None),
