@@ -497,6 +497,28 @@ def test_preempt_has_no_io_reads_and_halts_only_at_the_end(vmm_backend):
     assert mnemonics.count("hlt") == 1 and mnemonics[-2:] == ["hlt", "jmp"], mnemonics[-4:]
 
 
+PREEMPT_ICOUNT = 10          # ns per instruction: a 1 ms tick is 100k instructions, ~8 lines
+
+
+def preempt_structure(lines: list[str], ticks: int = PREEMPT_TICKS) -> list[tuple[str, int]]:
+    """Check preempt's output: every line a task's `A n` or `B n`, each task counting 1, 2,
+    3, ... across its slices, the summary's iterations at or just past its last line's
+    multiple of 2^SHIFT, the slices alternating A, B, ... once per tick, and "done" last;
+    returns the runs of lines (task, count)."""
+    assert len(lines) > 2 and lines[-1] == "done", lines[-5:]
+    summary = PREEMPT_SUMMARY.fullmatch(lines[-2])
+    assert summary and int(summary.group(1)) == ticks, lines[-2]
+    progress = preempt_task_lines(lines[:-2])
+    for task, count in (("A", int(summary.group(2))), ("B", int(summary.group(3)))):
+        numbers = progress[task]
+        assert numbers == list(range(1, len(numbers) + 1)), (task, numbers)
+        assert len(numbers) <= count >> PREEMPT_SHIFT <= len(numbers) + 1, (task, count)
+    runs = [(task, len(list(group))) for task, group in itertools.groupby(
+            line[0] for line in lines[:-2])]
+    assert [task for task, _ in runs] == ["A", "B"] * (ticks // 2), runs
+    return runs
+
+
 def test_preempt_under_qemu_switches_between_both_busy_tasks(tmp_path, vmm_backend):
     """QEMU as the reference for preempt-mb.bin's structure (not its exact interleaving, which
     depends on where each tick lands): the tasks' lines come in alternating runs, one per time
@@ -511,40 +533,9 @@ def test_preempt_under_qemu_switches_between_both_busy_tasks(tmp_path, vmm_backe
     ref = run_qemu(GUESTS / "irq" / "preempt-mb.bin", timeout=60,
                    extra_args=("-icount", "shift=0,sleep=off"))
     assert ref.exit_status == EXIT_OK, ref
-    lines = ref.serial_lines
-    assert len(lines) > 2 and lines[-1] == "done", lines[-5:]
-    summary = PREEMPT_SUMMARY.fullmatch(lines[-2])
-    assert summary and int(summary.group(1)) == PREEMPT_TICKS, lines[-2]
-    progress = preempt_task_lines(lines[:-2])
-    for task, count in (("A", int(summary.group(2))), ("B", int(summary.group(3)))):
-        numbers = progress[task]
-        assert numbers == list(range(1, len(numbers) + 1)), (task, numbers)
-        # the summary's iterations: at or just past the last line's multiple of 2^SHIFT
-        assert len(numbers) <= count >> PREEMPT_SHIFT <= len(numbers) + 1, (task, count)
-    runs = [(task, len(list(group))) for task, group in itertools.groupby(
-            line[0] for line in lines[:-2])]
+    runs = preempt_structure(ref.serial_lines)
     # A from the start, then B at the first tick, ...: every slice of 1M instructions prints
-    assert [task for task, _ in runs] == ["A", "B"] * (PREEMPT_TICKS // 2), runs
     assert all(n > 1 for _, n in runs), runs
-
-
-PREEMPT_ICOUNT = 10          # ns per instruction: a 1 ms tick is 100k instructions, ~8 lines
-
-
-def preempt_structure(lines: list[str], ticks: int = PREEMPT_TICKS) -> list[tuple[str, int]]:
-    """Check preempt's output as the QEMU reference test does; returns the runs of lines."""
-    assert len(lines) > 2 and lines[-1] == "done", lines[-5:]
-    summary = PREEMPT_SUMMARY.fullmatch(lines[-2])
-    assert summary and int(summary.group(1)) == ticks, lines[-2]
-    progress = preempt_task_lines(lines[:-2])
-    for task, count in (("A", int(summary.group(2))), ("B", int(summary.group(3)))):
-        numbers = progress[task]
-        assert numbers == list(range(1, len(numbers) + 1)), (task, numbers)
-        assert len(numbers) <= count >> PREEMPT_SHIFT <= len(numbers) + 1, (task, count)
-    runs = [(task, len(list(group))) for task, group in itertools.groupby(
-            line[0] for line in lines[:-2])]
-    assert [task for task, _ in runs] == ["A", "B"] * (ticks // 2), runs
-    return runs
 
 
 def test_preempt_under_icount_is_sliced_at_every_tick_and_replays_exactly(vmm, tmp_path,
