@@ -131,6 +131,26 @@ def test_guests_interrupted_at_reads_and_halts_record_the_same_with_icount(vmm, 
     assert rep.returncode == 0 and "replay identical" in rep.stderr, rep
 
 
+def test_a_guest_that_reads_and_prints_between_points_replays_exactly(vmm, tmp_path):
+    """echo-p3-poll.bin reads a port, prints and computes between its ticks, so its trace has
+    output records between a read and the instruction point after it; a replay's look ahead,
+    bounded at the next read, must not take them for the end of its inputs (found in review:
+    the replay ran past the first point)."""
+    trace = tmp_path / "poll.trace"
+    r = vmm("record", IRQ + "echo-p3-poll.bin", "--icount", "1000", "-o", trace)
+    assert r.returncode == 0 and r.lines[0] == "echo-p3: ready", r
+    assert r.lines[-1] == "ticks 5, keys 0" and r.lines.count("x") > 10, r.lines[-3:]
+    assert {p for _, p in irqs(trace)} <= {"icount", "in"} and len(irqs(trace)) == 5
+    assert icount_records(trace)
+    rep = vmm("replay", trace)
+    assert rep.returncode == 0 and "replay identical" in rep.stderr, rep
+
+
+def irqs(trace) -> list[tuple[int, str]]:
+    return [(r["vector"], r["point"]) for r in read_trace(str(trace)).records
+            if r["type"] == "irq"]
+
+
 def test_a_session_in_icount_mode_drives_a_computing_guest_in_guest_time():
     from harness.session import GuestSession
     s = GuestSession(SPIN, board="pc", icount=NS)

@@ -555,17 +555,20 @@ class ReplayInput(InputSource):
         return e["count"]
 
     final_stop: StopRun | None = None     # how the recording ended (replay_inputs_for)
-    end_icount: int | None = None         # ... at this instruction point (icount mode)
+    end_icount: int | None = None         # ... at this instruction point (icount mode),
+    end_n: int | None = None              # ... after this observation
     replaying = True
 
     def next_icount(self, count: int) -> int | None:
-        """The count of the next `icount` record, the recording's next instruction point (the
-        records are in the order they were made: an instruction point after the next record's
-        would come after it); or the point the recording ended at."""
+        """The count of the recording's next instruction point before the next read: the next
+        input record stamped with this observation, if it is an `icount` one (records are in
+        the order they were made: a point after that record would come after it); or the
+        point the recording ended at, after this observation. None: none before the next read
+        (which looks again: observe() asks for it)."""
         e = self._next_input()
         if e is not None:
-            return e["count"] if e["type"] == "icount" else None
-        return self.end_icount
+            return e["count"] if e["type"] == "icount" and e["n"] == self.obs else None
+        return self.end_icount if self.end_n == self.obs else None
 
     def icount_point(self, count: int) -> None:
         e = self._next_input()
@@ -579,7 +582,7 @@ class ReplayInput(InputSource):
             self._now = e["at"]
             self.reschedule = True
             return
-        if e is None and count == self.end_icount:
+        if e is None and count == self.end_icount and self.end_n == self.obs:
             self.stop_check()
             raise self.final_stop or StopRun("diverged", "the recording ended here")
         raise StopRun("diverged", f"the replay reached instruction {count} after observation "
@@ -598,6 +601,7 @@ class ReplayInput(InputSource):
 
     def observe(self) -> None:
         self.obs += 1
+        self.reschedule = True             # icount mode: the next point may be after this read
         queue = self._queue
         if queue:
             e = queue[0]

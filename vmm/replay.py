@@ -304,6 +304,7 @@ def replay_inputs_for(trace: Trace | TraceFile, stream: ReplayStream | None = No
         inputs.final_stop = StopRun(end["reason"], end.get("message") or end["reason"],
                                     exit_code=end["exit_code"])
         inputs.end_icount = end.get("icount")     # ... or at this instruction point
+        inputs.end_n = end["n"]
     elif trace.truncated:
         inputs.final_stop = StopRun("truncated-end", "replayed the truncated trace's prefix")
     return inputs

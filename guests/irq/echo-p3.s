@@ -17,6 +17,10 @@
 # After TICKS (50) ticks, 5 s, it prints "ticks 50, keys K" and halts with
 # interrupts off (`cli; hlt`: vmm's end reason "halt", status 0).
 # No BIOS, no RDTSC; nothing below 0x1000 but IVT entries 0x20 and 0x21.
+# With --defsym POLL=1 (echo-p3-poll.bin, 5 ticks) the idle loop does not halt:
+# it reads the PIC's mask register, prints "x" and counts down 10000 loops,
+# over and over, so interrupts come at its reads or in its computing (the
+# emulator's --icount), never at a HLT.
 
         .include "ports.inc"
 
@@ -74,7 +78,17 @@ _start:
         mov     $TIMER_ENABLE, %al
         out     %al, $TIMER_CTRL
         sti
+        .ifdef POLL
+idle:   in      $0x21, %al              # a read: an interrupt point of its own
+        mov     $'x', %al
+        out     %al, $CONSOLE
+        mov     $ASCII_LF, %al
+        out     %al, $CONSOLE
+        mov     $10000, %cx
+1:      loop    1b
+        .else
 idle:   hlt                             # every interrupt comes here
+        .endif
         cmpw    $TICKS, ticks
         jb      idle
         cli
