@@ -287,3 +287,16 @@ def test_inspect_names_the_mode_and_its_points(vmm, tmp_path):
     assert "2 interrupts, 2 instruction points" in r.stdout
     assert "instruction point at instruction" in r.stdout and "interrupt vector 0x20 (icount)" \
         in r.stdout
+
+
+def test_the_debugger_refuses_icount_runs_and_traces_in_one_line(vmm, tmp_path):
+    """gdb's snapshots (reverse execution, --stop-at) do not keep the instruction count yet:
+    refused in one line rather than a replay that diverges at its first point."""
+    trace = tmp_path / "spin.trace"
+    assert record_spin(vmm, trace, "--max-time", "25ms").returncode == EXIT_CODES["max-time"]
+    for flags in (("--stop-at", "3"), ("--gdb", "0")):
+        r = vmm("replay", trace, *flags)
+        assert r.returncode == USAGE and "instruction-count mode" in r.stderr, r
+        assert len(r.stderr.strip().splitlines()) == 1
+    r = vmm("run", SPIN, "--board", "pc", "--icount", "10", "--gdb", "0")
+    assert r.returncode == USAGE and "--icount" in r.stderr, r

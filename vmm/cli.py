@@ -525,6 +525,9 @@ def cmd_run(args) -> int:
         if (args.max_observations, args.max_exits, args.max_instructions) != (None,) * 3:
             raise UsageError("the --max-observations/--max-exits/--max-instructions budgets "
                              "do not apply under --gdb: the debugger decides when to stop")
+        if args.icount is not None:
+            raise UsageError("--gdb does not support instruction-count mode (--icount) yet: "
+                             "its snapshots do not keep the instruction count")
         from .gdb.session import live_spec, serve
         from .inputs import NullFeed
         if terminal:
@@ -589,6 +592,11 @@ def cmd_replay(args) -> int:
             raise UsageError("use either --gdb or --stop-at (in gdb: monitor seek N)")
         from .gdb.session import replay_spec, serve, stop_at
         spec, trace = replay_spec(args.trace, args.backend, _log)
+        if trace.header["machine"].get("icount_ns") is not None:
+            flag = "--gdb" if args.gdb is not None else "--stop-at"
+            raise UsageError(f"{flag} does not support traces recorded in instruction-count "
+                             "mode (--icount) yet: its snapshots do not keep the instruction "
+                             f"count; replay it without {flag}")
         if args.stop_at is not None:
             if args.stop_at < 0:
                 raise UsageError("--stop-at N: N is an observation count, 0 or more")
