@@ -300,3 +300,33 @@ def test_the_debugger_refuses_icount_runs_and_traces_in_one_line(vmm, tmp_path):
         assert len(r.stderr.strip().splitlines()) == 1
     r = vmm("run", SPIN, "--board", "pc", "--icount", "10", "--gdb", "0")
     assert r.returncode == USAGE and "--icount" in r.stderr, r
+
+
+# ---- loops without end, found at instruction counts -------------------------------------------
+
+def test_a_loop_nothing_can_interrupt_ends_as_a_spin_at_an_instruction_point(vmm, guests,
+                                                                            tmp_path):
+    """reset-spin.bin (`jmp .`, interrupts off): under icount the recording looks at the
+    guest's state at instruction counts (not at watchdog ticks), finds it come round, and ends
+    the run there; the replay ends at the same count (found in review: it ran to --max-time)."""
+    path = tmp_path / "spin.trace"
+    r = vmm("record", guests / "reset-spin.bin", "--entry", "reset", "--icount", "10",
+            "--screen", "none", "-o", path)
+    assert r.returncode == EXIT_CODES["spin"] and "spins forever" in r.stderr, r
+    end = read_trace(str(path)).end
+    assert end["reason"] == "spin" and end["icount"] > 0 and end["regs"] is not None
+    rep = vmm("replay", path)
+    assert rep.returncode == 0 and "replay identical" in rep.stderr, rep
+
+
+def test_a_loop_waiting_for_an_interrupt_that_never_comes_ends_idle(vmm, tmp_path):
+    # p3 board: the PIC initialised (nothing unmasked), sti, jmp . : nothing is scheduled
+    guest = tmp_path / "sti-spin.bin"
+    guest.write_bytes(bytes.fromhex("b011e620b020e621b004e621b001e621fbebfe"))
+    trace = tmp_path / "idle.trace"
+    r = vmm("record", guest, "--icount", "10", "-o", trace)
+    end = read_trace(str(trace)).end
+    assert r.returncode == EXIT_CODES["idle"] and end["reason"] == "idle", r
+    assert "nothing more is scheduled" in end["message"] and end["icount"] > 0
+    rep = vmm("replay", trace)
+    assert rep.returncode == 0 and "replay identical" in rep.stderr, rep

@@ -290,6 +290,11 @@ class LiveInput(InputSource):
             return None
         return count + max(1, -(-(t - now) // self._insn_ns))
 
+    def nothing_scheduled(self) -> bool:
+        """No timer deadline or script step to come (only --max-time, if that)."""
+        return self.next_event_after(self.clock._now) is None and (
+            self.script is None or self.script.next_time() is None)
+
     def icount_point(self, count: int) -> None:
         """Recorded as an `icount` record before anything taken there (edges, keys), so that
         a replay stops at the same count and takes them there."""

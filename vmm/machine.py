@@ -52,6 +52,11 @@ SPIN_CYCLE_MAX = 4096         # instructions single-stepped to see an idle spin 
 SPIN_HOT_TICK = 0.002         # the watchdog's tick right after an idle spin, while they go on
 SPIN_VERIFY_STEPS = 64        # a quiet tick first steps this far to see a short loop come round
 SPIN_TRIES = 3                # ... at most this many quiet ticks in a row
+# Instruction-count mode: a recording looks for a loop that can never end at instruction counts
+# this far apart (deterministic points, unlike the watchdog's ticks), keeping this many looks
+SPIN_CHECK_INSNS = 1 << 18
+SPIN_CHECK_HISTORY = 8
+NO_BUDGET = 1 << 62           # counting instructions without a budget (icount mode alone)
 UNKNOWN_PORT_LOG_LIMIT = 10   # --ignore-unknown-ports: log this many, then only count
 STOP_GRACE_S = 0.25           # a host-side stop waits this long for the next read boundary
 NO_CHECKPOINT = -1
@@ -198,11 +203,15 @@ class Machine:
                                  "counter here); use --backend emu"
                                  + ("" if self.icount else ", or --max-exits"))
             backend.set_instruction_limit(config.max_instructions
-                                          if config.max_instructions is not None else 1 << 62)
+                                          if config.max_instructions is not None else NO_BUDGET)
         # Instruction-count mode: time is the instruction count's, interrupts come at
         # instruction points (the start of a translated block) as well; a recording places
         # them, a replay finds them again from its `icount` records (DESIGN §10).
         self._watch_window = False
+        self._window_watched = False              # the backend watches for IF to open
+        self._event_at: int | None = None         # the count of the next scheduled event
+        self._next_check: int | None = None       # the next look for a loop without end
+        self._spin_looks: list[tuple] = []        # the latest looks (SPIN_CHECK_HISTORY)
         if self.icount:
             inputs.use_instructions(lambda: backend.instructions, config.icount_ns)
             self._watch_window = not inputs.replaying
@@ -713,10 +722,10 @@ class Machine:
         if not pic.has_interrupt() or not backend.interrupt_ready():
             if self._watch_window:
                 # instruction-count mode: where the guest enables interrupts, it takes this one
-                backend.watch_interrupt_window(pic.has_interrupt())
+                self._watch(pic.has_interrupt())
             return False
         if self._watch_window:
-            backend.watch_interrupt_window(False)
+            self._watch(False)
         vector = pic.acknowledge()
         backend.inject_interrupt(vector)
         self.interrupts_injected += 1
@@ -734,6 +743,14 @@ class Machine:
         if self._stopping_since is not None:          # a host-side stop (_stopping)
             self._stop.icount = count
             raise self._stop
+        if self._watch_window and not self._window_watched and self._next_check is not None \
+                and count >= self._next_check and (self._event_at is None
+                                                   or count < self._event_at):
+            self._next_check = None                   # a look of the recording's own
+            if not self._look_for_spin(count):
+                self._arm_deadline()
+                return
+            # an idle spin: time moved on to the next event, taken here, as at a HLT
         try:
             self.inputs.icount_point(count)
         except StopRun as stop:
@@ -742,15 +759,66 @@ class Machine:
         if self._controller_active():
             self._service_interrupts("icount")
         elif self._watch_window:
-            self.backend.watch_interrupt_window(False)
+            self._watch(False)
         self._arm_deadline()
 
     def _arm_deadline(self) -> None:
-        """Instruction-count mode: the backend's next stop, at the next instruction point."""
+        """Instruction-count mode: the backend's next stop, at the next instruction point (a
+        recording also stops every SPIN_CHECK_INSNS to look for a loop that can never end)."""
         self.inputs.reschedule = False
         count = self.backend.instructions
-        self.backend.set_instruction_deadline(count if self._stopping_since is not None
-                                              else self.inputs.next_icount(count))
+        if self._stopping_since is not None:
+            self.backend.set_instruction_deadline(count)
+            return
+        deadline = self._event_at = self.inputs.next_icount(count)
+        if self._watch_window:
+            if self._next_check is None or self._next_check <= count:
+                self._next_check = count + SPIN_CHECK_INSNS
+            if deadline is None or self._next_check < deadline:
+                deadline = self._next_check
+        self.backend.set_instruction_deadline(deadline)
+
+    def _watch(self, on: bool) -> None:
+        self._window_watched = on
+        self.backend.watch_interrupt_window(on)
+
+    def _look_for_spin(self, count: int) -> bool:
+        """Instruction-count mode, recording: at instruction counts SPIN_CHECK_INSNS apart, the
+        guest's state; the same state (registers, memory, output) as at an earlier look with
+        no exit in between is a loop that goes round forever (the machine is deterministic).
+        If nothing can interrupt it, the run ends there (reason "spin"); if an interrupt could
+        but none is scheduled, it waits for one that never comes (reason "idle"); otherwise it
+        is an idle point, as a HLT: time moves on to the next deadline, and True says that this
+        is an interrupt point now, where it is taken. These ends are at an instruction point, where a replay ends too (the
+        end record's icount); the time a replay takes from the records."""
+        cpu = self.backend.cpu_state()
+        work = (self.guest_exits(), self.output_bytes, self.coalesced_writes)
+        looks = self._spin_looks
+        if looks and looks[-1][1] != work:
+            looks.clear()                             # the guest did I/O since: no loop
+        key = (cpu.linear_rip, cpu.digest(legacy=True))
+        memory = None               # RAM's digest only where the registers came round
+        seen = [look for look in looks if look[0] == key]
+        if seen:
+            memory = self.backend.memory_digest()
+        if any(look[2] == memory for look in seen):
+            looks.clear()
+            try:
+                if not self._can_be_interrupted(cpu):
+                    raise StopRun("spin", f"the guest spins forever at rip={cpu.rip:#x}: with "
+                                          "no I/O, its registers and memory came round to the "
+                                          "same state, and nothing can interrupt it")
+                if self.inputs.nothing_scheduled():
+                    raise StopRun("idle", "the guest waits for an interrupt in a loop without "
+                                          "I/O, and nothing more is scheduled")
+                self.inputs.idle()          # an idle spin: time moves on to the next event
+            except StopRun as stop:
+                stop.icount = count
+                raise
+            return True
+        looks.append((key, work, memory))
+        del looks[:-SPIN_CHECK_HISTORY]
+        return False
 
     def _wait_for_interrupt(self, point: str = "hlt") -> None:
         """HLT with interrupts enabled, on a board with an interrupt controller, or an idle

@@ -54,7 +54,6 @@ TSC_PER_EVENT = 1000        # RDTSC: this many ticks per guest event (docs/emula
 COALESCE_LIMIT = 4096       # batched output bytes before an OUT exits anyway (as KVM's ring)
 UNICORN_VERSIONS = "unicorn>=2.1.3,<2.2"
 NO_DEADLINE = 1 << 63       # set_instruction_deadline(None): a count never reached
-NO_LIMIT = 1 << 62          # counting instructions without a budget (icount mode alone)
 
 # x86 TB flags (QEMU target/i386/cpu.h HF_*), in CPUX86State.hflags.
 HF_CPL_MASK = 3
@@ -355,6 +354,8 @@ class EmuBackend(CpuBackend):
             self._bound = -1
         else:
             self._bound = min(self._insn_limit, self._deadline)
+            if self._kicked:                 # a kick (a signal handler) came in between
+                self._bound = -1
 
     # --- hooks -----------------------------------------------------------------------------------
     def _install_hooks(self) -> None:
@@ -809,6 +810,7 @@ class EmuBackend(CpuBackend):
         cs_base = self._cs()[0]
         linear = (cs_base + rip) & MASK64
         self._stop = ("mmio-step",)
+        self._bound = -1                     # (the counting hook stops, as for any _stop)
         try:
             if self._lib.uc_hook_add(self._uch, ctypes.byref(handle), unicorn.UC_HOOK_CODE,
                                      ctypes.cast(fptr, ctypes.c_void_p), None,
