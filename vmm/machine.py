@@ -418,8 +418,8 @@ class Machine:
                 else:
                     self._elements += len(data) // exit_.size - 1    # a string OUT's others
                     self._write(device, offset, exit_.size, data)
-                if icount and inputs.reschedule:
-                    self._arm_deadline()         # the guest (re)programmed a timer
+                if icount:
+                    self._after_out(device)
             elif kind is IoIn:
                 self._in_read = True
                 inputs.observe()
@@ -761,6 +761,17 @@ class Machine:
         elif self._watch_window:
             self._watch(False)
         self._arm_deadline()
+
+    def _after_out(self, device) -> None:
+        """Instruction-count mode, after an OUT: a timer the guest (re)programmed moves the
+        next deadline; a write to the interrupt controller (an EOI that lets a waiting request
+        through, an unmask) may leave an interrupt for the guest to take as soon as it can,
+        where the recording then stops (the window), as a CPU would take it."""
+        if self.inputs.reschedule:
+            self._arm_deadline()
+        if self._watch_window and getattr(device, "pair", None) is self.interrupts \
+                and self.interrupts is not None:
+            self._watch(self.interrupts.has_interrupt())
 
     def _arm_deadline(self) -> None:
         """Instruction-count mode: the backend's next stop, at the next instruction point (a
