@@ -381,6 +381,11 @@ def exact_verdict(trace: Trace, verifier: ReplayVerifier, end: RunEnd, machine) 
         elif end.observation != recorded["n"]:
             problems.append(f"the recording ended at observation {recorded['n']}, the replay "
                             f"at {end.observation}")
+        elif recorded.get("icount") is not None and end.icount != recorded["icount"]:
+            where = (f"at instruction {end.icount}" if end.icount is not None
+                     else f"elsewhere ({end.message})")
+            problems.append(f"the recording ended at instruction {recorded['icount']}, the "
+                            f"replay {where}")
         else:
             regs = end.cpu.digest(legacy_digest(trace)) if end.cpu else None
             if recorded.get("regs") is not None and regs != recorded["regs"]:
