@@ -55,9 +55,9 @@ def _icount(text: str) -> int:
     if value.endswith("ns"):
         value = value[:-2]
     if not value.isdigit() or not 1 <= int(value) <= MAX_ICOUNT_NS:
-        raise argparse.ArgumentTypeError(f"bad --icount {text!r}: give the guest nanoseconds "
-                                         f"per instruction, a whole number from 1 to "
-                                         f"{MAX_ICOUNT_NS}, e.g. 10")
+        raise argparse.ArgumentTypeError(f"{text!r} is not guest nanoseconds per instruction: "
+                                         f"give a whole number from 1 to {MAX_ICOUNT_NS}, "
+                                         "e.g. 10")
     return int(value)
 
 
