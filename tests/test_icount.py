@@ -203,6 +203,10 @@ def test_instruction_points_need_version_5_and_a_sane_rate(vmm, tmp_path):
     _rewrite(trace, old, lambda h, rs: h.update(version=4))
     r = vmm("replay", old)
     assert r.returncode == TRACE and "version 5" in r.stderr, r
+    bad_end = tmp_path / "end.trace"
+    _rewrite(trace, bad_end, lambda h, rs: rs[-1].update(icount=True))
+    r = vmm("replay", bad_end)
+    assert r.returncode == TRACE and "'icount'" in r.stderr, r
     for rate in (0, 10 ** 7, "10", True):
         fast = tmp_path / "rate.trace"
         _rewrite(trace, fast, lambda h, rs: h["machine"].update(icount_ns=rate))

@@ -193,8 +193,9 @@ def p3_lines(*typed: str) -> list[str]:
     return [P3_READY, *typed, f"ticks {P3_TICKS}, keys {keys}"]
 
 
-def test_echo_p3_echoes_keys_from_irq_1_and_counts_ticks_from_irq_0(vm, golden, vmm_backend):
-    s = vm(ECHO_P3)
+def type_two_lines(s) -> None:
+    """An echo-p3 kernel's session: two lines typed, each echoed, then its tick count and its
+    halt."""
     s.expect_exact(P3_READY, timeout=1)
     s.sendline("hello")
     s.expect_exact("hello", timeout=1)
@@ -204,6 +205,11 @@ def test_echo_p3_echoes_keys_from_irq_1_and_counts_ticks_from_irq_0(vm, golden, 
     s.wait(1)
     assert s.reason == "halt" and s.exit_code == 0, s
     assert s.lines == p3_lines("hello", "p3 irq")
+
+
+def test_echo_p3_echoes_keys_from_irq_1_and_counts_ticks_from_irq_0(vm, golden, vmm_backend):
+    s = vm(ECHO_P3)
+    type_two_lines(s)
     assert s == golden
 
 
@@ -303,15 +309,7 @@ def test_echo_p3_pm_echoes_keys_from_irq_1_and_counts_ticks_from_irq_0(vm, golde
     if vmm_backend != "emu":
         pytest.skip(PM_EMU_ONLY)
     s = vm(ECHO_P3_PM)
-    s.expect_exact(P3_READY, timeout=1)
-    s.sendline("hello")
-    s.expect_exact("hello", timeout=1)
-    s.sendline("p3 irq")
-    s.expect_exact("p3 irq", timeout=1)
-    s.expect_exact("ticks 50", timeout=10)
-    s.wait(1)
-    assert s.reason == "halt" and s.exit_code == 0, s
-    assert s.lines == p3_lines("hello", "p3 irq")
+    type_two_lines(s)
     assert s == golden
 
 

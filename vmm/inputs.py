@@ -279,7 +279,6 @@ class LiveInput(InputSource):
         self.clock = InstructionClock(counter, ns, self.clock._now)
         self.quantum_ns = 0
         self.__dict__.pop("observe", None)
-        self._insn_ns = ns
 
     def next_icount(self, count: int) -> int | None:
         """The count at which guest time reaches the next scheduled event (a timer deadline, a
@@ -288,7 +287,7 @@ class LiveInput(InputSource):
         t = self._next_horizon(now)
         if t >= 1 << 62:
             return None
-        return count + max(1, -(-(t - now) // self._insn_ns))
+        return count + max(1, -(-(t - now) // self.clock.ns))
 
     def nothing_scheduled(self) -> bool:
         """No timer deadline or script step to come (only --max-time, if that)."""

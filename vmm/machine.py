@@ -207,14 +207,15 @@ class Machine:
         # Instruction-count mode: time is the instruction count's, interrupts come at
         # instruction points (the start of a translated block) as well; a recording places
         # them, a replay finds them again from its `icount` records (DESIGN §10).
-        self._watch_window = False
+        self._placing = False                     # a recording in icount mode: it places the
+                                                  # instruction points (a replay reads them)
         self._window_watched = False              # the backend watches for IF to open
         self._event_at: int | None = None         # the count of the next scheduled event
         self._next_check: int | None = None       # the next look for a loop without end
         self._spin_looks: list[tuple] = []        # the latest looks (SPIN_CHECK_HISTORY)
         if self.icount:
             inputs.use_instructions(lambda: backend.instructions, config.icount_ns)
-            self._watch_window = not inputs.replaying
+            self._placing = not inputs.replaying
         if self._coalesce_at == 0:
             self._start_coalescing()
 
@@ -513,11 +514,11 @@ class Machine:
         Such a loop with interrupts on is an idle spin, an interrupt point (_idle_spin);
         with nothing that can interrupt it, a loop that can never end (the machine is
         deterministic and nothing outside reached it): the run ends at once (reason "spin")
-        instead of at --timeout. Not in instruction-count mode, where time passes with the
-        loop's instructions and its deadline interrupts it."""
+        instead of at --timeout. Not in instruction-count mode, whose recording looks at
+        instruction counts instead, points a replay finds again (_look_for_spin)."""
         self.ticks += 1
         if self.icount:
-            return      # time passes with instructions: a loop is interrupted at its deadline
+            return      # (_look_for_spin: at instruction counts, not at the host's ticks)
         guest_exits = self.exits - self.ticks
         if guest_exits != self._guest_exits_at_tick or self.backend.debug is not None:
             self._guest_exits_at_tick = guest_exits
@@ -720,11 +721,11 @@ class Machine:
             set_irq(line, level())
         inputs.point = None
         if not pic.has_interrupt() or not backend.interrupt_ready():
-            if self._watch_window:
+            if self._placing:
                 # instruction-count mode: where the guest enables interrupts, it takes this one
                 self._watch(pic.has_interrupt())
             return False
-        if self._watch_window:
+        if self._placing:
             self._watch(False)
         vector = pic.acknowledge()
         backend.inject_interrupt(vector)
@@ -743,7 +744,7 @@ class Machine:
         if self._stopping_since is not None:          # a host-side stop (_stopping)
             self._stop.icount = count
             raise self._stop
-        if self._watch_window and not self._window_watched and self._next_check is not None \
+        if self._placing and not self._window_watched and self._next_check is not None \
                 and count >= self._next_check and (self._event_at is None
                                                    or count < self._event_at):
             self._next_check = None                   # a look of the recording's own
@@ -758,7 +759,7 @@ class Machine:
             raise
         if self._controller_active():
             self._service_interrupts("icount")
-        elif self._watch_window:
+        elif self._placing:
             self._watch(False)
         self._arm_deadline()
 
@@ -769,9 +770,9 @@ class Machine:
         where the recording then stops (the window), as a CPU would take it."""
         if self.inputs.reschedule:
             self._arm_deadline()
-        if self._watch_window and getattr(device, "pair", None) is self.interrupts \
-                and self.interrupts is not None:
-            self._watch(self.interrupts.has_interrupt())
+        pic = self.interrupts
+        if self._placing and pic is not None and getattr(device, "pair", None) is pic:
+            self._watch(pic.has_interrupt())
 
     def _arm_deadline(self) -> None:
         """Instruction-count mode: the backend's next stop, at the next instruction point (a
@@ -782,7 +783,7 @@ class Machine:
             self.backend.set_instruction_deadline(count)
             return
         deadline = self._event_at = self.inputs.next_icount(count)
-        if self._watch_window:
+        if self._placing:
             if self._next_check is None or self._next_check <= count:
                 self._next_check = count + SPIN_CHECK_INSNS
             if deadline is None or self._next_check < deadline:
@@ -800,8 +801,9 @@ class Machine:
         If nothing can interrupt it, the run ends there (reason "spin"); if an interrupt could
         but none is scheduled, it waits for one that never comes (reason "idle"); otherwise it
         is an idle point, as a HLT: time moves on to the next deadline, and True says that this
-        is an interrupt point now, where it is taken. These ends are at an instruction point, where a replay ends too (the
-        end record's icount); the time a replay takes from the records."""
+        is an interrupt point now, where it is taken. The ends are at an instruction point,
+        where a replay ends too (the end record's icount); the time a replay takes from the
+        records."""
         cpu = self.backend.cpu_state()
         work = (self.guest_exits(), self.output_bytes, self.coalesced_writes)
         looks = self._spin_looks

@@ -157,8 +157,8 @@ class LiveRun(Record):
 
 def budget_backend(choice: str | None, max_instructions, icount_ns=None) -> str | None:
     """The backend to ask for: an instruction budget or instruction-count mode needs the
-    emulator, so "auto" (or none given) becomes "emu" then; an explicit "kvm" is refused
-    before (needs_counter)."""
+    emulator, so "auto" (or none given) becomes "emu" then; an explicit "kvm" is left for the
+    callers (live_run, replay_trace) and the machine to refuse in one line."""
     if (max_instructions is not None or icount_ns is not None) \
             and resolve_backend(choice) == "auto":
         return "emu"

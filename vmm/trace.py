@@ -517,6 +517,8 @@ def _check_record(path: str, number: int, record: dict, version: int = VERSION) 
     if kind in ("key", "timer") and "point" in record and version < 4:
         raise TraceError(f"corrupt trace {path}: line {number} ({kind}): a point needs trace "
                          f"format version 4, the header says {version}")
+    if kind == "end" and isinstance(record.get("icount"), bool):
+        raise TraceError(f"corrupt trace {path}: line {number} (end) has an invalid 'icount'")
     if version < 5 and (kind == "icount" or record.get("point") == "icount"
                         or kind == "end" and "icount" in record):
         raise TraceError(f"corrupt trace {path}: line {number} ({kind}): instruction points "
