@@ -777,7 +777,14 @@ def grade(sources: list[str], rubric_path: str, out: str, jobs: int = 1,
             for process in list(getattr(pool, "_processes", {}).values()):
                 with contextlib.suppress(OSError):
                     process.kill()
+            manager = getattr(pool, "_executor_manager_thread", None)
             pool.shutdown(wait=False, cancel_futures=True)
+            # Let the pool's manager thread see the killed workers and close its pipes before
+            # the interpreter exits: else the exit hook of concurrent.futures can write to a
+            # pipe that thread is closing at that moment, and print an OSError traceback
+            # (EBADF) after our one-line message. Bounded: the workers are dead already.
+            if manager is not None:
+                manager.join(timeout=5)
             raise
         pool.shutdown()
     ordered = [results[sub.name] for sub in subs]
