@@ -179,6 +179,46 @@ after_hlt:
     assert exits[-1][0] == "Halt" and not exits[-1][3]              # IF=0: not ready
 
 
+@pytest.mark.parametrize("sp", [0x7002, 0x0002, 0x0000], ids=["across-a-page", "wrapping",
+                                                                "at-zero"])
+def test_a_real_mode_frame_goes_where_the_cpu_pushes_it(tmp_path, kvm_available, sp):
+    """The IVT frame (IP, CS, FLAGS) below SP: across a page boundary, and wrapping within the
+    64 KiB stack segment (each word at SS:(SP - k) mod 64 KiB); all of memory is compared."""
+    source = IVT_HANDLER.format(slot=0x80) + f"""
+    mov ${sp:#x}, %sp
+    sti
+    hlt
+after_hlt:
+    mov $0x77, %al
+    out %al, $0xe9
+    cli
+    hlt
+""" + REAL_HANDLER
+    image = image_of(source, "real", tmp_path)
+    exits, outs, _ = on_kvm_and_emu(image, inject_at(Halt, 0x20), kvm_available)
+    after_hlt = 0x1000 + 12 + 3 + 1 + 1
+    assert outs[0] == after_hlt and outs[-1] == 0x77
+    assert exits[-1][0] == "Halt"
+
+
+def test_a_prefixed_hlt_returns_past_its_prefixes(tmp_path, kvm_available):
+    source = IVT_HANDLER.format(slot=0x80) + """
+    sti
+    .byte 0x2e, 0x3e        # cs, ds: prefixes the HLT ignores
+    hlt
+after_hlt:
+    mov $0x77, %al
+    out %al, $0xe9
+    cli
+    hlt
+""" + REAL_HANDLER
+    image = image_of(source, "real", tmp_path)
+    exits, outs, _ = on_kvm_and_emu(image, inject_at(Halt, 0x20), kvm_available)
+    after_hlt = 0x1000 + 12 + 1 + 2 + 1
+    assert exits[0][:2] == ("Halt", after_hlt)
+    assert outs[0] == after_hlt and outs[-1] == 0x77
+
+
 @pytest.mark.parametrize("code, ready", [
     ("sti\n nop\n in $0x45, %al", True),
     ("sti\n in $0x45, %al", False),                       # in the STI shadow

@@ -25,6 +25,7 @@ from vmm.outcome import StopRun
 from vmm.summary import format_summary, summarize, write_summary
 from vmm.trace import (INPUT, MAX_CPUID_ENTRIES, MAX_GUEST_BYTES, MAX_LOOKAHEAD, MAX_RECORD_LINE,
                        OUTPUT, ReplayStream, Trace, encode, open_trace, read_trace)
+import vmm.trace as trace_module
 
 GOLDEN = ROOT / "traces" / "test_goldens" / "test_echo_two_lines.trace"
 MiB, GiB = 1 << 20, 1 << 30
@@ -337,8 +338,11 @@ def test_inspect_of_a_million_events_runs_in_bounded_memory(tmp_path):
 
 
 # --- the streaming reader's API ----------------------------------------------------------------------
+@pytest.mark.parametrize("keep", [True, False], ids=["kept", "streamed"])
 @pytest.mark.parametrize("name", ["t.trace", "t.trace.gz"])
-def test_cursor_tell_and_seek_come_back_to_the_same_records(tmp_path, name):
+def test_cursor_tell_and_seek_come_back_to_the_same_records(tmp_path, name, keep, monkeypatch):
+    if not keep:
+        monkeypatch.setattr(trace_module, "KEEP_RECORDS", 0)
     lines = golden_lines()
     path = tmp_path / name
     with (gzip.open if name.endswith(".gz") else open)(path, "wb") as f:
@@ -358,6 +362,49 @@ def test_cursor_tell_and_seek_come_back_to_the_same_records(tmp_path, name):
     fresh = trace.cursor()                      # a new cursor sent forward (a snapshot restore)
     fresh.seek(place)
     assert fresh.next() == rest[0]
+
+
+def _mixed_trace(path, count: int) -> list[dict]:
+    """`count` records of every shape the checked pass reads differently: distinct lines,
+    runs of one repeated line, and batches of a few distinct lines all stamped alike."""
+    records = []
+    n = 0
+    while len(records) < count:
+        n += 1
+        records.append({"type": "time", "n": n, "at": n * 1000})
+        records.extend([{"type": "out", "n": n, "dev": "console", "text": "again"}] * 7)
+        records.append({"type": "key", "n": n, "at": n * 1000, "dev": "keyboard",
+                        "byte": n % 256})
+    lines = golden_lines()
+    with open(path, "wb") as f:
+        f.write(encode(dict(lines[0], version=trace_module.VERSION)))
+        for record in records:
+            f.write(encode(record))
+        f.write(encode(dict(lines[-1], n=n)))
+    return records
+
+
+@pytest.mark.parametrize("count", [2_000, 80_000])
+def test_a_kept_pass_and_a_streamed_pass_give_the_same_records(tmp_path, count, monkeypatch):
+    """A small trace's records are kept from the checked pass (read once); a larger one is
+    read again from the file: the same records either way."""
+    path = tmp_path / "t.trace"
+    records = _mixed_trace(path, count)
+    kept = open_trace(str(path))
+    assert (kept._kept is not None) == (count < trace_module.KEEP_RECORDS)
+    assert list(kept.iter_records()) == records
+    monkeypatch.setattr(trace_module, "KEEP_RECORDS", 0)
+    streamed = open_trace(str(path))
+    assert streamed._kept is None and list(streamed.iter_records()) == records
+    assert streamed.counts == kept.counts and streamed.last_stamp == kept.last_stamp
+
+
+def test_a_trace_of_many_bytes_is_not_kept(tmp_path, monkeypatch):
+    monkeypatch.setattr(trace_module, "KEEP_BYTES", 10_000)
+    path = tmp_path / "t.trace"
+    records = _mixed_trace(path, 2_000)
+    trace = open_trace(str(path))
+    assert trace._kept is None and list(trace.iter_records()) == records
 
 
 def test_replay_stream_save_and_restore(tmp_path):

@@ -49,6 +49,8 @@ MAX_NAME = 64                    # characters of a device name, an end reason, a
 MAX_CPUID_ENTRIES = 256          # what KVM_SET_CPUID2 accepts (KVM_MAX_CPUID_ENTRIES)
 MAX_LOAD_MAP = 256               # guest segments and boot structures
 MAX_DEVICES = 256                # port-bus entries
+KEEP_RECORDS = 1 << 16           # a trace of at most this many records, and
+KEEP_BYTES = 4 * MiB             # of at most this many bytes of them, is read only once
 MAX_SCRIPT_STEPS = 100_000       # script steps; `step` records are at most one per step
 MAX_INT = (1 << 63) - 1          # every stamp, time and count
 _READ_CHUNK = 64 * KiB           # compressed bytes read at a time
@@ -783,7 +785,10 @@ class TraceFile:
     """A trace read as a stream (open_trace): the header and end record, whether it is
     truncated, how many records of each kind it holds and its last stamp, all from one checked
     pass over the file; then any number of further passes (`cursor()`, `iter_records()`), each
-    holding one record at a time. The whole file is never in memory."""
+    holding one record at a time. The whole file is never in memory: only a small trace's
+    records (at most KEEP_RECORDS, from at most KEEP_BYTES of lines: some tens of megabytes
+    at worst) are kept from the checked pass, so that its later passes parse nothing again
+    (a replay of a minute of a 100 Hz tick kernel: 18,000 records)."""
 
     def __init__(self, path: str):
         self.path = path
@@ -800,8 +805,14 @@ class TraceFile:
         self.line_limit = record_line_limit(self.header)
         cache: dict = {}
         counts = self.counts
+        self._kept: list | None = []     # the records so far, while the trace is small
+        kept_bytes = 0
         try:
             for number, batch, complete in lines.batches(self.line_limit):
+                if self._kept is not None:
+                    kept_bytes += sum(map(len, batch))
+                    if kept_bytes > KEEP_BYTES:
+                        self._kept = None
                 if complete and self._few_lines(cache, order, number, batch):
                     continue
                 # A run of identical lines (a flooding guest, a gzip bomb) is checked once:
@@ -824,8 +835,12 @@ class TraceFile:
                     if record is not self.end:
                         self.records_count += repeat
                         self.last_stamp = record["n"]
+                        if self._kept is not None:
+                            self._kept.extend(itertools.repeat(record, repeat))
                 if self.truncated:
                     break
+                if self._kept is not None and len(self._kept) > KEEP_RECORDS:
+                    self._kept = None
             if self.end is None or lines.cut:
                 self.truncated = True
         finally:
@@ -854,6 +869,8 @@ class TraceFile:
         for line, count in collections.Counter(batch).items():
             self.counts[records[line]["type"]] += count
         self.records_count += len(batch)
+        if self._kept is not None:
+            self._kept.extend(map(records.__getitem__, batch))
         self.last_stamp = first["n"]
         return True
 
@@ -863,7 +880,11 @@ class TraceFile:
             self._guest = base64.b64decode(self.header["guest"]["data"])
         return self._guest
 
-    def cursor(self) -> "FileCursor":
+    def cursor(self) -> "FileCursor | ListCursor":
+        """A new pass over the records: over the kept ones (a small trace), else the file's
+        lines again, parsed and checked once more as they come."""
+        if self._kept is not None:
+            return ListCursor(self._kept)
         return FileCursor(self)
 
     def iter_records(self):

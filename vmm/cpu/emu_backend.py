@@ -101,6 +101,8 @@ _SEG = struct.Struct("<I4xQII")          # QEMU SegmentCache: selector, base, li
 _U64 = struct.Struct("<Q")
 _U32 = struct.Struct("<I")
 _I32 = struct.Struct("<i")
+_IVT = struct.Struct("<HH")               # a real-mode IVT entry: offset, segment
+_IVT_FRAME = struct.Struct("<HHH")        # what a real-mode interrupt pushes: IP, CS, FLAGS
 ES, CS, SS, DS, FS, GS = range(6)
 
 
@@ -223,8 +225,9 @@ class EmuBackend(CpuBackend):
             # The hot calls go through a handle without argtypes: two to four times cheaper
             # than the binding's checked ones (arguments are passed as exact ctypes types).
             self._raw = ctypes.CDLL(uclib._name)
-            for fn in ("uc_reg_read", "uc_reg_write", "uc_reg_read_batch", "uc_context_save",
-                       "uc_context_restore", "uc_emu_start", "uc_emu_stop", "uc_mem_write"):
+            for fn in ("uc_reg_read", "uc_reg_write", "uc_reg_read_batch", "uc_reg_write_batch",
+                       "uc_context_save", "uc_context_restore", "uc_emu_start", "uc_emu_stop",
+                       "uc_mem_write"):
                 getattr(self._raw, fn).restype = ctypes.c_int
             self._uch_p = ctypes.c_void_p(self._uch.value)
             self._uc.ctl_exits_enabled(True)     # no `until` address: run until stopped
@@ -265,6 +268,12 @@ class EmuBackend(CpuBackend):
         self._ins_vals = (ctypes.c_uint64 * 3)()
         self._ins_ptrs = (ctypes.c_void_p * 3)(
             *[ctypes.addressof(self._ins_vals) + 8 * i for i in range(3)])
+        # RIP, RSP, RFLAGS: what an interrupt frame takes and its delivery sets, in one call
+        self._frame_ids = (ctypes.c_int * 3)(x86.UC_X86_REG_RIP, x86.UC_X86_REG_RSP,
+                                             x86.UC_X86_REG_RFLAGS)
+        self._frame_vals = (ctypes.c_uint64 * 3)()
+        self._frame_ptrs = (ctypes.c_void_p * 3)(
+            *[ctypes.addressof(self._frame_vals) + 8 * i for i in range(3)])
         self._es_cache: dict[tuple[int, int], tuple[int, int, int]] = {}
         self._io_ptrs = (ctypes.c_void_p * 4)(
             *[ctypes.addressof(self._io_vals) + 8 * i for i in range(4)])
@@ -712,7 +721,7 @@ class EmuBackend(CpuBackend):
             if kind == "hlt" and self._pending is not None:
                 continue        # a late stop after an I/O instruction: the interrupt first
             if kind == "hlt":
-                self._wr(rip_reg, self._rd(rip_reg) + self._prefixed_length(0xF4))
+                self._wr(rip_reg, self._hlt_end())
                 self._end_shadow()              # the HLT completed: its shadow, if any, is over
                 self._at = "halt"
                 self._suspend(HALT)
@@ -1411,6 +1420,17 @@ class EmuBackend(CpuBackend):
                 regs["rcx"] = (regs["rcx"] & ~amask) | ((regs["rcx"] - 1) & amask)
                 regs["rflags"] |= RFLAGS_RF
 
+    def _hlt_end(self) -> int:
+        """RIP past the HLT at RIP. An idle kernel's every tick: a plain F4 without paging is
+        read straight from RAM (one call into Unicorn for RIP, CS and CR0), anything else
+        decoded as _prefixed_length does."""
+        rip, sel, cr0, _ = self._io_regs()
+        if not cr0 & CR0_PG:
+            linear = (self._cs(sel, cr0)[0] + rip) & 0xFFFFFFFF
+            if linear < len(self._ram) and self._ram[linear] == 0xF4:
+                return rip + 1
+        return rip + self._prefixed_length(0xF4)
+
     def _prefixed_length(self, opcode: int) -> int:
         """Length of the one-byte instruction `opcode` at RIP, prefixes included (1 if the bytes
         there are not that instruction)."""
@@ -1711,8 +1731,8 @@ class EmuBackend(CpuBackend):
 
     def _write_physical(self, address: int, data: bytes) -> None:
         # Through Unicorn, so that translated code on the page is invalidated.
-        buf = ctypes.create_string_buffer(bytes(data), len(data))
-        self._raw.uc_mem_write(self._uch_p, ctypes.c_uint64(address), buf,
+        data = bytes(data)          # (passed as a char pointer: the handle has no argtypes)
+        self._raw.uc_mem_write(self._uch_p, ctypes.c_uint64(address), data,
                                ctypes.c_uint64(len(data)))
 
     # --- descriptors -----------------------------------------------------------------------------
@@ -1763,15 +1783,19 @@ class EmuBackend(CpuBackend):
         CPU would, with #DF and triple fault. Returns None when delivered, or the exit that ends
         the run (Shutdown, Mmio)."""
         x86 = self._x86
-        snapshot = bytes(self._save())
-        rip = self._rd(x86.UC_X86_REG_RIP)
+        buf = self._save()
+        snapshot = bytes(buf)
+        rip = None
         first_fault = not software and not external
         current = (vector, error_code, software, external)
         for _ in range(8):
             try:
-                self._deliver(*current)
+                self._deliver(*current, buf=buf)
                 return None
             except _Fault as fault:
+                buf = None                  # (the delivery may have written CR2: save again)
+                if rip is None:
+                    rip = self._rd(x86.UC_X86_REG_RIP)     # a failed delivery moves no RIP
                 v = current[0]
                 if current[3]:
                     # Faults delivering an external interrupt: the interrupt is benign (no
@@ -1798,36 +1822,48 @@ class EmuBackend(CpuBackend):
         return SHUTDOWN
 
     def _deliver(self, vector: int, error_code: int, software: bool,
-                 external: bool = False) -> None:
+                 external: bool = False, buf=None) -> None:
+        """Deliver one event (_exception handles the faults on the way). `buf`: the CPU
+        context, saved just now by the caller (else saved here)."""
         x86 = self._x86
-        buf = self._save()
+        if buf is None:
+            buf = self._save()
         lay = self._layout
         cr0 = _U64.unpack_from(buf, lay.cr)[0]
         efer = _U64.unpack_from(buf, lay.efer)[0]
-        rip = self._rd(x86.UC_X86_REG_RIP)
-        rsp = self._rd(x86.UC_X86_REG_RSP)
-        rflags = self._rd(x86.UC_X86_REG_RFLAGS)
+        self._raw.uc_reg_read_batch(self._uch_p, self._frame_ids, self._frame_ptrs, 3)
+        rip, rsp, rflags = self._frame_vals
         cs = _SEG.unpack_from(buf, lay.segs + 24 * CS)
         ss = _SEG.unpack_from(buf, lay.segs + 24 * SS)
         idt = _SEG.unpack_from(buf, lay.idt)
         ext = 0 if software else 1
         if not cr0 & CR0_PE:
-            # Real mode: the IVT (Intel SDM vol. 3, 20.1.4).
+            # Real mode: the IVT (Intel SDM vol. 3, 20.1.4). No paging: linear is physical.
             if vector * 4 + 3 > idt[2]:
                 raise _Fault(GP, vector * 8 + 2 + ext)
-            offset, segment = struct.unpack("<HH", self._read_linear(idt[1] + vector * 4, 4))
+            entry = (idt[1] + vector * 4) & 0xFFFFFFFF
+            ram = self._ram
+            if entry + 4 <= len(ram):
+                offset, segment = _IVT.unpack_from(ram, entry)
+            else:
+                offset, segment = _IVT.unpack(self._read_linear(entry, 4))   # outside RAM
             sp = rsp & 0xFFFF
-            frame = struct.pack("<HHH", rip & 0xFFFF, cs[0], rflags & 0xFFFF)
+            frame = _IVT_FRAME.pack(rip & 0xFFFF, cs[0], rflags & 0xFFFF)
             sp = (sp - 6) & 0xFFFF
             if sp <= 0xFFFA:
-                self._write_linear(ss[1] + sp, frame)
+                top = (ss[1] + sp) & 0xFFFFFFFF
+                if top + 6 <= len(ram):
+                    self._write_physical(top, frame)
+                else:
+                    self._write_linear(ss[1] + sp, frame)                  # outside RAM
             else:
                 for i in range(0, 6, 2):    # each word wraps within the 64 KiB stack segment
                     self._write_linear(ss[1] + ((sp + i) & 0xFFFF), frame[i:i + 2])
+            # (memory only since `buf` was saved: it is still the CPU's context)
             self._finish_delivery(
                 rip=offset, rsp=(rsp & ~0xFFFF) | sp,
                 rflags=rflags & ~(RFLAGS_IF | RFLAGS_TF | RFLAGS_AC | RFLAGS_RF),
-                cs=(segment, segment << 4, cs[2], cs[3]), ss=None, cpl=0)
+                cs=(segment, segment << 4, cs[2], cs[3]), ss=None, cpl=0, buf=buf)
             return
         cpl = _U32.unpack_from(buf, lay.hflags)[0] & HF_CPL_MASK
         long_mode = bool(efer & EFER_LMA)
@@ -1948,10 +1984,12 @@ class EmuBackend(CpuBackend):
         return int.from_bytes(self._read_linear(tr[1] + offset, size), "little")
 
     def _finish_delivery(self, *, rip: int, rsp: int, rflags: int, cs, ss, cpl: int,
-                         loaded: bool = True) -> None:
+                         loaded: bool = True, buf=None) -> None:
+        """Load what the delivery set. `buf`: the CPU's context as it is now (else saved)."""
         x86 = self._x86
         lay = self._layout
-        buf = self._save()
+        if buf is None:
+            buf = self._save()
         _SEG.pack_into(buf, lay.segs + 24 * CS, *cs)
         if ss is not None:
             _SEG.pack_into(buf, lay.segs + 24 * SS, *ss)
@@ -1962,9 +2000,9 @@ class EmuBackend(CpuBackend):
         self._cs_base_cache.clear()
         self._es_cache.clear()
         self._decoded.clear()
-        self._wr(x86.UC_X86_REG_RIP, rip)
-        self._wr(x86.UC_X86_REG_RSP, rsp)
-        self._wr(x86.UC_X86_REG_RFLAGS, rflags)
+        vals = self._frame_vals
+        vals[0], vals[1], vals[2] = rip & MASK64, rsp & MASK64, rflags & MASK64
+        self._raw.uc_reg_write_batch(self._uch_p, self._frame_ids, self._frame_ptrs, 3)
         if loaded:                               # from descriptors (not SYSCALL/SYSENTER)
             self._set_accessed(CS, SS) if ss is not None else self._set_accessed(CS)
 
