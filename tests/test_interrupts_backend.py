@@ -161,10 +161,13 @@ in_end:
     assert [e[0] for e in exits] == ["IoIn"] + ["IoOut"] * 7 + ["Halt"]
 
 
-def test_an_interrupt_injected_at_hlt_returns_past_it(tmp_path, kvm_available):
-    source = IVT_HANDLER.format(slot=0x80) + """
+def halt_then_irq_0(tmp_path, kvm_available, before: str = "", hlt: str = "hlt"):
+    """A guest that runs `before`, then `sti` and `hlt` (as spelled), and after the handler
+    prints 0x77 and halts with IF=0; IRQ 0 (vector 0x20) injected at the first HALT. Returns
+    the exits and the OUTs (on_kvm_and_emu)."""
+    source = IVT_HANDLER.format(slot=0x80) + before + f"""
     sti
-    hlt
+    {hlt}
 after_hlt:
     mov $0x77, %al
     out %al, $0xe9
@@ -173,6 +176,11 @@ after_hlt:
 """ + REAL_HANDLER
     image = image_of(source, "real", tmp_path)
     exits, outs, _ = on_kvm_and_emu(image, inject_at(Halt, 0x20), kvm_available)
+    return exits, outs
+
+
+def test_an_interrupt_injected_at_hlt_returns_past_it(tmp_path, kvm_available):
+    exits, outs = halt_then_irq_0(tmp_path, kvm_available)
     after_hlt = 0x1000 + 12 + 1 + 1
     assert exits[0][:2] == ("Halt", after_hlt) and exits[0][3]     # ready: the shadow is over
     assert outs[0] == after_hlt and outs[-1] == 0x77
@@ -184,36 +192,15 @@ after_hlt:
 def test_a_real_mode_frame_goes_where_the_cpu_pushes_it(tmp_path, kvm_available, sp):
     """The IVT frame (IP, CS, FLAGS) below SP: across a page boundary, and wrapping within the
     64 KiB stack segment (each word at SS:(SP - k) mod 64 KiB); all of memory is compared."""
-    source = IVT_HANDLER.format(slot=0x80) + f"""
-    mov ${sp:#x}, %sp
-    sti
-    hlt
-after_hlt:
-    mov $0x77, %al
-    out %al, $0xe9
-    cli
-    hlt
-""" + REAL_HANDLER
-    image = image_of(source, "real", tmp_path)
-    exits, outs, _ = on_kvm_and_emu(image, inject_at(Halt, 0x20), kvm_available)
+    exits, outs = halt_then_irq_0(tmp_path, kvm_available, before=f"    mov ${sp:#x}, %sp\n")
     after_hlt = 0x1000 + 12 + 3 + 1 + 1
     assert outs[0] == after_hlt and outs[-1] == 0x77
     assert exits[-1][0] == "Halt"
 
 
 def test_a_prefixed_hlt_returns_past_its_prefixes(tmp_path, kvm_available):
-    source = IVT_HANDLER.format(slot=0x80) + """
-    sti
-    .byte 0x2e, 0x3e        # cs, ds: prefixes the HLT ignores
-    hlt
-after_hlt:
-    mov $0x77, %al
-    out %al, $0xe9
-    cli
-    hlt
-""" + REAL_HANDLER
-    image = image_of(source, "real", tmp_path)
-    exits, outs, _ = on_kvm_and_emu(image, inject_at(Halt, 0x20), kvm_available)
+    exits, outs = halt_then_irq_0(tmp_path, kvm_available,
+                                  hlt=".byte 0x2e, 0x3e\n    hlt   # cs, ds: ignored prefixes")
     after_hlt = 0x1000 + 12 + 1 + 2 + 1
     assert exits[0][:2] == ("Halt", after_hlt)
     assert outs[0] == after_hlt and outs[-1] == 0x77
