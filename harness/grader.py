@@ -783,8 +783,8 @@ def grade(sources: list[str], rubric_path: str, out: str, jobs: int = 1,
             # the interpreter exits: else the exit hook of concurrent.futures can write to a
             # pipe that thread is closing at that moment, and print an OSError traceback
             # (EBADF) after our one-line message. Bounded: the workers are dead already.
-            if manager is not None:
-                manager.join(timeout=5)
+            if manager is not None and manager.is_alive():      # (a stop may come before
+                manager.join(timeout=5)                          # it has started)
             raise
         pool.shutdown()
     ordered = [results[sub.name] for sub in subs]

@@ -399,6 +399,21 @@ def test_a_kept_pass_and_a_streamed_pass_give_the_same_records(tmp_path, count, 
     assert streamed.counts == kept.counts and streamed.last_stamp == kept.last_stamp
 
 
+def test_a_flood_of_alike_lines_is_kept_only_up_to_keep_records(tmp_path, monkeypatch):
+    """A recording cut short in a flood of alike lines (checked a distinct line at a time):
+    the bound on kept records holds there too. Found in review."""
+    monkeypatch.setattr(trace_module, "KEEP_RECORDS", 1_000)
+    lines = golden_lines()
+    path = tmp_path / "t.trace"
+    with open(path, "wb") as f:
+        f.write(encode(dict(lines[0], version=trace_module.VERSION)))
+        for _ in range(5_000):
+            f.write(encode({"type": "out", "n": 1, "dev": "console", "text": "x"}))
+    trace = open_trace(str(path))
+    assert trace.truncated and trace.records_count == 5_000
+    assert trace._kept is None and sum(1 for _ in trace.iter_records()) == 5_000
+
+
 def test_a_trace_of_many_bytes_is_not_kept(tmp_path, monkeypatch):
     monkeypatch.setattr(trace_module, "KEEP_BYTES", 10_000)
     path = tmp_path / "t.trace"

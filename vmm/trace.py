@@ -811,7 +811,9 @@ class TraceFile:
             for number, batch, complete in lines.batches(self.line_limit):
                 if self._kept is not None:
                     kept_bytes += sum(map(len, batch))
-                    if kept_bytes > KEEP_BYTES:
+                    # (a line is at most one record, and one of them may be the end record)
+                    if kept_bytes > KEEP_BYTES or \
+                            len(self._kept) + len(batch) > KEEP_RECORDS + 1:
                         self._kept = None
                 if complete and self._few_lines(cache, order, number, batch):
                     continue
@@ -839,8 +841,6 @@ class TraceFile:
                             self._kept.extend(itertools.repeat(record, repeat))
                 if self.truncated:
                     break
-                if self._kept is not None and len(self._kept) > KEEP_RECORDS:
-                    self._kept = None
             if self.end is None or lines.cut:
                 self.truncated = True
         finally:
