@@ -41,11 +41,13 @@ help:
 # else named in a clear error. bwrap: the grader's build sandbox (docs/grading.md); chromium:
 # the HTML report's tests; gdb: the debugger's tests (tests/test_gdb.py drives it for real);
 # QEMU, and GRUB's BIOS image with grub-mkrescue, xorriso and mtools to boot multiboot2: the
-# reference the pc kernels are compared with (tests/test_qemu_reference.py).
+# reference the pc kernels are compared with (tests/test_qemu_reference.py); xfonts-base: the
+# X11 font the bundled text-screen font is made from (tests/test_screen.py regenerates it).
 SYSTEM_PACKAGES := as:binutils ld:binutils objcopy:binutils gcc:gcc bwrap:bubblewrap \
                    chromium:chromium gdb:gdb qemu-system-i386:qemu-system-x86 \
                    grub-mkrescue:grub-common /usr/lib/grub/i386-pc/grub-bios-setup:grub-pc-bin \
-                   xorriso:xorriso mformat:mtools
+                   xorriso:xorriso mformat:mtools \
+                   /usr/share/fonts/X11/misc/8x13.pcf.gz:xfonts-base
 
 check-tools:
 	@scripts/need-packages $(SYSTEM_PACKAGES)
