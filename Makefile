@@ -91,10 +91,10 @@ run: $(STAMP) guests
 
 # The suite on the default Python (its output here), under coverage in two pytest-xdist workers,
 # and at the same time on the oldest supported one, without coverage (its output in $(OLD_LOG),
-# summarised at the end). Coverage doubles the suite's CPU time, so it is measured once: the two
-# Pythons are both 3.11, and the oldest one's run checks that it passes. Three processes on a
-# 2-core machine fill the time the suite spends waiting on guests' wall-clock limits and on
-# terminals (measured one after another on one machine: 17.2 min with coverage on both and no
+# summarised at the end). Coverage doubles the suite's CPU time, so it is measured once (vmm and
+# harness have no code that runs on one Python version only); the oldest Python's run checks
+# that the suite passes there. Three processes on a 2-core machine fill the time the suite
+# spends waiting on guests' wall-clock limits and on terminals (measured one after another on one machine: 17.2 min with coverage on both and no
 # workers, 16.6 with coverage on one, 13.2 this way). Coverage over vmm/ and harness/ is reported
 # whatever the results; the status is non-zero if either run failed (pytest's 5, "no tests
 # collected", included). PYTEST_ARGS="-n 0" runs the default Python's suite in one process.
