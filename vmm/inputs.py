@@ -232,6 +232,9 @@ class LiveInput(InputSource):
         self.virtual = clock.name == "virtual"
         self.max_time_ns = max_time_ns
         self.record = record                  # a TraceRecorder (key/timer) or None
+        # Where a key taken at a read goes: a TraceRecorder's held records, appended to here
+        # (the hot path of typed input: vmm.record.TraceRecorder); else record.key() is called.
+        self._held_keys = getattr(record, "held", None)
         self.pending = deque()                # (byte, arrival time): ready for a device
         self._input_events = 0                # bytes queued or taken (see input_moving)
         self._events_at_idle = 0
@@ -389,10 +392,12 @@ class LiveInput(InputSource):
         byte, arrival = self.pending.popleft()
         self._input_events += 1
         if self.record is not None:
-            if self.point is None:
-                self.record.key(self.obs, arrival, device, byte)
-            else:                          # taken by a device's poll at an interrupt point
+            if self.point is not None:     # taken by a device's poll at an interrupt point
                 self.record.key_at(self.obs, arrival, device, byte, self.point)
+            elif self._held_keys is not None:
+                self._held_keys.append((self.obs, arrival, device, byte))
+            else:
+                self.record.key(self.obs, arrival, device, byte)
         return byte
 
     def timer_fired(self, deadline: int, period: int) -> int:

@@ -92,8 +92,9 @@ class Observer:
     def on_output(self, n: int, device: str, text: str, partial: bool) -> None:
         pass
 
-    def on_checkpoint(self, n: int, cpu) -> None:
-        pass
+    def on_checkpoint(self, n: int, backend) -> None:
+        """Every RunConfig.checkpoint_every observations: the CPU backend, whose
+        register_digest() (or, rarely, cpu_state()) the observer asks for."""
 
     def on_screen(self, n: int, rows: list) -> None:
         """The text screen changed by observation n: [(row, text, attributes)] (vmm.screenlog)."""
@@ -692,7 +693,7 @@ class Machine:
 
     def _checkpoint(self) -> None:
         self._next_checkpoint += self._checkpoint_every
-        self.observer.on_checkpoint(self.inputs.obs, self.backend.cpu_state())
+        self.observer.on_checkpoint(self.inputs.obs, self.backend)
 
     # --- interrupts -----------------------------------------------------------------------------
     def _service_interrupts(self, point: str, stamp: str | None = None) -> bool:

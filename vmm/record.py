@@ -92,162 +92,86 @@ def machine_config(machine, boot_options: dict, cpuid: list[dict], clock: str,
 
 
 class TraceRecorder(Observer):
-    """Writes a live run's trace as it happens. Records are encoded here and handed to the
-    TraceWriter in batches of up to BATCH (and at every watchdog tick, and at once for the rare
-    kinds: fetches, steps, checkpoints, the end), so that the hot paths, a key and a line of
-    output, cost a format and an append.
+    """Writes a live run's trace as it happens.
 
-    A line of output costs less still: consecutive output records of one observation, device
-    and partial flag (a chatty guest's lines between two reads) are held as their texts, up to
-    OUTPUT_BATCH, and encoded together (_end_outputs), as are their output-digest lines. Every
-    other record ends such a run of them first, so the records keep their order."""
+    The hot paths, a key and a line of output, come right after an exit of the guest, when
+    the host has just run the guest and Python's code and data are cold in the caches (on this
+    project's nested KVM host, a register digest that takes 2.4 us in a loop took ~40 us at a
+    checkpoint). So they only append to `held`, the records not yet handed over, in order:
+    - an encoded record (bytes): every other kind, encoded where it happens;
+    - a key (a tuple n, at, device, byte), appended by vmm.inputs.LiveInput itself;
+    - an output run (a list n, device, partial): the output records after it, up to the next
+      run, belong to this observation, device and partial flag;
+    - an output text (str), of the output run last begun.
+    `_hand_over` encodes them a batch at a time (_encode: consecutive texts of a run and their
+    output-digest lines in one join) and hands them to the TraceWriter: when another record
+    finds BATCH held (a key does not look), at every watchdog tick, and at once for the rare
+    kinds (fetches, steps, the end). The bytes are those of trace.encode() of each record
+    (tests/test_fast_paths.py)."""
 
-    wants_ticks = True        # buffered records reach the file at every watchdog tick
-    BATCH = 64
-    OUTPUT_BATCH = 256
+    wants_ticks = True        # held records reach the file at every watchdog tick
+    BATCH = 256
 
     def __init__(self, path: str):
         self.writer = TraceWriter(path)
         self.outputs = OutputDigest()
-        self._lines: list[bytes] = []             # encoded records not yet handed over
-        self._texts: list[str] = []               # then the texts of output records, all of
-        self._out = (None, None, None)            # this (observation, device, partial)
+        self.held: list = []                      # records not yet handed over (see above)
+        self._out = [None, None, None]            # the output run last begun
+        self._run = self._out                     # the output run the next batch begins in
         self._devices: dict[str, str] = {}        # device name -> its JSON string
         self._key_templates: dict[str, bytes] = {}  # device name -> its key record's format
         self.started = time.monotonic_ns()
         self.inputs = None
 
     def _hand_over(self) -> None:
-        if self._texts:
-            self._end_outputs()
-        if self._lines:
-            self.writer.write_lines(self._lines)
-            self._lines.clear()
+        held = self.held
+        if held:
+            self.writer.write_lines(self._encode(held))
+            held.clear()
 
     def _write(self, record: dict) -> None:
-        if self._texts:
-            self._end_outputs()
-        self._lines.append(encode(record))
+        self.held.append(encode(record))
         self._hand_over()
 
-    def write_header(self, machine, *, boot_options: dict, cpuid: list[dict], clock: str,
-                     script: list[dict] | None, max_time_ns: int | None,
-                     guest_path: str | None = None, feeds: dict | None = None) -> None:
-        self.inputs = machine.inputs
-        uname = os.uname()
-        info = {"created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-                "host": uname.nodename, "platform": f"{uname.sysname} {uname.release} {uname.machine}",
-                "python": sys.version.split()[0], "backend": machine.backend.name}
-        # First, before anything the devices recorded while the machine was built (the PIT
-        # reads the time when port 0x61 sets its gate).
-        self._lines.insert(0, encode(make_header(
-            guest_name=machine.image.guest_name, guest_bytes=machine.image.guest_bytes,
-            machine=machine_config(machine, boot_options, cpuid, clock, max_time_ns, feeds),
-            clock=clock, script=script, info=info, vmm_version=__version__,
-            guest_path=guest_path)))
-        self._hand_over()
+    def _encode(self, held: list) -> list[bytes]:
+        lines: list[bytes] = []
+        run = self._run
+        texts_from = -1                           # where the texts of `run` being read begin
+        templates = self._key_templates
+        for i, item in enumerate(held):
+            kind = item.__class__
+            if kind is str:
+                if texts_from < 0:
+                    texts_from = i
+                continue
+            if texts_from >= 0:
+                lines.append(self._encode_outputs(run, held[texts_from:i]))
+                texts_from = -1
+            if kind is bytes:
+                lines.append(item)
+            elif kind is tuple:                   # a key
+                template = templates.get(item[2])
+                if template is None:
+                    template = self._key_template(item[2])
+                lines.append(template % (item[0], item[1], item[3]))
+            else:                                 # an output run begins
+                run = item
+        if texts_from >= 0:
+            lines.append(self._encode_outputs(run, held[texts_from:]))
+        self._run = run
+        return lines
 
-    # --- what happens during the run (the input source calls key/timer) --------------------------
-    def key(self, n: int, at: int, device: str, byte: int) -> None:
-        # Hand-formatted: this is the hot path of recording; the fields are all integers and
-        # a device name from vmm's own table, so no JSON escaping is needed.
-        if self._texts:
-            self._end_outputs()
-        template = self._key_templates.get(device)
-        if template is None:
-            template = self._key_templates[device] = (
-                b'{"type":"key","n":%%d,"at":%%d,"dev":"%s","byte":%%d}\n' % device.encode("ascii"))
-        lines = self._lines
-        lines.append(template % (n, at, byte))
-        if len(lines) >= self.BATCH:
-            self._hand_over()
+    def _key_template(self, device: str) -> bytes:
+        # The fields are all integers and a device name from vmm's own table: no JSON escaping.
+        template = self._key_templates[device] = (
+            b'{"type":"key","n":%%d,"at":%%d,"dev":"%s","byte":%%d}\n' % device.encode("ascii"))
+        return template
 
-    def key_at(self, n: int, at: int, device: str, byte: int, point: str) -> None:
-        """A key a device took at an interrupt point (its poll there): the point is kept."""
-        if self._texts:
-            self._end_outputs()
-        self._lines.append(b'{"type":"key","n":%d,"at":%d,"dev":"%s","byte":%d,"point":"%s"}\n'
-                           % (n, at, device.encode("ascii"), byte, point.encode("ascii")))
-        if len(self._lines) >= self.BATCH:
-            self._hand_over()
-
-    def timer(self, n: int, at: int, count: int) -> None:
-        if self._texts:
-            self._end_outputs()
-        lines = self._lines
-        lines.append(b'{"type":"timer","n":%d,"at":%d,"count":%d}\n' % (n, at, count))
-        if len(lines) >= self.BATCH:
-            self._hand_over()
-
-    def timer_at(self, n: int, at: int, count: int, point: str) -> None:
-        """Timer periods a device found ended at an interrupt point (its poll there)."""
-        self._lines.append(b'{"type":"timer","n":%d,"at":%d,"count":%d,"point":"%s"}\n'
-                           % (n, at, count, point.encode("ascii")))
-        if len(self._lines) >= self.BATCH:
-            self._hand_over()
-
-    def time(self, n: int, at: int) -> None:
-        if self._texts:
-            self._end_outputs()
-        lines = self._lines
-        lines.append(b'{"type":"time","n":%d,"at":%d}\n' % (n, at))
-        if len(lines) >= self.BATCH:
-            self._hand_over()
-
-    def edge(self, n: int, at: int, line: int, count: int, point: str) -> None:
-        if self._texts:
-            self._end_outputs()
-        self._lines.append(b'{"type":"edge","n":%d,"at":%d,"line":%d,"count":%d,"point":"%s"}\n'
-                           % (n, at, line, count, point.encode()))
-        if len(self._lines) >= self.BATCH:
-            self._hand_over()
-
-    def icount(self, n: int, at: int, count: int) -> None:
-        """An instruction point (icount mode): the run stopped at instruction `count`."""
-        if self._texts:
-            self._end_outputs()
-        self._lines.append(b'{"type":"icount","n":%d,"at":%d,"count":%d}\n' % (n, at, count))
-        if len(self._lines) >= self.BATCH:
-            self._hand_over()
-
-    def on_interrupt(self, n: int, at: int, vector: int, point: str) -> None:
-        self.interrupt(n, at, vector, point)
-
-    def interrupt(self, n: int, at: int, vector: int, point: str) -> None:
-        if self._texts:
-            self._end_outputs()
-        self._lines.append(b'{"type":"irq","n":%d,"at":%d,"vector":%d,"point":"%s"}\n'
-                           % (n, at, vector, point.encode("ascii")))
-        if len(self._lines) >= self.BATCH:
-            self._hand_over()
-
-    def fetch(self, n: int, at: int, device: str, text: str) -> None:
-        self._write({"type": "fetch", "n": n, "at": at, "dev": device, "text": text})
-
-    def step_done(self, index: int, now: int) -> None:
-        self._write({"type": "step", "n": self.inputs.obs, "at": now, "index": index})
-
-    def on_output(self, n: int, device: str, text: str, partial: bool) -> None:
-        # The hot path of an output-heavy recording: the text is kept, and encoded with the
-        # others of its run (_end_outputs).
-        texts = self._texts
-        out = self._out
-        if n != out[0] or device is not out[1] or partial is not out[2]:
-            if texts:
-                self._end_outputs()
-                if len(self._lines) >= self.BATCH:
-                    self._hand_over()
-            self._out = (n, device, partial)
-        texts.append(text)
-        if len(texts) >= self.OUTPUT_BATCH:
-            self._hand_over()
-
-    def _end_outputs(self) -> None:
-        """The output records held as texts, encoded: the same bytes as trace.encode({"type":
-        "out", "n": n, "dev": device, "text": text[, "partial": true]}) for each, hand-formatted
-        (json.dumps of the record, as encode, costs several times more)."""
-        texts = self._texts
-        n, device, partial = self._out
+    def _encode_outputs(self, run: list, texts: list[str]) -> bytes:
+        """Output records of one run, hand-formatted: the same bytes as trace.encode({"type":
+        "out", "n": n, "dev": device, "text": text[, "partial": true]}) for each (json.dumps
+        of the record, as encode, costs several times more); and their output-digest lines."""
+        n, device, partial = run
         self.outputs.add_lines(device, texts, partial)
         dev = self._devices.get(device)
         if dev is None:
@@ -261,22 +185,95 @@ class TraceRecorder(Observer):
             block = head + '"' + ('"' + tail + head + '"').join(texts) + '"' + tail
         else:
             block = "".join([head + _json_string(text) + tail for text in texts])
-        self._lines.append(block.encode("ascii"))
-        texts.clear()
+        return block.encode("ascii")
+
+    def _held_one(self, line: bytes) -> None:
+        held = self.held
+        held.append(line)
+        if len(held) >= self.BATCH:
+            self._hand_over()
+
+    def write_header(self, machine, *, boot_options: dict, cpuid: list[dict], clock: str,
+                     script: list[dict] | None, max_time_ns: int | None,
+                     guest_path: str | None = None, feeds: dict | None = None) -> None:
+        self.inputs = machine.inputs
+        uname = os.uname()
+        info = {"created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                "host": uname.nodename, "platform": f"{uname.sysname} {uname.release} {uname.machine}",
+                "python": sys.version.split()[0], "backend": machine.backend.name}
+        # First, before anything the devices recorded while the machine was built (the PIT
+        # reads the time when port 0x61 sets its gate).
+        self.held.insert(0, encode(make_header(
+            guest_name=machine.image.guest_name, guest_bytes=machine.image.guest_bytes,
+            machine=machine_config(machine, boot_options, cpuid, clock, max_time_ns, feeds),
+            clock=clock, script=script, info=info, vmm_version=__version__,
+            guest_path=guest_path)))
+        self._hand_over()
+
+    # --- what happens during the run (the input source calls these) -------------------------
+    def key(self, n: int, at: int, device: str, byte: int) -> None:
+        """A key a device took at a read. (vmm.inputs.LiveInput appends the tuple to `held`
+        itself: the hot path of typed input.)"""
+        self.held.append((n, at, device, byte))
+
+    def key_at(self, n: int, at: int, device: str, byte: int, point: str) -> None:
+        """A key a device took at an interrupt point (its poll there): the point is kept."""
+        self._held_one(b'{"type":"key","n":%d,"at":%d,"dev":"%s","byte":%d,"point":"%s"}\n'
+                       % (n, at, device.encode("ascii"), byte, point.encode("ascii")))
+
+    def timer(self, n: int, at: int, count: int) -> None:
+        self._held_one(b'{"type":"timer","n":%d,"at":%d,"count":%d}\n' % (n, at, count))
+
+    def timer_at(self, n: int, at: int, count: int, point: str) -> None:
+        """Timer periods a device found ended at an interrupt point (its poll there)."""
+        self._held_one(b'{"type":"timer","n":%d,"at":%d,"count":%d,"point":"%s"}\n'
+                       % (n, at, count, point.encode("ascii")))
+
+    def time(self, n: int, at: int) -> None:
+        self._held_one(b'{"type":"time","n":%d,"at":%d}\n' % (n, at))
+
+    def edge(self, n: int, at: int, line: int, count: int, point: str) -> None:
+        self._held_one(b'{"type":"edge","n":%d,"at":%d,"line":%d,"count":%d,"point":"%s"}\n'
+                       % (n, at, line, count, point.encode()))
+
+    def icount(self, n: int, at: int, count: int) -> None:
+        """An instruction point (icount mode): the run stopped at instruction `count`."""
+        self._held_one(b'{"type":"icount","n":%d,"at":%d,"count":%d}\n' % (n, at, count))
+
+    def on_interrupt(self, n: int, at: int, vector: int, point: str) -> None:
+        self.interrupt(n, at, vector, point)
+
+    def interrupt(self, n: int, at: int, vector: int, point: str) -> None:
+        self._held_one(b'{"type":"irq","n":%d,"at":%d,"vector":%d,"point":"%s"}\n'
+                       % (n, at, vector, point.encode("ascii")))
+
+    def fetch(self, n: int, at: int, device: str, text: str) -> None:
+        self._write({"type": "fetch", "n": n, "at": at, "dev": device, "text": text})
+
+    def step_done(self, index: int, now: int) -> None:
+        self._write({"type": "step", "n": self.inputs.obs, "at": now, "index": index})
+
+    def on_output(self, n: int, device: str, text: str, partial: bool) -> None:
+        # The hot path of an output-heavy recording: the text is held, after its run.
+        held = self.held
+        out = self._out
+        if n != out[0] or device is not out[1] or partial is not out[2]:
+            out = self._out = [n, device, partial]
+            held.append(out)
+        held.append(text)
+        if len(held) >= self.BATCH:
+            self._hand_over()
 
     def on_screen(self, n: int, rows: list) -> None:
-        if self._texts:
-            self._end_outputs()
-        self._lines.append(encode({"type": "screen", "n": n, "rows": [list(r) for r in rows]}))
-        if len(self._lines) >= self.BATCH:
-            self._hand_over()
+        self._held_one(encode({"type": "screen", "n": n, "rows": [list(r) for r in rows]}))
 
     def tick(self) -> None:
         self._hand_over()
         self.writer.flush()
 
-    def on_checkpoint(self, n: int, cpu) -> None:
-        self._write({"type": "cp", "n": n, "regs": cpu.digest()})
+    def on_checkpoint(self, n: int, backend) -> None:
+        self._held_one(b'{"type":"cp","n":%d,"regs":"%s"}\n'
+                       % (n, backend.register_digest().encode("ascii")))
 
     def finish(self, end, machine) -> None:
         self._hand_over()                       # the output digest then holds every line

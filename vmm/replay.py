@@ -202,7 +202,7 @@ class ReplayVerifier(Observer):
         self.stream.pop(IRQ)
         self.irq_position += 1
 
-    def on_checkpoint(self, n: int, cpu) -> None:
+    def on_checkpoint(self, n: int, backend) -> None:
         stream = self.stream
         while True:                          # checkpoints before n were never reached: skipped
             e = stream.peek(CHECKPOINT, n + 1)
@@ -212,10 +212,11 @@ class ReplayVerifier(Observer):
             if e["n"] == n:
                 break
         want = e["regs"]
-        got = cpu.digest(self.legacy_digest)
+        got = backend.register_digest(self.legacy_digest)
         if got != want:
+            rip = backend.cpu_state().rip
             raise StopRun("diverged", f"registers differ at the checkpoint at observation {n}: "
-                                      f"recorded digest {want}, replay {got} (rip={cpu.rip:#x}); "
+                                      f"recorded digest {want}, replay {got} (rip={rip:#x}); "
                                       "the guest saw something the trace does not hold, such "
                                       "as RDTSC or RDRAND")
         self.checked += 1

@@ -69,6 +69,19 @@ _RFLAGS_INDEX = GPR_NAMES.index("rflags")
 DIGEST_RFLAGS_IGNORED = 0x8D5 | (1 << 16)
 
 
+def register_digest(gprs: list[int], control: tuple[int, ...], legacy: bool = False) -> str:
+    """The digest of the architectural registers in a checkpoint: `gprs` in GPR_NAMES order
+    (RFLAGS without DIGEST_RFLAGS_IGNORED; `legacy`: all of it, as traces of format versions
+    1 and 2 hold it), then `control`: CS base and selector, CR0, CR3, CR4, EFER."""
+    import hashlib          # here, not at the top: OpenSSL's load is off `vmm run`'s path
+    if not legacy:
+        gprs[_RFLAGS_INDEX] &= ~DIGEST_RFLAGS_IGNORED
+    return hashlib.sha256(_DIGEST_LAYOUT.pack(*gprs, *control)).hexdigest()[:16]
+
+
+_DIGEST_LAYOUT = struct.Struct(f"<{len(GPR_NAMES) + 6}Q")
+
+
 class CpuState(Record):
     """General registers plus the control state a report needs."""
     regs: dict[str, int]
@@ -91,15 +104,10 @@ class CpuState(Record):
         return (self.cs_base + self.regs["rip"]) & 0xFFFFFFFFFFFFFFFF
 
     def digest(self, legacy: bool = False) -> str:
-        """A digest of the architectural registers, for replay checkpoints: the general
-        registers, RIP, RFLAGS without DIGEST_RFLAGS_IGNORED, CS base and selector, CR0, CR3,
-        CR4, EFER. `legacy`: all of RFLAGS, as traces of format versions 1 and 2 hold it."""
-        import hashlib          # here, not at the top: OpenSSL's load is off `vmm run`'s path
-        values = [self.regs[name] for name in GPR_NAMES]
-        if not legacy:
-            values[_RFLAGS_INDEX] &= ~DIGEST_RFLAGS_IGNORED
-        values += [self.cs_base, self.cs_selector, self.cr0, self.cr3, self.cr4, self.efer]
-        return hashlib.sha256(struct.pack(f"<{len(values)}Q", *values)).hexdigest()[:16]
+        """A digest of the architectural registers, for replay checkpoints (register_digest)."""
+        return register_digest([self.regs[name] for name in GPR_NAMES],
+                               (self.cs_base, self.cs_selector, self.cr0, self.cr3, self.cr4,
+                                self.efer), legacy)
 
     def format(self) -> str:
         """Registers as a short multi-line block for error reports."""
@@ -295,6 +303,10 @@ class CpuBackend:
 
     def cpu_state(self) -> CpuState:
         raise NotImplementedError
+
+    def register_digest(self, legacy: bool = False) -> str:
+        """cpu_state().digest(legacy), for a checkpoint: a backend may read just what it needs."""
+        return self.cpu_state().digest(legacy)
 
     # --- external interrupts (DESIGN §10): injected only at exits the guest caused ------------
     def interrupt_ready(self) -> bool:

@@ -220,6 +220,14 @@ RUN_EXIT_INFO = kvm_run.u.offset
 RUN_VALID_REGS = ctypes.sizeof(kvm_run)
 RUN_SYNC_REGS = RUN_VALID_REGS + 16
 RUN_SYNC_SREGS = RUN_SYNC_REGS + ctypes.sizeof(kvm_regs)
+# A checkpoint's fields there (Vcpu.synced_digest_values): the general registers, CS's base and
+# selector, and CR0 CR2 CR3 CR4 CR8 EFER (consecutive in kvm_sregs).
+RUN_SYNC_CS = RUN_SYNC_SREGS + kvm_sregs.cs.offset
+RUN_SYNC_CRS = RUN_SYNC_SREGS + kvm_sregs.cr0.offset
+_SYNC_GPRS = struct.Struct(f"<{len(kvm_regs._fields_)}Q")
+_SYNC_CS = struct.Struct(f"<Q{kvm_segment.selector.offset - 8}xH")
+_SYNC_CRS = struct.Struct("<6Q")
+assert kvm_sregs.efer.offset == kvm_sregs.cr0.offset + 40   # cr0 cr2 cr3 cr4 cr8 efer
 
 
 class KvmError(OSError):
@@ -367,6 +375,15 @@ class Vcpu:
         area = self.run_area
         return (kvm_regs.from_buffer_copy(area, RUN_SYNC_REGS),
                 kvm_sregs.from_buffer_copy(area, RUN_SYNC_SREGS))
+
+    def synced_digest_values(self) -> tuple[list[int], tuple[int, ...]]:
+        """What a register digest covers (vmm.cpu.backend.register_digest), as of the last exit,
+        from the run area (sync_regs() only): three reads instead of two whole structures."""
+        area = self.run_area
+        base, selector = _SYNC_CS.unpack_from(area, RUN_SYNC_CS)
+        cr0, _, cr3, cr4, _, efer = _SYNC_CRS.unpack_from(area, RUN_SYNC_CRS)
+        return list(_SYNC_GPRS.unpack_from(area, RUN_SYNC_REGS)), (base, selector, cr0, cr3,
+                                                                   cr4, efer)
 
     def run(self) -> None:
         """KVM_RUN. Raises InterruptedError (EINTR) when a signal interrupts it."""

@@ -20,7 +20,7 @@ import struct
 from . import coalesced, kvm
 from .backend import (DEBUG_STOP, HALT, INTERRUPTED, IRQ_WINDOW, SHUTDOWN, CpuBackend, CpuState,
                       DebugState, EntryState, FailEntry, InternalError, IoIn, IoOut, Mmio,
-                      Segment, UnknownExit, GPR_NAMES)
+                      Segment, UnknownExit, GPR_NAMES, register_digest)
 from ..errors import BackendUnavailable, TraceError
 
 _io_info = struct.Struct("<BBHIQ").unpack_from          # direction, size, port, count, data_offset
@@ -378,6 +378,11 @@ class KvmBackend(CpuBackend):
                         cs_base=sregs.cs.base, cs_selector=sregs.cs.selector, cr0=sregs.cr0,
                         cr2=sregs.cr2, cr3=sregs.cr3, cr4=sregs.cr4, efer=sregs.efer,
                         extra={"ss_base": sregs.ss.base})
+
+    def register_digest(self, legacy: bool = False) -> str:
+        if not self._synced:
+            return self.cpu_state().digest(legacy)
+        return register_digest(*self._vcpu.synced_digest_values(), legacy)
 
     def close(self) -> None:
         # Closed explicitly and in order: leaving it to interpreter teardown is slow and bimodal.
