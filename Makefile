@@ -33,7 +33,7 @@ help:
 	@echo "             /usr/bin/python3), run the whole suite on both Pythons, with coverage of one"
 	@echo "make fuzz    mutate recorded traces for ~5-10 min (FUZZ_EXAMPLES=$(FUZZ_EXAMPLES)): every one is"
 	@echo "             refused (exit 14) or replayed, never a traceback; make test runs 40"
-	@echo "make bench   benchmarks against baselines (a C KVM loop, python -c pass, QEMU); ~5 min"
+	@echo "make bench   benchmarks against baselines (a C KVM loop, python -c pass, QEMU); ~6 min"
 	@echo "make guests  build the guest kernels into guests/build/"
 	@echo "make clean   remove build products and the virtualenv"
 
