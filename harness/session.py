@@ -250,6 +250,8 @@ class GuestSession(SpawnBase):
         """Called in the guest's greenlet: hand control back to the test (not while the session
         is closing: then the guest runs on to its next read, where the run ends)."""
         if self._parent is not None and not self._closing and getcurrent() is self._vm:
+            if self._recorder is not None:
+                self._recorder.tick()     # what happened so far reaches the trace file
             self._parent.switch()
 
     def _resume(self, budget_ns: int) -> None:

@@ -166,3 +166,29 @@ def test_kvm_register_digest_from_the_run_area_is_that_of_cpu_state():
             assert backend.register_digest(legacy) == state.digest(legacy)
     finally:
         backend.close()
+
+
+def test_a_hand_over_that_fails_to_write_digests_its_output_once(tmp_path):
+    """Output lines enter the output digest when their batch is encoded, once: a write that
+    fails (a full disk) and the close that follows do not count them again."""
+    recorder = TraceRecorder(str(tmp_path / "t.trace"))
+    writes = []
+
+    def write_lines(lines):
+        if not writes:
+            writes.append("failed")
+            raise OSError(28, "No space left on device")
+        writes.append(lines)
+    recorder.writer.write_lines = write_lines
+    recorder.on_output(1, "console", "first", False)
+    try:
+        recorder.tick()
+    except OSError:
+        pass
+    recorder.on_output(2, "console", "second", False)
+    recorder.close()
+    expected = OutputDigest()
+    expected.add("console", "first", False)
+    expected.add("console", "second", False)
+    assert recorder.outputs.hexdigest() == expected.hexdigest()
+    assert writes[1] == [encode({"type": "out", "n": 2, "dev": "console", "text": "second"})]

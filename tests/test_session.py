@@ -158,3 +158,31 @@ def test_a_session_whose_guest_spins_ends_as_a_spin(tmp_path):
         with pytest.raises(pexpect.EOF):
             s.expect("anything")
     assert s.reason == "spin"
+
+
+@pytest.mark.parametrize("thread", [False, True], ids=["main-thread", "other-thread"])
+def test_what_the_guest_read_is_in_the_trace_file_when_control_returns_to_the_test(tmp_path,
+                                                                                   thread):
+    """The recorder holds records until a hand-over; a session hands them over whenever it
+    gives control back to the test, so a test that stops there (or reads the file) has them,
+    even off the main thread, where the session has no watchdog ticks."""
+    import json
+    import threading
+    path = tmp_path / "open.trace"
+    found = {}
+
+    def session():
+        with GuestSession(ECHO, trace=str(path)) as s:
+            s.sendline("hello")
+            s.expect("hello")
+            records = [json.loads(line) for line in path.read_bytes().splitlines()]
+            found["keys"] = bytes(r["byte"] for r in records if r["type"] == "key")
+            found["ended"] = any(r["type"] == "end" for r in records)
+
+    if thread:
+        worker = threading.Thread(target=session)
+        worker.start()
+        worker.join(60)
+    else:
+        session()
+    assert found == {"keys": b"hello\n", "ended": False}

@@ -126,8 +126,9 @@ class TraceRecorder(Observer):
     def _hand_over(self) -> None:
         held = self.held
         if held:
-            self.writer.write_lines(self._encode(held))
+            lines = self._encode(held)     # (which feeds the output digest: once per record)
             held.clear()
+            self.writer.write_lines(lines)
 
     def _write(self, record: dict) -> None:
         self.held.append(encode(record))
@@ -154,8 +155,10 @@ class TraceRecorder(Observer):
                 if template is None:
                     template = self._key_template(item[2])
                 lines.append(template % (item[0], item[1], item[3]))
-            else:                                 # an output run begins
+            elif kind is list:                    # an output run begins
                 run = item
+            else:
+                raise TypeError(f"not a held record: {item!r}")
         if texts_from >= 0:
             lines.append(self._encode_outputs(run, held[texts_from:]))
         self._run = run

@@ -137,7 +137,7 @@ def encode(record: dict) -> bytes:
     return json.dumps(record, separators=(",", ":"), ensure_ascii=True).encode("ascii") + b"\n"
 
 
-FLUSH_INTERVAL_NS = 20_000_000   # records reach the file at most this long after they happen
+FLUSH_INTERVAL_NS = 20_000_000   # records reach the file at most this long after hand-over
 
 
 class TraceWriter:
