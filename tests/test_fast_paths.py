@@ -192,3 +192,24 @@ def test_a_hand_over_that_fails_to_write_digests_its_output_once(tmp_path):
     expected.add("console", "second", False)
     assert recorder.outputs.hexdigest() == expected.hexdigest()
     assert writes[1] == [encode({"type": "out", "n": 2, "dev": "console", "text": "second"})]
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(0, 24), st.data())
+def test_the_memory_digest_of_the_resident_pages_is_that_of_all_pages(pages, data):
+    """memory_digest looks only at the pages mincore says are resident (any byte with bit 0
+    set, whatever its other bits): since never-touched pages are zero, that is the digest of
+    every page, resident-but-zero pages included."""
+    from vmm.trace import PAGE, memory_digest
+    memory = bytearray(pages * PAGE)
+    dirty = data.draw(st.sets(st.integers(0, max(pages - 1, 0)))) if pages else set()
+    for page in dirty:
+        memory[page * PAGE + data.draw(st.integers(0, PAGE - 1))] = data.draw(st.integers(1, 255))
+    resident = bytes(data.draw(st.integers(0, 127)) * 2 + (1 if page in dirty
+                                                              else data.draw(st.integers(0, 1)))
+                     for page in range(pages))
+    assert memory_digest(memoryview(memory), resident) == memory_digest(memoryview(memory))
+    if dirty:                       # and it does look at them: a page left out changes it
+        missing = min(dirty)
+        assert memory_digest(memoryview(memory), resident[:missing] + b"\x00"
+                             + resident[missing + 1:]) != memory_digest(memoryview(memory))

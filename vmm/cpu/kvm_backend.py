@@ -381,7 +381,7 @@ class KvmBackend(CpuBackend):
 
     def register_digest(self, legacy: bool = False) -> str:
         if not self._synced:
-            return self.cpu_state().digest(legacy)
+            return super().register_digest(legacy)
         return register_digest(*self._vcpu.synced_digest_values(), legacy)
 
     def close(self) -> None:
