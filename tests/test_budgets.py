@@ -105,6 +105,28 @@ def test_batched_writes_count_as_exits_alike_on_both_backends(vmm, guests, tmp_p
     assert outputs["kvm"] == outputs["emu"] and outputs["kvm"]
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_batches_delivered_at_watchdog_ticks_count_toward_the_exit_budget(backend, guests,
+                                                                          monkeypatch):
+    """A batch of writes the backend delivers at a host-side return (a watchdog tick, the
+    emulator's slice) counts toward --max-exits as one delivered at an exit does: with a tick
+    every half millisecond, which drains batches before they fill, the flood guest still stops
+    at the budget's write and prints what it prints with the usual tick (before this was
+    checked, the emulator ran on past 10 million writes)."""
+    import vmm.machine
+    from vmm.runner import LiveRun, live_run
+
+    def flood():
+        result = live_run(LiveRun(guest=str(guests / "faults" / "flood.bin"), clock="virtual",
+                                  max_exits=30000, backend=backend))
+        return result.end.reason, result.end.stats["guest_exits"], result.output.lines
+
+    usual = flood()
+    monkeypatch.setattr(vmm.machine, "WATCHDOG_TICK", 0.0005)
+    assert flood() == usual
+    assert usual[:2] == ("max-exits", 30001)
+
+
 # --- max-instructions (the emulator) ---------------------------------------------------------------
 @needs_emu
 def test_max_instructions_stops_a_computing_guest_at_the_same_instruction(vmm, guests, tmp_path):

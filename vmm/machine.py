@@ -463,6 +463,8 @@ class Machine:
                 if self.observer is not None:
                     self.observer.tick()
                 self._spin_tick()
+                if exit_limit is not None and self.coalesced_ports:
+                    self._near_exit_budget()    # writes drained at this return count too
                 pending, self._deferred_exit = self._deferred_exit, None
             elif kind is Halt:
                 if exit_limit is not None:
@@ -472,6 +474,8 @@ class Machine:
                     self._arm_deadline()
             elif kind is InstructionDeadline:
                 self.exits -= 1                     # an instruction point: no exit of the guest's
+                if exit_limit is not None and self.coalesced_ports:
+                    self._near_exit_budget()
                 self._icount_point()
             elif kind is InstructionLimit:
                 self.exits -= 1                     # the budget's stop: no exit of the guest's
@@ -501,6 +505,14 @@ class Machine:
         if n > limit:
             raise StopRun("max-exits", f"the guest used up its budget of {limit} exits "
                                        "(--max-exits: I/O operations and halts)")
+
+    def _near_exit_budget(self) -> None:
+        """At a return that is no exit of the guest's (a watchdog tick, the emulator's slice, an
+        instruction point), with --max-exits: the batch the backend delivered there counts
+        toward the budget too, so batching stops once within EXIT_MARGIN of it, as at an exit.
+        (One batch is smaller than the margin, so the budget itself is met only at an exit.)"""
+        if self.guest_exits() > self.config.max_exits - EXIT_MARGIN:
+            self._stop_coalescing()
 
     # --- a guest that spins forever -----------------------------------------------------------
     def _spin_tick(self) -> None:
